@@ -1,0 +1,195 @@
+"""Synthetic CTP cohort: patients per group, simulated 4D studies, maps computed from them, a datalist.
+
+Output layout::
+
+    <output_dir>/datalist.json
+    <output_dir>/<id>/{cbf,cbv,mtt,ttp,tmax,mip,label}.nii.gz       estimated maps and the label
+    <output_dir>/<id>/truth/{cbf,cbv,mtt,tmax,ttp,state}.nii.gz      true maps; state 3 = benign oligaemia
+    <output_dir>/<id>/ctp.nii.gz                                     raw 4D series (int16 HU), if save_ctp
+
+Everything is written into a staging directory renamed into place at the end, so an interrupted run never
+leaves a datalist pointing at missing files. Patient ``i`` is simulated from ``seed`` and ``i`` alone, so
+a cohort is deterministic whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .data import GROUPS, save_json, save_nifti
+from .perfusion import compute_perfusion_maps
+from .phantom import Grid
+from .simulate import simulate_study
+
+logger = logging.getLogger(__name__)
+
+PAPER_GROUP_COUNTS = {"LVO": 77, "Non-LVO": 60, "WIS": 15}
+GROUP_CODES = {"LVO": "01", "Non-LVO": "02", "WIS": "03"}
+SPLIT_FRACTIONS = {"training": 0.58, "validation": 0.20, "test": 0.22}
+NIHSS_RANGES = {"LVO": (10, 20), "Non-LVO": (2, 8), "WIS": (0, 4)}
+HYPOPERFUSED_FRACTION_SCALE = {"LVO": 0.2, "Non-LVO": 0.03}
+
+
+def group_counts(n_patients: int) -> dict[str, int]:
+    """Patients per group in the paper's proportions (77/60/15), at least one per group from 3 patients."""
+    if n_patients < 3:
+        raise ValueError(f"n_patients must be at least 3 (one per group), got {n_patients}.")
+    total = sum(PAPER_GROUP_COUNTS.values())
+    counts = {g: max(1, int(round(n_patients * c / total))) for g, c in PAPER_GROUP_COUNTS.items()}
+    counts["LVO"] += n_patients - sum(counts.values())
+    return counts
+
+
+def split_patients(ids_by_group: dict[str, list[str]], seed: int) -> dict[str, list[str]]:
+    """Stratified split by group in the paper's 58/20/22 % proportions; validation and test get each group."""
+    rng = np.random.default_rng([seed, 7])
+    splits: dict[str, list[str]] = {name: [] for name in SPLIT_FRACTIONS}
+    for group in GROUPS:
+        ids = list(ids_by_group.get(group, []))
+        rng.shuffle(ids)
+        n = len(ids)
+        n_test = int(round(n * SPLIT_FRACTIONS["test"])) or (1 if n >= 3 else 0)
+        n_val = int(round(n * SPLIT_FRACTIONS["validation"])) or (1 if n >= 3 else 0)
+        splits["test"] += ids[:n_test]
+        splits["validation"] += ids[n_test : n_test + n_val]
+        splits["training"] += ids[n_test + n_val :]
+    return {name: sorted(ids) for name, ids in splits.items()}
+
+
+def draw_nihss(group: str, hypoperfused_fraction: float, rng: np.random.Generator) -> int:
+    """NIHSS correlated with the hypoperfused fraction of the brain, within the group's usual range."""
+    lo, hi = NIHSS_RANGES[group]
+    if group == "WIS":
+        return int(rng.integers(lo, hi + 1))
+    severity = np.clip(hypoperfused_fraction / HYPOPERFUSED_FRACTION_SCALE[group], 0.0, 1.0)
+    score = lo + (hi - lo) * severity + rng.normal(0.0, 1.0)
+    return int(np.clip(round(score), max(0, lo - 2), min(42, hi + 3)))
+
+
+def _noise_for(noise_hu: float | list[float], rng: np.random.Generator) -> float:
+    if np.ndim(noise_hu) == 0:
+        return float(noise_hu)
+    lo, hi = (float(v) for v in noise_hu)
+    if not 0 <= lo <= hi:
+        raise ValueError(f"noise_hu range must satisfy 0 <= low <= high, got {noise_hu}.")
+    return float(rng.uniform(lo, hi))
+
+
+def simulate_patient(task: dict) -> dict:
+    """Simulate, map and write one patient into ``task['root']``; return its datalist item (relative paths)."""
+    group, pid, root = task["group"], task["id"], Path(task["root"])
+    rng = np.random.default_rng([task["seed"], task["index"]])
+    grid = Grid(size=task["size"], slices=task["slices"], slice_thickness=task["slice_thickness"])
+    noise = _noise_for(task["noise_hu"], rng)
+    study = simulate_study(group, grid, rng, noise, task["n_frames"], task["frame_interval"])
+    maps = compute_perfusion_maps(study.ctp, study.frame_interval, grid.spacing[:2])
+    affine = grid.affine()
+    folder = root / pid
+    item: dict = {"id": pid, "group": group}
+    for name, array in maps.as_dict().items():
+        save_nifti(folder / f"{name}.nii.gz", array, affine)
+        item[name] = f"{pid}/{name}.nii.gz"
+    save_nifti(folder / "label.nii.gz", study.label, affine)
+    item["label"] = f"{pid}/label.nii.gz"
+    for name, array in {**study.truth, "state": study.state}.items():
+        save_nifti(folder / "truth" / f"{name}.nii.gz", array, affine)
+        item[f"{name}_true" if name != "state" else "state"] = f"{pid}/truth/{name}.nii.gz"
+    if task["save_ctp"]:
+        hu = np.clip(np.round(study.ctp), -1024, 3071).astype(np.int16)
+        save_nifti(folder / "ctp.nii.gz", hu, affine, frame_interval=study.frame_interval)
+        item["ctp"] = f"{pid}/ctp.nii.gz"
+    brain = (study.tissue == 3) | (study.tissue == 4)
+    hypoperfused = float((study.label > 0).sum() / max(brain.sum(), 1))
+    item["nihss"] = draw_nihss(group, hypoperfused, rng)
+    item["noise_hu"] = round(noise, 3)
+    item["aif_voxels"] = maps.info.get("aif_voxels")
+    return item
+
+
+def generate_cohort(
+    output_dir: str | os.PathLike = "data/synthetic",
+    n_patients: int = 30,
+    size: int = 128,
+    slices: int = 8,
+    slice_thickness: float = 5.0,
+    noise_hu: float | list[float] = (4.0, 12.0),
+    n_frames: int = 60,
+    frame_interval: float = 1.0,
+    seed: int = 0,
+    save_ctp: bool = False,
+    overwrite: bool = False,
+    workers: int = 0,
+) -> Path:
+    """Generate a synthetic cohort and return the path of its datalist.
+
+    Args:
+        output_dir: where the cohort goes; refused if it exists and is not empty, unless ``overwrite``.
+        n_patients: patients in all, split LVO / Non-LVO / WIS as 77/60/15.
+        size: in-plane matrix (the field of view is fixed: 512 gives the paper's 0.4366 mm pixels).
+        slices: number of slices of ``slice_thickness`` mm.
+        noise_hu: CT noise sigma (HU) at the paper's 0.4366 x 0.4366 x 5 mm voxel, or a [low, high] range
+            drawn per patient; it is scaled to the simulated voxel size.
+        n_frames, frame_interval: acquisition: number of frames and seconds between them.
+        seed: cohort seed; the same arguments give the same cohort.
+        save_ctp: also write each raw 4D series (int16 HU).
+        overwrite: replace an existing non-empty ``output_dir``.
+        workers: processes to use; 0 means one per CPU core.
+    """
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: output directory is not empty; pass overwrite=True (--overwrite true) to replace it.")
+    if size % 32:
+        logger.warning("size %d is not divisible by 32; the networks need H, W divisible by 32.", size)
+    counts = group_counts(int(n_patients))
+    params = {
+        "n_patients": int(n_patients), "size": int(size), "slices": int(slices), "slice_thickness": float(slice_thickness),
+        "noise_hu": noise_hu if np.ndim(noise_hu) == 0 else [float(v) for v in noise_hu],
+        "n_frames": int(n_frames), "frame_interval": float(frame_interval), "seed": int(seed),
+    }
+    version = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    tasks, index = [], 0
+    for group in GROUPS:
+        for number in range(1, counts[group] + 1):
+            pid = f"CTP_{GROUP_CODES[group]}_{number:03d}"
+            tasks.append({**params, "group": group, "id": pid, "index": index, "root": str(staging), "save_ctp": bool(save_ctp)})
+            index += 1
+    n_workers = min(len(tasks), workers or os.cpu_count() or 1)
+    try:
+        if n_workers > 1:
+            with ProcessPoolExecutor(n_workers) as pool:
+                items = list(pool.map(simulate_patient, tasks))
+        else:
+            items = [simulate_patient(task) for task in tasks]
+        by_id = {item["id"]: item for item in items}
+        ids_by_group = {g: [i["id"] for i in items if i["group"] == g] for g in GROUPS}
+        splits = split_patients(ids_by_group, int(seed))
+        datalist = {
+            "name": "synthetic-ctp",
+            "description": "Synthetic CT perfusion cohort: indicator-dilution simulation with labels by construction.",
+            "version": version,
+            "generator": params,
+            **{split: [by_id[i] for i in ids] for split, ids in splits.items()},
+        }
+        save_json(staging / "datalist.json", datalist)
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, trash)
+            os.replace(staging, out)
+            shutil.rmtree(trash)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("cohort of %d patients (%s) written to %s", len(items), counts, out)
+    return out / "datalist.json"

@@ -1,0 +1,179 @@
+"""Datalists and NIfTI files: atomic writing and validation with errors that name the file and the problem.
+
+Datalist format (``shared/DESIGN.md``): decathlon-style ``{"training": [...], "validation": [...], "test": [...]}``;
+each item has ``id``, the map paths ``cbf``, ``cbv``, ``ttp``, ``tmax``, ``mip``, ``label`` (relative to the
+datalist file), ``nihss`` (integer 0-42) and ``group`` (``LVO``, ``Non-LVO`` or ``WIS``); ``ctp`` optional.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .perfusion import MIN_FRAMES
+
+MAP_KEYS = ("cbf", "cbv", "ttp", "tmax", "mip")
+REQUIRED_KEYS = ("id", *MAP_KEYS, "label", "nihss", "group")
+GROUPS = ("LVO", "Non-LVO", "WIS")
+SPLITS = ("training", "validation", "test")
+LABEL_VALUES = (0, 1, 2)
+
+
+class CTPDataError(ValueError):
+    """Input data that cannot be used; the message names the file or field and the problem."""
+
+
+def _temporary(path: Path) -> Path:
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    return path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+
+
+def save_nifti(
+    path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, frame_interval: float | None = None
+) -> Path:
+    """Write a NIfTI atomically (temporary file, then rename); a 4D series gets ``pixdim[4] = frame_interval``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(array), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    if frame_interval is not None:
+        zooms = img.header.get_zooms()
+        img.header.set_zooms((*zooms[:3], float(frame_interval)))
+    tmp = _temporary(path)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_json(path: str | os.PathLike, content: Any) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    if not path.is_file():
+        raise CTPDataError(f"{path}: file not found.")
+    try:
+        return nib.load(str(path))
+    except Exception as err:  # nibabel raises several types for unreadable files
+        raise CTPDataError(f"{path}: not a readable NIfTI file ({err}).") from err
+
+
+def load_ctp(path: str | os.PathLike) -> tuple[np.ndarray, float, np.ndarray]:
+    """Load a raw 4D CTP series (HU) and return ``(array, frame_interval_s, affine)``, validated."""
+    path = Path(path)
+    img = _load(path)
+    if img.ndim != 4:
+        raise CTPDataError(f"{path}: a CTP series must be 4D (X, Y, slices, time), got shape {img.shape}.")
+    if img.shape[3] < MIN_FRAMES:
+        raise CTPDataError(f"{path}: {img.shape[3]} frames is too few for perfusion analysis (need >= {MIN_FRAMES}).")
+    interval = float(img.header.get_zooms()[3])
+    unit = img.header.get_xyzt_units()[1]
+    if unit == "msec":
+        interval /= 1000.0
+    if not np.isfinite(interval) or interval <= 0:
+        raise CTPDataError(f"{path}: no frame interval in the header (pixdim[4] = {interval}); set it in seconds.")
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise CTPDataError(f"{path}: contains NaN or infinite values.")
+    return data, interval, img.affine
+
+
+def load_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Load one 3D map and return ``(array, affine)``, rejecting NaN/inf voxels."""
+    path = Path(path)
+    img = _load(path)
+    if img.ndim != 3:
+        raise CTPDataError(f"{path}: a map must be 3D (X, Y, slices), got shape {img.shape}.")
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise CTPDataError(f"{path}: contains {int((~np.isfinite(data)).sum())} NaN or infinite voxels.")
+    return data, img.affine
+
+
+def validate_item(item: dict, where: str, base: Path | None = None, check_files: bool = True) -> dict:
+    """Check one datalist item; return it with paths made absolute (relative to ``base``)."""
+    if not isinstance(item, dict):
+        raise CTPDataError(f"{where}: each item must be an object, got {type(item).__name__}.")
+    missing = [key for key in REQUIRED_KEYS if key not in item]
+    name = f"{where} (id {item.get('id', '?')})"
+    if missing:
+        raise CTPDataError(f"{name}: missing key(s) {', '.join(missing)}.")
+    nihss = item["nihss"]
+    if isinstance(nihss, bool) or not isinstance(nihss, (int, np.integer)) or not 0 <= int(nihss) <= 42:
+        raise CTPDataError(f"{name}: nihss must be an integer 0-42, got {nihss!r}.")
+    if item["group"] not in GROUPS:
+        raise CTPDataError(f"{name}: group must be one of {', '.join(GROUPS)}, got {item['group']!r}.")
+    out = dict(item)
+    for key in (*MAP_KEYS, "label", "ctp"):
+        if key in out:
+            path = Path(out[key])
+            path = path if path.is_absolute() or base is None else base / path
+            if check_files and not path.is_file():
+                raise CTPDataError(f"{name}: {key} file not found: {path}.")
+            out[key] = str(path)
+    return out
+
+
+def load_datalist(
+    path: str | os.PathLike, splits: tuple[str, ...] = SPLITS, check_files: bool = True
+) -> dict[str, list[dict]]:
+    """Read and validate a datalist; item paths come back absolute. Missing splits give empty lists."""
+    path = Path(path)
+    if not path.is_file():
+        raise CTPDataError(f"{path}: datalist not found.")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CTPDataError(f"{path}: not valid JSON ({err}).") from err
+    if not isinstance(content, dict):
+        raise CTPDataError(f"{path}: a datalist is a JSON object with keys {', '.join(SPLITS)}.")
+    result: dict[str, list[dict]] = {}
+    seen: dict[str, str] = {}
+    for split in splits:
+        items = content.get(split, [])
+        if not isinstance(items, list):
+            raise CTPDataError(f"{path}: '{split}' must be a list of items.")
+        result[split] = []
+        for i, item in enumerate(items):
+            checked = validate_item(item, f"{path} {split}[{i}]", path.parent, check_files)
+            if checked["id"] in seen:
+                raise CTPDataError(f"{path}: patient id {checked['id']!r} appears in both {seen[checked['id']]} and {split}.")
+            seen[checked["id"]] = split
+            result[split].append(checked)
+    return result
+
+
+def check_patient(item: dict) -> None:
+    """Load a validated item's maps and label: same shape and affine, finite, label values in {0, 1, 2}."""
+    reference_key, reference_shape, reference_affine = None, None, None
+    for key in (*MAP_KEYS, "label"):
+        data, affine = load_map(item[key])
+        if reference_key is None:
+            reference_key, reference_shape, reference_affine = key, data.shape, affine
+        elif data.shape != reference_shape:
+            raise CTPDataError(
+                f"patient {item['id']}: {item[key]} has shape {data.shape} but {reference_key} has {reference_shape}."
+            )
+        elif not np.allclose(affine, reference_affine, atol=1e-3):
+            raise CTPDataError(f"patient {item['id']}: {item[key]} has a different affine (voxel grid) from {reference_key}.")
+        if key == "label":
+            bad = np.setdiff1d(np.unique(data), LABEL_VALUES)
+            if bad.size:
+                raise CTPDataError(f"{item[key]}: label values must be 0, 1, 2; found {bad.tolist()}.")

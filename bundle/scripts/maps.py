@@ -1,0 +1,51 @@
+"""Bundle workflow: perfusion maps from one raw 4D CTP NIfTI series, written as 3D NIfTI maps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data import load_ctp, save_json, save_nifti
+from .perfusion import compute_perfusion_maps
+
+
+def compute_maps(
+    ctp: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    aif: str | os.PathLike | None = None,
+    **settings,
+) -> dict[str, str]:
+    """Compute CBF, CBV, MTT, TTP, Tmax and MIP from ``ctp`` into ``output_dir``; return the written paths.
+
+    Args:
+        ctp: 4D NIfTI (X, Y, slices, time) in HU with the frame interval in pixdim[4].
+        output_dir: folder for ``<map>.nii.gz`` and ``perfusion.json`` (AIF and settings used).
+        overwrite: replace maps already in ``output_dir``.
+        aif: optional text file with one AIF value (HU above baseline) per frame.
+        settings: keyword arguments of :func:`scripts.perfusion.compute_perfusion_maps`.
+    """
+    out = Path(output_dir)
+    targets = {name: out / f"{name}.nii.gz" for name in ("cbf", "cbv", "mtt", "ttp", "tmax", "mip")}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out}: maps already exist ({existing[0]}, ...); pass overwrite=True (--overwrite true).")
+    series, interval, affine = load_ctp(ctp)
+    given_aif = None
+    if aif is not None:
+        try:
+            given_aif = np.loadtxt(aif, dtype=np.float64).ravel()
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{aif}: cannot read the AIF as numbers ({err}).") from err
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :2], axis=0))
+    try:
+        maps = compute_perfusion_maps(series, interval, spacing, aif=given_aif, **settings)
+    except ValueError as err:
+        raise ValueError(f"{ctp}: {err}") from err
+    for name, array in maps.as_dict().items():
+        save_nifti(targets[name], array, affine)
+    report = {"ctp": str(ctp), "frame_interval_s": interval, "aif_hu": maps.aif.round(3).tolist(), **maps.info, **settings}
+    save_json(out / "perfusion.json", report)
+    return {name: str(path) for name, path in targets.items()}
