@@ -61,6 +61,9 @@ def split_patients(ids_by_group: dict[str, list[str]], seed: int) -> dict[str, l
         splits["test"] += ids[:n_test]
         splits["validation"] += ids[n_test : n_test + n_val]
         splits["training"] += ids[n_test + n_val :]
+    for name in ("validation", "test"):  # tiny cohorts: never leave an evaluation split empty
+        if not splits[name] and len(splits["training"]) > 1:
+            splits[name].append(splits["training"].pop(0))
     return {name: sorted(ids) for name, ids in splits.items()}
 
 

@@ -176,4 +176,4 @@ def check_patient(item: dict) -> None:
         if key == "label":
             bad = np.setdiff1d(np.unique(data), LABEL_VALUES)
             if bad.size:
-                raise CTPDataError(f"{item[key]}: label values must be 0, 1, 2; found {bad.tolist()}.")
+                raise CTPDataError(f"{item[key]}: label values must be 0, 1, 2; found {[int(v) if float(v).is_integer() else float(v) for v in bad]}.")

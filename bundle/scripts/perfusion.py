@@ -102,7 +102,7 @@ def select_arterial_input(
     early = strong[ttp[strong] <= earliest + max(1, round(2.0 / dt))]
     chosen = early[np.argsort(peak[early])[::-1][:n_voxels]]
     aif = curves[chosen].mean(axis=0)
-    info = {"aif_voxels": int(chosen.size), "aif_peak_hu": float(aif.max()), "aif_ttp_s": float(aif.argmax() * dt)}
+    info = {"aif_voxels": int(chosen.size), "aif_ttp_s": float(aif.argmax() * dt), "vof_scale": 1.0}
     late = strong[ttp[strong] > aif.argmax()]
     if late.size:
         auc = curves[late].sum(axis=1)
@@ -111,6 +111,7 @@ def select_arterial_input(
         info["vof_scale"] = float(scale)
         if scale > 1.0:
             aif = aif * scale
+    info["aif_peak_hu"] = float(aif.max())
     voxel_mask = np.zeros(tissue.shape, dtype=bool)
     voxel_mask[tuple(idx[chosen] for idx in np.nonzero(tissue))] = True
     return aif, voxel_mask, info

@@ -1,0 +1,102 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts import cohort
+from scripts.data import check_patient, load_datalist
+
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cohort_datalist_points_at_valid_patients(tiny_cohort):
+    datalist = load_datalist(tiny_cohort)
+    items = [i for split in datalist.values() for i in split]
+    assert len(items) == TINY["n_patients"]
+    assert {i["group"] for i in items} == {"LVO", "Non-LVO", "WIS"}
+    assert all(datalist[s] for s in ("training", "validation", "test"))
+    for item in items:
+        check_patient(item)
+        for key in ("ctp", "cbf_true", "cbv_true", "mtt_true", "tmax_true", "ttp_true", "state"):
+            assert key in item
+        assert 0 <= item["nihss"] <= 42
+        img = nib.load(item["cbf"])
+        assert img.shape == (64, 64, 2)
+        assert np.allclose(img.header.get_zooms(), (512 * 0.43664551 / 64,) * 2 + (5.0,))
+        ctp = nib.load(item["ctp"])
+        assert ctp.shape == (64, 64, 2, 40) and ctp.header.get_zooms()[3] == pytest.approx(1.0)
+        assert nib.load(item["label"]).get_data_dtype() == np.uint8
+    raw = json.loads(tiny_cohort.read_text())
+    assert raw["generator"]["seed"] == TINY["seed"] and len(raw["version"]) == 12
+    assert not Path(raw["training"][0]["cbf"]).is_absolute()
+
+
+def test_cohort_is_deterministic_for_a_seed(tmp_path, tiny_cohort):
+    again = cohort.generate_cohort(tmp_path / "again", save_ctp=True, **TINY)
+    first, second = json.loads(tiny_cohort.read_text()), json.loads(again.read_text())
+    assert first == second
+    item = first["test"][0]
+    for key in ("cbf", "label", "ctp"):
+        a = nib.load(tiny_cohort.parent / item[key]).get_fdata()
+        b = nib.load(again.parent / item[key]).get_fdata()
+        np.testing.assert_array_equal(a, b)
+
+
+def test_refuses_non_empty_output_unless_overwrite(tmp_path):
+    out = tmp_path / "cohort"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    small = {**TINY, "n_patients": 3, "size": 32, "slices": 1, "n_frames": 20}
+    with pytest.raises(FileExistsError, match="not empty"):
+        cohort.generate_cohort(out, **small)
+    assert (out / "mine.txt").exists()
+    datalist = cohort.generate_cohort(out, overwrite=True, **small)
+    assert datalist.is_file() and not (out / "mine.txt").exists()
+    assert not list(tmp_path.glob(".cohort.*"))
+
+
+def test_interrupted_generation_leaves_no_datalist(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = cohort.simulate_patient
+
+    def failing(task):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(cohort, "simulate_patient", failing)
+    small = {**TINY, "n_patients": 3, "size": 32, "slices": 1, "n_frames": 20}
+    with pytest.raises(KeyboardInterrupt):
+        cohort.generate_cohort(tmp_path / "cohort", **small)
+    assert not (tmp_path / "cohort").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_bundle_workflows_generate_then_compute_maps(tmp_path):
+    out = tmp_path / "syn"
+    run = [sys.executable, "-m", "monai.bundle", "run"]
+    subprocess.run(
+        [*run, "generating", "--config_file", "bundle/configs/synthetic.json", "--output_dir", str(out),
+         "--n_patients", "3", "--size", "32", "--slices", "1", "--n_frames", "20", "--save_ctp", "true",
+         "--workers", "1"],
+        cwd=ROOT, check=True, capture_output=True,
+    )
+    item = json.loads((out / "datalist.json").read_text())["training"][0]
+    maps_dir = tmp_path / "maps"
+    subprocess.run(
+        [*run, "computing", "--config_file", "bundle/configs/perfusion.json", "--ctp", str(out / item["ctp"]),
+         "--output_dir", str(maps_dir)],
+        cwd=ROOT, check=True, capture_output=True,
+    )
+    for name in ("cbf", "cbv", "mtt", "ttp", "tmax", "mip"):
+        img = nib.load(maps_dir / f"{name}.nii.gz")
+        np.testing.assert_allclose(img.affine, nib.load(out / item["cbf"]).affine)
+    report = json.loads((maps_dir / "perfusion.json").read_text())
+    assert len(report["aif_hu"]) == 20 and report["baseline_frames"] >= 2

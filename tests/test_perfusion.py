@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from scripts import phantom as ph
+from scripts.perfusion import (
+    compute_perfusion_maps,
+    deconvolve,
+    residue_peak_time,
+    select_arterial_input,
+    validate_series,
+)
+from scripts.simulate import simulate_study
+from scripts.tracer import ArterialInput, TissueCurveTable
+
+TISSUES = {  # cbf, mtt, delay: healthy GM and WM, penumbra, core
+    "gm": (60.0, 4.0, 0.5),
+    "wm": (25.0, 4.6, 1.0),
+    "penumbra": (18.0, 11.0, 8.0),
+    "core": (6.0, 8.0, 12.0),
+}
+
+
+def curves_series(n_frames=60, dt=1.0, tissues=TISSUES, copies=4):
+    """A noise-free (X, 1, 1, T) series of tissue curves at 30 HU baseline, plus the sampled AIF."""
+    aif = ArterialInput()
+    times = np.arange(n_frames) * dt
+    table = TissueCurveTable(aif, duration=n_frames * dt)
+    params = np.repeat(np.array(list(tissues.values())), copies, axis=0)
+    curves = table.sample(params[:, 0], params[:, 1], params[:, 2], times)
+    return 30.0 + curves[:, None, None, :], aif(times), params
+
+
+def test_block_circulant_fft_equals_truncated_svd_of_the_circulant_matrix():
+    rng = np.random.default_rng(0)
+    n, dt, lam = 24, 1.0, 0.1
+    aif = np.convolve(rng.random(n), np.ones(4), "same")
+    conc = rng.random((3, n))
+    length = 2 * n
+    padded = np.concatenate([aif, np.zeros(n)])
+    matrix = dt * np.array([[padded[(i - j) % length] for j in range(length)] for i in range(length)])
+    u, s, vt = np.linalg.svd(matrix)
+    inv_s = np.where(s >= lam * s.max(), 1.0 / s, 0.0)
+    expected = (vt.T * inv_s) @ u.T @ np.concatenate([conc, np.zeros((3, n))], axis=1).T
+    k, chosen = deconvolve(conc, aif, dt, oscillation_index=np.inf, ladder=(lam,))
+    np.testing.assert_allclose(k, expected.T, rtol=1e-4, atol=1e-5)
+    assert np.all(chosen == lam)
+
+
+@pytest.mark.parametrize("name", list(TISSUES))
+def test_noise_free_accuracy_cbf_10pct_cbv_5pct_tmax_one_frame(name):
+    series, aif, params = curves_series()
+    maps = compute_perfusion_maps(series, 1.0, aif=aif - aif[:3].mean(), smoothing_mm=0.0)
+    rows = np.all(params == TISSUES[name], axis=1)
+    cbf, mtt, delay = TISSUES[name]
+    assert maps.cbf[rows, 0, 0] == pytest.approx(cbf, rel=0.10)
+    assert maps.cbv[rows, 0, 0] == pytest.approx(cbf * mtt / 60.0, rel=0.05)
+    assert np.all(np.abs(maps.tmax[rows, 0, 0] - delay) <= 1.0)
+
+
+def test_deconvolution_is_delay_insensitive():
+    delays = {f"d{d}": (40.0, 5.0, float(d)) for d in (0, 3, 6, 9, 12)}
+    series, aif, params = curves_series(tissues=delays, copies=4)
+    maps = compute_perfusion_maps(series, 1.0, aif=aif, smoothing_mm=0.0)
+    cbf = maps.cbf[:, 0, 0]
+    assert cbf.min() / cbf.max() > 0.9
+    np.testing.assert_allclose(maps.tmax[:, 0, 0], params[:, 2], atol=1.0)
+
+
+def test_argmax_tmax_reads_later_than_rise_tmax():
+    series, aif, _ = curves_series()
+    rise = compute_perfusion_maps(series, 1.0, aif=aif, smoothing_mm=0.0, tmax_method="rise")
+    argmax = compute_perfusion_maps(series, 1.0, aif=aif, smoothing_mm=0.0, tmax_method="argmax")
+    assert np.mean(argmax.tmax - rise.tmax) > 0.5
+    with pytest.raises(ValueError, match="tmax_method"):
+        residue_peak_time(np.ones((2, 10)), 1.0, 10, method="peak")
+
+
+def test_automatic_aif_comes_from_unaffected_arteries_and_maps_track_truth():
+    study = simulate_study("LVO", ph.Grid(size=96, slices=4), np.random.default_rng(5), noise_hu=0.0)
+    ctp = study.ctp
+    soft = (ctp[..., 0] > -20) & (ctp[..., 0] < 150)
+    conc = ctp - ctp[..., :3].mean(axis=-1, keepdims=True)
+    _, voxels, info = select_arterial_input(conc, soft, study.frame_interval)
+    assert voxels.sum() == info["aif_voxels"] > 0
+    assert np.all(study.tissue[voxels] == ph.ARTERY)
+    maps = compute_perfusion_maps(ctp, study.frame_interval, study.grid.spacing[:2], smoothing_mm=0.0)
+    brain = (study.tissue == ph.GM) | (study.tissue == ph.WM)
+    assert maps.info["aif_peak_hu"] == pytest.approx(study.aif.peak_hu, rel=0.1)
+    for state in (ph.HEALTHY, ph.PENUMBRA, ph.CORE):
+        sel = brain & (study.state == state) & maps.tissue
+        assert sel.sum() > 10
+        rel = np.median(np.abs(maps.cbf[sel] - study.truth["cbf"][sel]) / study.truth["cbf"][sel])
+        assert rel < 0.1, (state, rel)
+        assert np.median(np.abs(maps.tmax[sel] - study.truth["tmax"][sel])) < 1.0
+    assert np.all(maps.mip == ctp.max(axis=-1))
+    assert np.all(maps.cbf[~maps.tissue] == 0)
+
+
+@pytest.mark.parametrize(
+    "shape, interval, message",
+    [((8, 8, 20), 1.0, "must be 4D"), ((8, 8, 1, 5), 1.0, "too few"), ((8, 8, 1, 20), 0.0, "frame interval")],
+)
+def test_unusable_series_are_rejected(shape, interval, message):
+    with pytest.raises(ValueError, match=message):
+        validate_series(np.zeros(shape), interval)
+
+
+def test_nan_series_is_rejected():
+    series = np.zeros((4, 4, 1, 20))
+    series[1, 1, 0, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        compute_perfusion_maps(series, 1.0)
