@@ -35,7 +35,7 @@ PAPER_GROUP_COUNTS = {"LVO": 77, "Non-LVO": 60, "WIS": 15}
 GROUP_CODES = {"LVO": "01", "Non-LVO": "02", "WIS": "03"}
 SPLIT_FRACTIONS = {"training": 0.58, "validation": 0.20, "test": 0.22}
 NIHSS_RANGES = {"LVO": (10, 20), "Non-LVO": (2, 8), "WIS": (0, 4)}
-HYPOPERFUSED_FRACTION_SCALE = {"LVO": 0.2, "Non-LVO": 0.03}
+HYPOPERFUSED_FRACTION_SCALE = {"LVO": 0.25, "Non-LVO": 0.04}
 
 
 def group_counts(n_patients: int) -> dict[str, int]:

@@ -193,9 +193,9 @@ def lvo_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Lesion
     noise = smooth_field(u.shape, (8.0 / grid.pixel_mm, 8.0 / grid.pixel_mm, 1.0), rng)
     severity = 1.0 - dist + 0.12 * noise
     brain = brain_tissue(anatomy)
-    s_pen = rng.uniform(0.2, 0.4)
+    s_pen = rng.uniform(0.35, 0.55)
     hypo = allowed & brain & (severity > s_pen)
-    core_fraction = rng.uniform(0.05, 0.25)
+    core_fraction = rng.uniform(0.04, 0.16)
     s_core = float(np.quantile(severity[hypo], 1 - core_fraction)) if hypo.any() else 2.0
     lesion = _lesion_from_severity(severity, allowed, brain & side, s_pen, s_core, rim=0.25)
     lesion.affected_left = left
@@ -210,11 +210,11 @@ def distal_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Les
     severity = np.full(u.shape, -np.inf)
     for _ in range(int(rng.integers(1, 4))):
         i, j, k = candidates[rng.integers(len(candidates))]
-        radius = rng.uniform(8, 18)
+        radius = rng.uniform(10, 22)
         radii = (radius, radius * rng.uniform(0.7, 1.3), rng.uniform(4, 9))
         dist = np.sqrt(sum(((c - c[i, j, k]) / r) ** 2 for c, r in zip((u, w, z), radii)))
         severity = np.maximum(severity, 1.0 - dist)
     noise = smooth_field(u.shape, (4.0 / grid.pixel_mm, 4.0 / grid.pixel_mm, 1.0), rng)
     severity = severity + 0.08 * noise
-    s_core = rng.uniform(0.55, 0.85) if rng.random() < 0.6 else 2.0
+    s_core = rng.uniform(0.45, 0.75) if rng.random() < 0.7 else 2.0
     return _lesion_from_severity(severity, brain, brain, 0.0, s_core, rim=0.4)
