@@ -100,3 +100,21 @@ def test_bundle_workflows_generate_then_compute_maps(tmp_path):
         np.testing.assert_allclose(img.affine, nib.load(out / item["cbf"]).affine)
     report = json.loads((maps_dir / "perfusion.json").read_text())
     assert len(report["aif_hu"]) == 20 and report["baseline_frames"] >= 2
+
+
+def test_workflow_user_errors_print_one_line_not_a_traceback(tmp_path):
+    run = [sys.executable, "-m", "monai.bundle", "run"]
+    (tmp_path / "keep.txt").write_text("mine")
+    refused = subprocess.run(
+        [*run, "generating", "--config_file", "bundle/configs/synthetic.json", "--output_dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith("output directory is not empty; pass overwrite=True (--overwrite true) to replace it.")
+    assert "Traceback" not in refused.stderr
+    missing = subprocess.run(
+        [*run, "computing", "--config_file", "bundle/configs/perfusion.json", "--output_dir", str(tmp_path / "m")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == "error: ctp: no 4D series given; pass --ctp path/to/ctp.nii.gz."

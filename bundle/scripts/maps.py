@@ -12,7 +12,7 @@ from .perfusion import compute_perfusion_maps
 
 
 def compute_maps(
-    ctp: str | os.PathLike,
+    ctp: str | os.PathLike | None,
     output_dir: str | os.PathLike,
     overwrite: bool = False,
     aif: str | os.PathLike | None = None,
@@ -27,6 +27,8 @@ def compute_maps(
         aif: optional text file with one AIF value (HU above baseline) per frame.
         settings: keyword arguments of :func:`scripts.perfusion.compute_perfusion_maps`.
     """
+    if ctp is None:
+        raise ValueError("ctp: no 4D series given; pass --ctp path/to/ctp.nii.gz.")
     out = Path(output_dir)
     targets = {name: out / f"{name}.nii.gz" for name in ("cbf", "cbv", "mtt", "ttp", "tmax", "mip")}
     existing = [str(p) for p in targets.values() if p.exists()]
