@@ -105,19 +105,28 @@ def simulate_study(
     venous = disperse(aif(fine - rng.uniform(4, 6)), table.dt, tau=rng.uniform(2, 4))
     enhancement[tissue == ph.VEIN] = np.interp(times, fine, venous)
 
-    baseline = np.vectorize(ph.BASELINE_HU.get)(tissue).astype(np.float32)
-    baseline += np.where(tissue == ph.BONE, 250.0, 1.0) * ph.smooth_field(shape, sigma, rng)
-    baseline[lesion.state == ph.CORE] -= rng.uniform(1, 3)  # early ischemic hypodensity
-
-    noise_sigma = voxel_noise_sigma(noise_hu, grid)
-    noise = rng.standard_normal(shape + (n_frames,), dtype=np.float32)
-    noise = ndimage.gaussian_filter(noise, (0.6, 0.6, 0, 0))  # CT noise is spatially correlated
-    noise *= noise_sigma / max(float(noise.std()), 1e-12)
-    ctp = baseline[..., None] + enhancement + noise
-
     ttp = np.zeros(shape, dtype=np.float32)
     curves = enhancement[brain]
     ttp[brain] = parabolic_peak(curves, curves.argmax(axis=1)) * frame_interval
+    del curves
+
+    lookup = np.array([ph.BASELINE_HU[c] for c in range(len(ph.TISSUE_NAMES))], dtype=np.float32)
+    baseline = lookup[tissue]
+    baseline += np.where(tissue == ph.BONE, 250.0, 1.0) * ph.smooth_field(shape, sigma, rng)
+    baseline[lesion.state == ph.CORE] -= rng.uniform(1, 3)  # early ischemic hypodensity
+
+    # CT noise, spatially correlated in-plane, frame by frame (slices-first so each frame is contiguous)
+    noise_sigma = voxel_noise_sigma(noise_hu, grid)
+    ctp = enhancement
+    ctp += baseline[..., None]
+    if noise_sigma > 0:
+        slices_first = (shape[2], shape[0], shape[1])
+        gain = None
+        for t in range(n_frames):
+            frame = ndimage.gaussian_filter(rng.standard_normal(slices_first, dtype=np.float32), (0.0, 0.6, 0.6))
+            gain = gain or noise_sigma / max(float(frame.std()), 1e-12)
+            ctp[..., t] += gain * frame.transpose(1, 2, 0)
+
     label = np.where(brain & (lesion.state == ph.PENUMBRA), 1, 0) + np.where(brain & (lesion.state == ph.CORE), 2, 0)
     truth = {
         "cbf": cbf.astype(np.float32),
@@ -128,7 +137,7 @@ def simulate_study(
     }
     meta = {"affected_side": None if lesion.affected_left is None else ("left" if lesion.affected_left else "right")}
     return Study(
-        ctp=ctp.astype(np.float32),
+        ctp=ctp,
         frame_interval=float(frame_interval),
         grid=grid,
         label=label.astype(np.uint8),
