@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import nibabel as nib
 import numpy as np
@@ -33,37 +33,34 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
 
 
+def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Let ``write`` fill a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def save_nifti(
     path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, frame_interval: float | None = None
 ) -> Path:
-    """Write a NIfTI atomically (temporary file, then rename); a 4D series gets ``pixdim[4] = frame_interval``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a NIfTI atomically; a 4D series gets ``pixdim[4] = frame_interval`` (seconds)."""
     img = nib.Nifti1Image(np.asarray(array), affine)
     img.header.set_xyzt_units("mm", "sec")
     if frame_interval is not None:
         zooms = img.header.get_zooms()
         img.header.set_zooms((*zooms[:3], float(frame_interval)))
-    tmp = _temporary(path)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _write_atomically(path, lambda tmp: nib.save(img, tmp))
 
 
 def save_json(path: str | os.PathLike, content: Any) -> Path:
     """Write JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    try:
-        tmp.write_text(json.dumps(content, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(content, indent=2) + "\n"))
 
 
 def _load(path: Path) -> nib.Nifti1Image:

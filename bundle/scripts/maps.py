@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import load_ctp, save_json, save_nifti
-from .perfusion import compute_perfusion_maps
+from .perfusion import PerfusionMaps, compute_perfusion_maps
 
 
 def compute_maps(
@@ -30,7 +30,7 @@ def compute_maps(
     if ctp is None:
         raise ValueError("ctp: no 4D series given; pass --ctp path/to/ctp.nii.gz.")
     out = Path(output_dir)
-    targets = {name: out / f"{name}.nii.gz" for name in ("cbf", "cbv", "mtt", "ttp", "tmax", "mip")}
+    targets = {name: out / f"{name}.nii.gz" for name in PerfusionMaps.MAP_NAMES}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out}: maps already exist ({existing[0]}, ...); pass overwrite=True (--overwrite true).")
