@@ -46,6 +46,15 @@ def conv_relu(in_channels: int, out_channels: int, kernel: int = 3) -> list[nn.M
     return [nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2), nn.ReLU(inplace=True)]
 
 
+def init_relu_layers(module: nn.Module) -> None:
+    """He (Kaiming) initialisation of every conv, transposed conv and linear layer of the non-VGG parts,
+    so the signal (NIHSS included) keeps its scale through the ReLU decoder at initialisation."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+
+
 def bottleneck_head(in_channels: int, dropout: float) -> nn.Sequential:
     """The two 3x3 convolutions (128) and dropout after each encoder."""
     return nn.Sequential(*conv_relu(in_channels, 128), *conv_relu(128, 128), nn.Dropout(dropout))
@@ -171,6 +180,8 @@ class SlowFusionNet(FineTunableEncoders):
         self.nihss_branch = NIHSSBranch() if self.use_nihss else None
         self.decoder = FusionDecoder(128 * n + int(self.use_nihss), [c * n for c in SKIP_CHANNELS], n, n_classes)
         self.finetuning_stage = "all"
+        for part in (self.heads, self.decoder, self.nihss_branch):
+            init_relu_layers(part) if part is not None else None
 
     def forward(self, image: torch.Tensor, nihss: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(image, nihss)
@@ -215,6 +226,8 @@ class EarlyFusionNet(FineTunableEncoders):
         self.nihss_branch = NIHSSBranch() if self.use_nihss else None
         self.decoder = FusionDecoder(128 + int(self.use_nihss), list(SKIP_CHANNELS), 1, n_classes)
         self.finetuning_stage = "all"
+        for part in (self.squeeze, self.head, self.decoder, self.nihss_branch):
+            init_relu_layers(part) if part is not None else None
 
     def forward(self, image: torch.Tensor, nihss: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(image, nihss)
@@ -251,6 +264,8 @@ class InflatedFusionNet(FineTunableEncoders):
         self.nihss_branch = NIHSSBranch() if self.use_nihss else None
         self.decoder = FusionDecoder(128 + int(self.use_nihss), skip_channels, 1, n_classes)
         self.finetuning_stage = "all"
+        for part in (self.head, self.decoder, self.nihss_branch):
+            init_relu_layers(part) if part is not None else None
 
     def forward(self, image: torch.Tensor, nihss: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(image, nihss)

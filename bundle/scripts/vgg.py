@@ -41,7 +41,8 @@ def vgg16_layers() -> nn.Sequential:
 
 
 def load_vgg16_state(pretrained: bool | str | os.PathLike) -> dict[str, torch.Tensor] | None:
-    """ImageNet weights as a ``features.*`` state dict: downloaded (torch.hub cache), from a file, or None.
+    """ImageNet weights for ``features`` (keys without the ``features.`` prefix): downloaded (torch.hub
+    cache), from a torchvision-keyed file, or None.
 
     An unavailable download warns and returns None (the caller records that it is not pretrained); a
     given file that is missing or lacks VGG-16 feature keys raises ``ValueError`` naming it.
@@ -64,9 +65,8 @@ def load_vgg16_state(pretrained: bool | str | os.PathLike) -> dict[str, torch.Te
         except Exception as err:
             raise ValueError(f"{path}: not a readable torch state dict ({err}).") from err
     state = state.get("state_dict", state) if isinstance(state, dict) else state
-    features = {k: v for k, v in state.items() if k.startswith("features.")}
-    expected = {k for k in vgg16_layers().state_dict()}
-    missing = expected - set(features)
+    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    missing = {f"features.{k}" for k in vgg16_layers().state_dict()} - {f"features.{k}" for k in features}
     if missing:
         source = VGG16_URL if pretrained is True else str(pretrained)
         raise ValueError(f"{source}: not a torchvision vgg16 state dict (missing {sorted(missing)[:3]} ...).")

@@ -1,0 +1,197 @@
+import urllib.error
+
+import pytest
+import torch
+
+from scripts import vgg
+from scripts.encoding import IMAGENET_MEAN, IMAGENET_STD, PerfusionColourEncoding
+from scripts.networks import INPUT_SETS, VARIANTS, create_network, trainable_parameters
+from scripts.vgg import InflatedVGG16Encoder, VGG16Encoder
+
+SIZE = 64
+
+
+def inputs_for(inputs: str, batch: int = 1, size: int = SIZE):
+    maps, use_nihss = INPUT_SETS[inputs]
+    torch.manual_seed(1)
+    image = torch.rand(batch, len(maps), size, size) * torch.tensor([60.0, 5.0, 30.0, 10.0, 100.0][: len(maps)]).view(1, -1, 1, 1)
+    nihss = torch.arange(batch, dtype=torch.float32).view(batch, 1) * 7 + 3 if use_nihss else None
+    return image, nihss
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("inputs", list(INPUT_SETS))
+def test_every_variant_and_input_set_gives_three_class_logits(variant, inputs):
+    net = create_network(variant, inputs).eval()
+    image, nihss = inputs_for(inputs, batch=2)
+    with torch.no_grad():
+        out = net(image, nihss)
+    assert out.shape == (2, 3, SIZE, SIZE) and torch.isfinite(out).all()
+
+
+def test_sizes_not_divisible_by_32_name_the_padding():
+    net = create_network("EF", "PMs").eval()
+    with pytest.raises(ValueError, match="100 x 70 is not divisible by 32; pad it to 128 x 96"):
+        net(torch.zeros(1, 4, 100, 70))
+    with pytest.raises(ValueError, match="channels cbf, cbv, ttp, tmax"):
+        net(torch.zeros(1, 5, 64, 64))
+    with pytest.raises(ValueError, match="takes NIHSS"):
+        create_network("EF", "PMs+N")(torch.zeros(1, 4, 64, 64))
+    with pytest.raises(ValueError, match="variant must be one of SF, EF, EFI"):
+        create_network("UNet")
+
+
+def test_nihss_changes_the_output():
+    net = create_network("SF", "PMs+N").eval()
+    image, _ = inputs_for("PMs+N")
+    with torch.no_grad():
+        low, high = net(image, torch.tensor([[2.0]])), net(image, torch.tensor([[20.0]]))
+    assert (low - high).abs().max() > 1e-6
+
+
+def vgg_parameter_ids(net) -> dict[str, set[int]]:
+    groups = {"deep": set(), "shallow": set()}
+    for encoder in net.encoders:
+        deep = {id(p) for p in encoder.deep_half()}
+        groups["deep"] |= deep
+        groups["shallow"] |= {id(p) for p in encoder.parameters()} - deep
+    return groups
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("stage, trains", [("frozen", ()), ("half", ("deep",)), ("all", ("deep", "shallow"))])
+def test_gradients_reach_exactly_the_stage_parameters(variant, stage, trains):
+    net = create_network(variant, "PMs+N")
+    net.set_finetuning(stage)
+    image, nihss = inputs_for("PMs+N", batch=2)
+    net(image, nihss).square().mean().backward()
+    groups = vgg_parameter_ids(net)
+    vgg_ids = groups["deep"] | groups["shallow"]
+    expected = set().union(*(groups[g] for g in trains)) if trains else set()
+    got = {id(p) for p in net.parameters() if id(p) in vgg_ids and p.grad is not None and p.grad.abs().sum() > 0}
+    assert got == expected
+    others = [p for p in net.parameters() if id(p) not in vgg_ids]
+    assert all(p.grad is not None for p in others)  # decoder, heads, NIHSS branch always train
+    assert {id(p) for p in trainable_parameters(net)} == expected | {id(p) for p in others}
+    assert len(groups["deep"]) == 12 * len(net.encoders)  # blocks 4-5: 6 convs x (weight, bias)
+    with pytest.raises(ValueError, match="stage"):
+        net.set_finetuning("thaw")
+
+
+def torchvision_state(seed: int = 7) -> dict[str, torch.Tensor]:
+    """A torchvision-keyed vgg16 state dict (features + classifier), random values."""
+    torch.manual_seed(seed)
+    state = {f"features.{k}": torch.randn_like(v) for k, v in vgg.vgg16_layers().state_dict().items()}
+    state.update({"classifier.0.weight": torch.randn(8, 4), "classifier.0.bias": torch.randn(8)})
+    return state
+
+
+def test_torchvision_state_dict_loads_unchanged_and_changes_the_output(tmp_path):
+    path = tmp_path / "vgg16.pth"
+    state = torchvision_state()
+    torch.save(state, path)
+    torch.manual_seed(0)
+    scratch = create_network("SF", "PMs", pretrained=False).eval()
+    torch.manual_seed(0)
+    loaded = create_network("SF", "PMs", pretrained=str(path)).eval()
+    assert loaded.pretrained and not scratch.pretrained
+    for encoder in loaded.encoders:
+        for key, value in encoder.features.state_dict().items():
+            torch.testing.assert_close(value, state[f"features.{key}"])
+    image, _ = inputs_for("PMs")
+    with torch.no_grad():
+        assert (loaded(image) - scratch(image)).abs().max() > 1e-4
+
+
+def test_download_is_real_and_offline_falls_back_with_a_warning(monkeypatch, tmp_path):
+    calls = []
+
+    def offline(url, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.warns(UserWarning, match="could not be downloaded"):
+        encoder = VGG16Encoder(pretrained=True)
+    assert calls == [vgg.VGG16_URL] and not encoder.pretrained
+    state = torchvision_state()
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: state)
+    encoder = VGG16Encoder(pretrained=True)
+    assert encoder.pretrained
+    torch.testing.assert_close(encoder.features[0].weight, state["features.0.weight"])
+    with pytest.raises(ValueError, match="missing.pth: VGG-16 weights file not found"):
+        VGG16Encoder(pretrained=str(tmp_path / "missing.pth"))
+    torch.save({"classifier.0.weight": torch.zeros(2)}, tmp_path / "head.pth")
+    with pytest.raises(ValueError, match="head.pth: not a torchvision vgg16 state dict"):
+        VGG16Encoder(pretrained=str(tmp_path / "head.pth"))
+
+
+@pytest.mark.parametrize("depth", [4, 5])
+def test_inflated_encoder_on_a_depth_constant_input_reproduces_the_2d_features(depth):
+    torch.manual_seed(3)
+    flat = VGG16Encoder().eval()
+    torch.manual_seed(3)
+    inflated = InflatedVGG16Encoder().eval()
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        skips2d, bottom2d = flat(image)
+        skips3d, bottom3d = inflated(image.unsqueeze(2).repeat(1, 1, depth, 1, 1))
+    depths = InflatedVGG16Encoder.depths(depth)
+    for s2, s3, d in zip([*skips2d, bottom2d], [*skips3d, bottom3d], depths):
+        unfolded = s3.unflatten(1, (s2.shape[1], d))
+        for k in range(d):
+            torch.testing.assert_close(unfolded[:, :, k], s2, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("inputs", ["PMs", "PMs+N"])
+def test_torchscript_export_matches_eager(tmp_path, inputs):
+    net = create_network("SF", inputs).eval()
+    image, nihss = inputs_for(inputs)
+    scripted = torch.jit.script(net)
+    torch.jit.save(scripted, tmp_path / "model.ts")
+    reloaded = torch.jit.load(tmp_path / "model.ts")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(image, nihss), net(image, nihss))
+
+
+def test_monai_verify_net_in_out_passes_on_the_bundle_network():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def", meta_file="bundle/configs/metadata.json", config_file="bundle/configs/network.json",
+        n=1, any=32, extra_forward_args={"nihss": torch.tensor([[10.0]])},
+    )
+
+
+def test_colour_encoding_windows_and_luts():
+    maps = torch.tensor([[0.0, 80.0, 40.0]]).view(1, 3, 1, 1).expand(1, 3, 1, 1)
+    jet = PerfusionColourEncoding(["cbf", "cbf", "cbf"])(maps.view(1, 3, 1, 1))
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    rgb = jet[0, :, :, 0, 0] * std + mean
+    torch.testing.assert_close(rgb[0], torch.tensor([0.0, 0.0, 0.5]))  # low end: dark blue
+    torch.testing.assert_close(rgb[1], torch.tensor([0.5, 0.0, 0.0]))  # high end: dark red
+    torch.testing.assert_close(rgb[2], torch.tensor([0.5, 1.0, 0.5]))  # middle: green
+    gray = PerfusionColourEncoding(["tmax"], lut="gray")(torch.full((1, 1, 1, 1), 6.0))
+    torch.testing.assert_close(gray[0, 0, :, 0, 0] * std + mean, torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match="no display window for map"):
+        PerfusionColourEncoding(["adc"])
+    with pytest.raises(ValueError, match="high > low"):
+        PerfusionColourEncoding(["cbf"], windows={"cbf": (10, 5)})
+
+
+def test_a_tiny_batch_is_overfit():
+    torch.manual_seed(0)
+    net = create_network("SF", "PMs+N")
+    image, nihss = inputs_for("PMs+N", batch=2)
+    target = torch.zeros(2, SIZE, SIZE, dtype=torch.long)
+    target[:, 16:40, 10:30] = 1
+    target[:, 24:32, 16:24] = 2
+    optimizer = torch.optim.Adam(trainable_parameters(net), lr=1e-4)
+    losses = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(image, nihss), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses
