@@ -58,9 +58,14 @@ def save_nifti(
     return _write_atomically(path, lambda tmp: nib.save(img, tmp))
 
 
+def save_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    return _write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
 def save_json(path: str | os.PathLike, content: Any) -> Path:
     """Write JSON atomically."""
-    return _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(content, indent=2) + "\n"))
+    return save_text(path, json.dumps(content, indent=2) + "\n")
 
 
 def _load(path: Path) -> nib.Nifti1Image:

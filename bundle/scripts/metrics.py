@@ -1,0 +1,237 @@
+"""Per-patient, per-group lesion metrics: Dice, Hausdorff distance (mm) and volume error (ml).
+
+Per patient, on the whole 3D volume, for ``penumbra`` (label 1), ``core`` (2) and ``hypoperfused`` (1 or 2):
+
+* ``dice`` = 2|P∩T| / (|P| + |T|).
+* ``hd`` and ``hd95``: maximum and 95th-percentile symmetric Hausdorff distance between the boundary
+  voxels of prediction and truth, in mm with the volume's voxel spacing (MONAI's
+  ``compute_hausdorff_distance``).
+* ``dv_ml`` = V_pred - V_true (signed) and ``adv_ml`` = |dv_ml|, in ml.
+
+Empty masks (WIS patients have no lesion; small lesions may be missed), applied the same everywhere:
+
+* both empty: Dice = 1 (counted in ``n_both_empty``); Hausdorff is undefined.
+* one empty: Dice = 0; Hausdorff is undefined.
+* undefined values are NaN per patient, left out of means and SDs and counted (``n_undefined``); they are
+  never averaged as zeros. Volumes are always defined.
+
+Groups are summarised as mean ± SD (sample SD, ddof = 1) over patients, per group (LVO, Non-LVO, WIS) and
+over all. Metric names follow ``shared/DESIGN.md``: ``<split>_<metric>_<class>_<group>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from ignite.metrics import Metric
+from monai.metrics import compute_hausdorff_distance
+
+from .data import GROUPS, LABEL_VALUES, CTPDataError, load_datalist, save_text
+
+CLASSES: dict[str, tuple[int, ...]] = {"penumbra": (1,), "core": (2,), "hypoperfused": (1, 2)}
+METRICS = ("dice", "hd", "hd95", "dv_ml", "adv_ml")
+SUMMARY_GROUPS = (*GROUPS, "all")
+
+
+def lesion_metrics(pred: np.ndarray, label: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+    """Metrics of one patient's 3D label volumes; keys ``<metric>_<class>``, NaN where undefined."""
+    pred, label = np.asarray(pred), np.asarray(label)
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from label shape {label.shape}.")
+    voxel_ml = float(np.prod(spacing[: pred.ndim])) / 1000.0
+    out: dict[str, float] = {}
+    for name, values in CLASSES.items():
+        p, t = np.isin(pred, values), np.isin(label, values)
+        n_p, n_t = int(p.sum()), int(t.sum())
+        out[f"dice_{name}"] = 1.0 if n_p + n_t == 0 else 2.0 * int((p & t).sum()) / (n_p + n_t)
+        if n_p and n_t:
+            pt, tt = torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None]
+            hd = compute_hausdorff_distance(pt, tt, include_background=True, spacing=list(spacing[: pred.ndim]))
+            hd95 = compute_hausdorff_distance(pt, tt, include_background=True, percentile=95, spacing=list(spacing[: pred.ndim]))
+            out[f"hd_{name}"], out[f"hd95_{name}"] = float(hd.item()), float(hd95.item())
+        else:
+            out[f"hd_{name}"] = out[f"hd95_{name}"] = math.nan
+        out[f"dv_ml_{name}"] = (n_p - n_t) * voxel_ml
+        out[f"adv_ml_{name}"] = abs(n_p - n_t) * voxel_ml
+    return out
+
+
+def summarise(rows: Iterable[Mapping]) -> list[dict]:
+    """Mean ± SD per group and over all from per-patient rows (each with ``group`` and metric keys)."""
+    rows = list(rows)
+    summary = []
+    for group in SUMMARY_GROUPS:
+        members = [r for r in rows if group == "all" or r["group"] == group]
+        if not members:
+            continue
+        for name in CLASSES:
+            for metric in METRICS:
+                values = np.array([r[f"{metric}_{name}"] for r in members], dtype=np.float64)
+                defined = values[~np.isnan(values)]
+                entry = {
+                    "group": group, "class": name, "metric": metric, "n": int(defined.size),
+                    "n_undefined": int(values.size - defined.size),
+                    "mean": float(defined.mean()) if defined.size else math.nan,
+                    "sd": float(defined.std(ddof=1)) if defined.size > 1 else (0.0 if defined.size else math.nan),
+                }
+                if metric == "dice":
+                    entry["n_both_empty"] = sum(
+                        1 for r in members if not r.get(f"has_pred_{name}", True) and not r.get(f"has_true_{name}", True)
+                    )
+                summary.append(entry)
+    return summary
+
+
+def metric_names(summary: Iterable[Mapping], split: str) -> dict[str, float]:
+    """``{<split>_<metric>_<class>_<group>: mean}`` for the defined means (MLflow / Ignite names)."""
+    return {f"{split}_{s['metric']}_{s['class']}_{s['group']}": s["mean"] for s in summary if not math.isnan(s["mean"])}
+
+
+def _csv(rows: Sequence[Mapping]) -> str:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def markdown_table(summary: Sequence[Mapping], title: str = "model") -> str:
+    """Markdown table laid out like the paper's Table 2: Dice, Hausdorff (hd95, mm) and ΔV (|dv|, ml)."""
+    cell = {(s["group"], s["class"], s["metric"]): s for s in summary}
+
+    def fmt(group: str, name: str, metric: str) -> str:
+        s = cell.get((group, name, metric))
+        if s is None or math.isnan(s["mean"]):
+            return "–"
+        digits = 2 if metric == "dice" else 1
+        return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
+
+    header = ("| model | class | Dice LVO ↑ | Dice Non-LVO ↑ | HD95 LVO (mm) ↓ | HD95 Non-LVO (mm) ↓ | "
+              "ΔV LVO (ml) ↓ | ΔV Non-LVO (ml) ↓ | ΔV WIS (ml) ↓ | Dice all ↑ |")
+    lines = [header, "|" + "---|" * 10]
+    for name in CLASSES:
+        lines.append(
+            f"| {title} | {name} | {fmt('LVO', name, 'dice')} | {fmt('Non-LVO', name, 'dice')} | "
+            f"{fmt('LVO', name, 'hd95')} | {fmt('Non-LVO', name, 'hd95')} | {fmt('LVO', name, 'adv_ml')} | "
+            f"{fmt('Non-LVO', name, 'adv_ml')} | {fmt('WIS', name, 'adv_ml')} | {fmt('all', name, 'dice')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(rows: Sequence[Mapping], summary: Sequence[Mapping], output_dir: str | os.PathLike, title: str = "model") -> dict[str, Path]:
+    """Write ``metrics_per_patient.csv``, ``metrics_summary.csv`` and ``metrics_summary.md`` atomically."""
+    out = Path(output_dir)
+    return {
+        "per_patient": save_text(out / "metrics_per_patient.csv", _csv(rows)),
+        "summary": save_text(out / "metrics_summary.csv", _csv(summary)),
+        "markdown": save_text(out / "metrics_summary.md", markdown_table(summary, title)),
+    }
+
+
+def patient_row(pid: str, group: str, pred: np.ndarray, label: np.ndarray, spacing: Sequence[float]) -> dict:
+    """One per-patient row: id, group, presence flags and the metrics."""
+    row: dict = {"id": pid, "group": group}
+    for name, values in CLASSES.items():
+        row[f"has_pred_{name}"] = bool(np.isin(pred, values).any())
+        row[f"has_true_{name}"] = bool(np.isin(label, values).any())
+    row.update(lesion_metrics(pred, label, spacing))
+    return row
+
+
+def _load_labels(path: Path, what: str, pid: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    if not path.is_file():
+        raise CTPDataError(f"patient {pid}: {what} file not found: {path}.")
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    bad = np.setdiff1d(np.unique(data), LABEL_VALUES)
+    if bad.size:
+        raise CTPDataError(f"patient {pid}: {path}: {what} values must be 0, 1, 2; found {bad.tolist()[:5]}.")
+    return data.astype(np.uint8), tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def evaluate_predictions(
+    datalist: str | os.PathLike,
+    predictions: str | os.PathLike | None,
+    split: str = "test",
+    output_dir: str | os.PathLike | None = None,
+    pattern: str = "{id}.nii.gz",
+    title: str = "model",
+) -> tuple[list[dict], list[dict]]:
+    """Score a folder of label predictions (``pattern`` per patient id) against a datalist split.
+
+    Any model's outputs, a thresholding method's included, are scored the same way. Returns the
+    per-patient rows and the summary, and writes the reports into ``output_dir`` when given.
+    """
+    if predictions is None:
+        raise CTPDataError("predictions: no folder given; pass --predictions path/to/folder.")
+    items = load_datalist(datalist, splits=(split,))[split]
+    if not items:
+        raise CTPDataError(f"{datalist}: split '{split}' has no patients.")
+    rows = []
+    for item in items:
+        pid = item["id"]
+        pred, pred_spacing = _load_labels(Path(predictions) / pattern.format(id=pid), "prediction", pid)
+        label, spacing = _load_labels(Path(item["label"]), "label", pid)
+        if pred.shape != label.shape:
+            raise CTPDataError(f"patient {pid}: prediction shape {pred.shape} differs from label {label.shape} ({item['label']}).")
+        if not np.allclose(pred_spacing, spacing, rtol=1e-3):
+            raise CTPDataError(f"patient {pid}: prediction spacing {pred_spacing} differs from label {spacing} ({item['label']}).")
+        rows.append(patient_row(pid, item["group"], pred, label, spacing))
+    summary = summarise(rows)
+    if output_dir is not None:
+        write_reports(rows, summary, output_dir, title)
+    return rows, summary
+
+
+class LesionMetrics(Metric):
+    """Ignite metric: per-patient lesion metrics over an evaluation, summarised per group.
+
+    ``update`` takes the (decollated) evaluator output: a dict or list of dicts with ``pred`` and
+    ``label`` 3D volumes (class indices or one-hot / probabilities, channel first), the patient's
+    ``group`` and ``id``; the spacing is read from the label's MetaTensor (``pixdim``) or a ``spacing`` key.
+    ``compute`` returns ``{<split>_<metric>_<class>_<group>: mean}``; Ignite stores each entry in
+    ``engine.state.metrics``. The per-patient rows stay in ``self.rows`` for reports.
+    """
+
+    def __init__(self, split: str = "val", output_transform=lambda x: x, device: str | torch.device = "cpu") -> None:
+        self.split = split
+        self.rows: list[dict] = []
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self.rows = []
+
+    @staticmethod
+    def _labels(x) -> np.ndarray:
+        array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        if array.ndim == 4:  # channel first: one channel of indices, or one-hot / probabilities
+            array = array[0] if array.shape[0] == 1 else array.argmax(axis=0)
+        return np.rint(array).astype(np.uint8)
+
+    def update(self, output) -> None:
+        for item in output if isinstance(output, (list, tuple)) else [output]:
+            label = item["label"]
+            if "spacing" in item:
+                spacing = [float(s) for s in item["spacing"]]
+            elif hasattr(label, "pixdim"):
+                spacing = [float(s) for s in label.pixdim[:3]]
+            else:
+                raise ValueError("LesionMetrics needs the voxel spacing: a MetaTensor label or a 'spacing' entry.")
+            group = item.get("group")
+            if group not in GROUPS:
+                raise ValueError(f"LesionMetrics: item {item.get('id', '?')} has group {group!r}; expected one of {GROUPS}.")
+            self.rows.append(patient_row(str(item.get("id", len(self.rows))), group, self._labels(item["pred"]), self._labels(label), spacing))
+
+    def compute(self) -> dict[str, float]:
+        return metric_names(summarise(self.rows), self.split)

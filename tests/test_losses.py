@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from scripts.losses import FocalTverskyLoss
+
+# one row of 10 pixels: truth has 4 penumbra pixels; A misses 2 of them, B adds 2 false alarms
+TRUTH = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+MISSES = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 1, 1])
+FALSE_ALARMS = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+
+
+def onehot(labels: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels, 3).T.float().view(1, 3, 1, -1)
+
+
+def target(labels: torch.Tensor) -> torch.Tensor:
+    return labels.view(1, 1, 1, -1)
+
+
+def plain(**kwargs) -> FocalTverskyLoss:
+    return FocalTverskyLoss(softmax=False, sample_weighting="none", **kwargs)
+
+
+def test_image_form_matches_hand_computed_values_and_alpha_penalises_misses():
+    loss = plain()
+    # weights (0.1, 50, 440); misses: TI = (0.1*6 + 50*2) / (0.1*(6 + 0.3*2) + 50*(2 + 0.7*2))
+    ti_miss = 100.6 / (0.1 * 6.6 + 50 * 3.4)
+    ti_alarm = 200.4 / (0.1 * (4 + 0.7 * 2) + 50 * (4 + 0.3 * 2))
+    assert loss(onehot(MISSES), target(TRUTH)).item() == pytest.approx((1 - ti_miss) ** 0.75, rel=1e-5)
+    assert loss(onehot(FALSE_ALARMS), target(TRUTH)).item() == pytest.approx((1 - ti_alarm) ** 0.75, rel=1e-5)
+    assert loss(onehot(MISSES), target(TRUTH)) > loss(onehot(FALSE_ALARMS), target(TRUTH))
+    swapped = plain(alpha=0.3, beta=0.7)  # now false positives weigh more
+    assert swapped(onehot(MISSES), target(TRUTH)) < swapped(onehot(FALSE_ALARMS), target(TRUTH))
+
+
+def test_class_form_matches_hand_computed_values():
+    loss = plain(form="class", class_weights=(1.0, 2.0, 3.0))
+    ti = [(6 + 1) / (6 + 0.3 * 2 + 1), (2 + 1) / (2 + 0.7 * 2 + 1), 1.0]  # core absent from both: TI = 1
+    expected = sum(w * (1 - t) ** 0.75 for w, t in zip((1.0, 2.0, 3.0), ti)) / 6.0
+    assert loss(onehot(MISSES), target(TRUTH)).item() == pytest.approx(expected, abs=1e-5)  # (1 - TI) >= 1e-7
+
+
+def test_perfect_prediction_gives_zero_and_class_weights_matter():
+    assert FocalTverskyLoss(softmax=False)(onehot(TRUTH), target(TRUTH)).item() == pytest.approx(0.0, abs=1e-3)
+    light = plain(class_weights=(1.0, 1.0, 1.0))(onehot(MISSES), target(TRUTH))
+    heavy = plain()(onehot(MISSES), target(TRUTH))
+    assert heavy > light  # penumbra weighted 500x healthy: the misses dominate the index
+
+
+def test_non_lvo_factor_only_affects_non_lvo_samples():
+    loss = FocalTverskyLoss(softmax=False, reduction="none")
+    preds, truth = onehot(MISSES).repeat(2, 1, 1, 1), target(TRUTH).repeat(2, 1, 1, 1)
+    base = loss(preds, truth)
+    boosted = loss(preds, truth, non_lvo=torch.tensor([False, True]))
+    assert boosted[0].item() == pytest.approx(base[0].item())
+    # sample weight = mean pixel class weight: (6*0.1 + 4*50)/10, Non-LVO (6*0.1 + 4*300)/10
+    assert (boosted[1] / base[1]).item() == pytest.approx((0.6 + 1200) / (0.6 + 200), rel=1e-5)
+    direct = FocalTverskyLoss(softmax=False, sample_weighting="none", reduction="none")
+    ratio = direct(preds, truth, non_lvo=torch.tensor([False, True])) / direct(preds, truth)
+    torch.testing.assert_close(ratio, torch.tensor([1.0, 6.0]))
+    weighted = loss(preds, truth, sample_weight=torch.tensor([1.0, 0.5]))
+    assert weighted[1].item() == pytest.approx(0.5 * base[1].item())
+
+
+def test_logits_give_the_same_loss_as_probabilities_and_useful_gradients():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 1, 4, 5))
+    from_logits = FocalTverskyLoss()(logits, labels)
+    from_probs = FocalTverskyLoss(softmax=False)(torch.softmax(logits, 1), labels)
+    assert from_logits.item() == pytest.approx(from_probs.item(), rel=1e-5)
+    from_logits.backward()
+    grad = logits.grad
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    true_class = torch.nn.functional.one_hot(labels[:, 0], 3).movedim(-1, 1).bool()
+    assert grad[true_class].mean() < 0 < grad[~true_class].mean()  # raising the true logit lowers the loss
+
+
+def test_bad_configuration_and_shapes_are_rejected():
+    with pytest.raises(ValueError, match="gamma"):
+        FocalTverskyLoss(gamma=0)
+    with pytest.raises(ValueError, match="form"):
+        FocalTverskyLoss(form="pixel")
+    with pytest.raises(ValueError, match="2 channels but 3 class weights"):
+        FocalTverskyLoss()(torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 4, 4))
