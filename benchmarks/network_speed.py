@@ -126,10 +126,11 @@ def one(variant: str, size: int, repeats: int) -> dict:
     }
 
 
-def cpu_options(size: int, repeats: int) -> list[tuple[str, float]]:
+def cpu_options(size: int, repeats: int) -> list[tuple[str, float, float]]:
     """SF forward (batch 2) under channels_last / bf16 autocast / no_grad vs inference_mode."""
     net = create_network("SF", "PMs+N").to(DEVICE).eval()
     image, nihss = inputs(size)
+    macs = count_macs(net, image[:1], nihss[:1])
     rows = []
     for name, channels_last, bf16, grad_ctx in (
         ("no_grad", False, False, torch.no_grad),
@@ -150,7 +151,8 @@ def cpu_options(size: int, repeats: int) -> list[tuple[str, float]]:
             with grad_ctx(), autocast:
                 model(x, nihss)
 
-        rows.append((name, 1000 * timed(run, repeats) / BATCH))
+        seconds = timed(run, repeats)
+        rows.append((name, 1000 * seconds / BATCH, 2 * macs * BATCH / seconds / 1e9))
     return rows
 
 
@@ -183,9 +185,10 @@ def main() -> None:
         size = max(args.sizes)
         print(f"\nSF forward at {size}^2, batch {BATCH}, ms per slice:")
         base = None
-        for name, ms in cpu_options(size, args.repeats):
+        for name, ms, gflops in cpu_options(size, args.repeats):
             base = base or ms
-            print(f"- {name}: {ms:.0f} ms ({base / ms:.2f}x vs no_grad)", flush=True)
+            print(f"- {name}: {ms:.0f} ms, {gflops:.0f} GFLOP/s = {gflops / peak:.2f} of the fp32 matmul peak "
+                  f"({base / ms:.2f}x vs no_grad)", flush=True)
 
 
 if __name__ == "__main__":
