@@ -131,3 +131,17 @@ def test_ignite_metric_reports_design_names():
     assert [r["id"] for r in metric.rows] == ["p1", "p2"]
     with pytest.raises(ValueError, match="group"):
         metric.update({"pred": torch.zeros(1, 2, 2, 2), "label": torch.zeros(1, 2, 2, 2), "spacing": SPACING, "group": "?"})
+
+
+def test_scoring_workflow_writes_the_reports(tiny_cohort, predictions, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "scoring", "--config_file", "bundle/configs/score.json",
+         "--datalist", str(tiny_cohort), "--predictions", str(predictions), "--output_dir", str(tmp_path / "out")],
+        cwd=root, check=True, capture_output=True,
+    )
+    assert "| model | penumbra |" in (tmp_path / "out" / "metrics_summary.md").read_text()
