@@ -78,6 +78,7 @@ class FocalTverskyLoss(_Loss):
         self.form, self.sample_weighting = form, sample_weighting
         self.non_lvo_factor = float(non_lvo_factor)
         self.softmax, self.to_onehot_y, self.epsilon, self.smooth = softmax, to_onehot_y, float(epsilon), float(smooth)
+        self.batch_non_lvo: Optional[torch.Tensor] = None  # set per training batch by scripts.training.NonLVOPenalty
 
     def label_sample_weights(self, onehot: torch.Tensor, non_lvo: Optional[torch.Tensor]) -> torch.Tensor:
         """Mean class weight of each image's label pixels (lesion weights x factor for Non-LVO images)."""
@@ -96,6 +97,8 @@ class FocalTverskyLoss(_Loss):
         sample_weight: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``input`` (B, C, ...) logits or probabilities; ``target`` (B, 1, ...) indices or (B, C, ...) one-hot."""
+        if non_lvo is None:
+            non_lvo = self.batch_non_lvo
         n_classes = input.shape[1]
         if n_classes != self.class_weights.numel():
             raise ValueError(f"input has {n_classes} channels but {self.class_weights.numel()} class weights are set.")

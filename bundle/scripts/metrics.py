@@ -199,13 +199,20 @@ class LesionMetrics(Metric):
 
     ``update`` takes the (decollated) evaluator output: a dict or list of dicts with ``pred`` and
     ``label`` 3D volumes (class indices or one-hot / probabilities, channel first), the patient's
-    ``group`` and ``id``; the spacing is read from the label's MetaTensor (``pixdim``) or a ``spacing`` key.
+    group and id (under ``group_key`` and ``id_key``); the spacing is read from the label's MetaTensor (``pixdim``) or a ``spacing`` key.
     ``compute`` returns ``{<split>_<metric>_<class>_<group>: mean}``; Ignite stores each entry in
     ``engine.state.metrics``. The per-patient rows stay in ``self.rows`` for reports.
     """
 
-    def __init__(self, split: str = "val", output_transform=lambda x: x, device: str | torch.device = "cpu") -> None:
-        self.split = split
+    def __init__(
+        self,
+        split: str = "val",
+        output_transform=lambda x: x,
+        device: str | torch.device = "cpu",
+        group_key: str = "group",
+        id_key: str = "id",
+    ) -> None:
+        self.split, self.group_key, self.id_key = split, group_key, id_key
         self.rows: list[dict] = []
         super().__init__(output_transform=output_transform, device=device)
 
@@ -228,10 +235,11 @@ class LesionMetrics(Metric):
                 spacing = [float(s) for s in label.pixdim[:3]]
             else:
                 raise ValueError("LesionMetrics needs the voxel spacing: a MetaTensor label or a 'spacing' entry.")
-            group = item.get("group")
+            group = item.get(self.group_key)
             if group not in GROUPS:
-                raise ValueError(f"LesionMetrics: item {item.get('id', '?')} has group {group!r}; expected one of {GROUPS}.")
-            self.rows.append(patient_row(str(item.get("id", len(self.rows))), group, self._labels(item["pred"]), self._labels(label), spacing))
+                raise ValueError(f"LesionMetrics: item {item.get(self.id_key, '?')} has group {group!r}; expected one of {GROUPS}.")
+            pid = str(item.get(self.id_key, len(self.rows)))
+            self.rows.append(patient_row(pid, group, self._labels(item["pred"]), self._labels(label), spacing))
 
     def compute(self) -> dict[str, float]:
         return metric_names(summarise(self.rows), self.split)

@@ -144,7 +144,10 @@ class FineTunableEncoders(nn.Module):
     def _fuse_nihss(self, bottleneck: torch.Tensor, nihss: Optional[torch.Tensor]) -> torch.Tensor:
         if self.nihss_branch is not None and nihss is not None:
             size = [bottleneck.shape[2], bottleneck.shape[3]]
-            bottleneck = torch.cat([bottleneck, self.nihss_branch(nihss, size)], dim=1)
+            score = self.nihss_branch(nihss, size)
+            if score.shape[0] == 1 and bottleneck.shape[0] > 1:  # one patient's slices batched by SliceInferer
+                score = score.expand(bottleneck.shape[0], -1, -1, -1)
+            bottleneck = torch.cat([bottleneck, score], dim=1)
         return bottleneck
 
 

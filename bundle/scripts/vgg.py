@@ -47,6 +47,8 @@ def load_vgg16_state(pretrained: bool | str | os.PathLike) -> dict[str, torch.Te
     An unavailable download warns and returns None (the caller records that it is not pretrained); a
     given file that is missing or lacks VGG-16 feature keys raises ``ValueError`` naming it.
     """
+    if isinstance(pretrained, str) and pretrained.strip().lower() in ("true", "false", "1", "0", ""):
+        pretrained = pretrained.strip().lower() in ("true", "1")  # command-line overrides arrive as text
     if pretrained is False or pretrained is None:
         return None
     if pretrained is True:
