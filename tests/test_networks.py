@@ -114,6 +114,9 @@ def test_download_is_real_and_offline_falls_back_with_a_warning(monkeypatch, tmp
     with pytest.warns(UserWarning, match="could not be downloaded"):
         encoder = VGG16Encoder(pretrained=True)
     assert calls == [vgg.VGG16_URL] and not encoder.pretrained
+    with pytest.warns(UserWarning, match="could not be downloaded"):
+        net = create_network("SF", "PMs", pretrained=True)
+    assert len(calls) == 2 and not net.pretrained  # one download attempt for all four encoders
     state = torchvision_state()
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: state)
     encoder = VGG16Encoder(pretrained=True)

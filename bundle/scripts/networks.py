@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoding import PerfusionColourEncoding
-from .vgg import SKIP_CHANNELS, InflatedVGG16Encoder, VGG16Encoder
+from .vgg import SKIP_CHANNELS, InflatedVGG16Encoder, VGG16Encoder, load_vgg16_state
 
 PERFUSION_MAPS = ("cbf", "cbv", "ttp", "tmax")
 INPUT_SETS = {
@@ -178,7 +178,8 @@ class SlowFusionNet(FineTunableEncoders):
         self.use_nihss = bool(use_nihss)
         n = len(self.maps)
         self.encoding = PerfusionColourEncoding(self.maps, windows, lut)
-        self.encoders = nn.ModuleList([VGG16Encoder(pretrained) for _ in range(n)])
+        weights = load_vgg16_state(pretrained)  # one download or read for all encoders
+        self.encoders = nn.ModuleList([VGG16Encoder(weights if weights is not None else False) for _ in range(n)])
         self.heads = nn.ModuleList([bottleneck_head(512, dropout) for _ in range(n)])
         self.nihss_branch = NIHSSBranch() if self.use_nihss else None
         self.decoder = FusionDecoder(128 * n + int(self.use_nihss), [c * n for c in SKIP_CHANNELS], n, n_classes)

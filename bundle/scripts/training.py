@@ -77,7 +77,8 @@ class GradualFineTuning:
     """Staged fine-tuning with early stopping on the validation loss (an Ignite handler).
 
     Stages come from :data:`scripts.networks.FINETUNING_SCHEDULES` (``frozen``: one frozen stage;
-    ``gradual``: frozen -> half -> all; ...). After each validation, when the monitored loss has not
+    ``gradual``: frozen -> half -> all; ...). Without pretrained encoders (offline, ``pretrained: false``)
+    the gradual modes start at ``all``: freezing random weights would only waste the stages. After each validation, when the monitored loss has not
     improved by ``min_delta`` for ``patience`` validations: if a next stage exists, the best weights are
     reloaded, the stage's encoder weights unfrozen, the optimizer reset (state cleared, learning rate reset,
     only trainable parameters) and training goes on; after the last stage the trainer terminates.
@@ -111,6 +112,12 @@ class GradualFineTuning:
             raise ValueError(f"finetuning mode must be one of {', '.join(FINETUNING_SCHEDULES)}, got {mode!r}.")
         self.network, self.optimizer, self.validator = network, optimizer, validator
         self.stages = FINETUNING_SCHEDULES[mode]
+        if not getattr(network, "pretrained", True) and "frozen" in self.stages:
+            if len(self.stages) > 1:  # freezing random weights only wastes the stage
+                logger.warning("encoders are not pretrained: gradual fine-tuning starts directly at stage 'all'.")
+                self.stages = ("all",)
+            else:
+                logger.warning("finetuning 'frozen' with encoders that are not pretrained: they stay random.")
         self.patience, self.min_delta, self.metric_name = int(patience), float(min_delta), metric_name
         self.best_checkpoint, self.on_stage = best_checkpoint, on_stage
         self.lr = lr if lr is not None else optimizer.param_groups[0]["lr"]
@@ -140,13 +147,14 @@ class GradualFineTuning:
     def attach(self, trainer: Engine) -> None:
         self.trainer = trainer
         self.validator.add_event_handler(Events.COMPLETED, self._after_validation)
-        trainer.add_event_handler(Events.STARTED, self._announce)
+        trainer.add_event_handler(Events.EPOCH_STARTED, self._announce)  # after MLflow has opened its run
 
     def _announce(self, engine: Engine) -> None:
-        logger.info("fine-tuning stage %d/%d: %s", self.stage_index + 1, len(self.stages), self.stage)
-        if self.on_stage is not None and not self.transitions:
-            self.on_stage(self.stage_index, self.stage, engine.state.epoch)
+        if not self.transitions:
+            logger.info("fine-tuning stage %d/%d: %s", self.stage_index + 1, len(self.stages), self.stage)
             self.transitions.append((engine.state.epoch, self.stage))
+            if self.on_stage is not None:
+                self.on_stage(self.stage_index, self.stage, engine.state.epoch)
 
     def _after_validation(self, validator: Engine) -> None:
         value = float(validator.state.metrics[self.metric_name])
@@ -230,7 +238,17 @@ def resume_from_last(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: di
     except RuntimeError as err:
         raise CTPDataError(f"{path}: checkpoint does not match this network (variant/inputs changed?): {err}") from err
     CheckpointLoader(load_path=path, load_dict=load_dict, map_location="cpu").attach(trainer)
-    logger.info("resuming from %s (epoch %s)", path, state["trainer"].get("epoch"))
+
+    def prune(engine: Engine) -> None:  # the saver only tracks its own files: drop the pre-resume "last"
+        newest = latest_checkpoint(ckpt_dir)
+        for old in Path(ckpt_dir).glob("last*.pt"):
+            if str(old) != newest:
+                old.unlink(missing_ok=True)
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, prune)
+    trainer.add_event_handler(Events.COMPLETED, prune)
+    trainer_state = state["trainer"]
+    logger.info("resuming from %s (epoch %s)", path, trainer_state["iteration"] // max(trainer_state["epoch_length"], 1))
     return path
 
 
@@ -263,3 +281,26 @@ def log_to_training_run(
         if Path(folder).is_dir():
             client.log_artifacts(run_id, str(folder), artifact_path=Path(folder).name)
     return run_id
+
+
+class StageLogger:
+    """Record fine-tuning stage transitions in the MLflow training run (metric ``finetuning_stage`` at the
+    epoch it starts, and tag ``finetuning_stages``)."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, run_name: str) -> None:
+        self.tracking_uri, self.experiment_name, self.run_name = tracking_uri, experiment_name, run_name
+        self.history: list[str] = []
+
+    def __call__(self, index: int, stage: str, epoch: int) -> None:
+        import mlflow
+
+        self.history.append(f"{epoch}:{stage}")
+        client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return
+        runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{self.run_name}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            client.log_metric(runs[0].info.run_id, "finetuning_stage", float(index), step=int(epoch))
+            client.set_tag(runs[0].info.run_id, "finetuning_stages", " ".join(self.history))

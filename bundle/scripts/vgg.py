@@ -80,13 +80,14 @@ class VGG16Encoder(nn.Module):
     bottleneck (stride 32).
 
     Args:
-        pretrained: True (ImageNet via torch.hub), False, or a path to a torchvision-keyed state dict.
+        pretrained: True (ImageNet via torch.hub), False, a path to a torchvision-keyed state dict, or
+            already-loaded ``features`` weights (from :func:`load_vgg16_state`, to share one download).
     """
 
-    def __init__(self, pretrained: bool | str | os.PathLike = False) -> None:
+    def __init__(self, pretrained: bool | str | os.PathLike | dict = False) -> None:
         super().__init__()
         self.features = vgg16_layers()
-        state = load_vgg16_state(pretrained)
+        state = pretrained if isinstance(pretrained, dict) else load_vgg16_state(pretrained)
         if state is not None:
             self.features.load_state_dict(state)
         self.pretrained = state is not None
@@ -129,7 +130,7 @@ class InflatedVGG16Encoder(nn.Module):
     likewise, so a 2D decoder can use them.
     """
 
-    def __init__(self, pretrained: bool | str | os.PathLike = False) -> None:
+    def __init__(self, pretrained: bool | str | os.PathLike | dict = False) -> None:
         super().__init__()
         base = VGG16Encoder(pretrained)
         self.pretrained = base.pretrained

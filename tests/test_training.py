@@ -1,0 +1,157 @@
+"""A real (tiny) training and evaluation through `python -m monai.bundle`, with MLflow and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from scripts.data import CTPDataError
+from scripts.training import check_training_inputs
+from scripts.vgg import vgg16_layers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = "['bundle/configs/train.json','bundle/configs/evaluate.json']"
+
+
+def bundle(run_id: str, config: str, *overrides: str, check: bool = True, wait: bool = True):
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, *overrides]
+    if not wait:
+        return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=check)
+
+
+def tiny_overrides(datalist: Path, out: Path, uri: str, *extra: str) -> list[str]:
+    return ["--datalist", str(datalist), "--output_dir", str(out), "--tracking_uri", uri, "--pretrained", "false",
+            "--roi_size", "[64,64]", "--slices_per_volume", "1", *extra]
+
+
+def trained_epochs(checkpoint: dict) -> int:
+    return checkpoint["trainer"]["iteration"] // checkpoint["trainer"]["epoch_length"]
+
+
+def runs_named(uri: str, name: str):
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("ctp-stroke")
+    return client, client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cohort, tmp_path_factory):
+    """Gradual fine-tuning with patience 1 over 6 epochs, then evaluation on the test split."""
+    base = tmp_path_factory.mktemp("training")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    out = base / "gradual"
+    weights = base / "vgg16.pth"
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in vgg16_layers().state_dict().items()}, weights)
+    # min_delta 1000: only the first validation counts as an improvement, so every later one moves a stage
+    args = tiny_overrides(tiny_cohort, out, uri, "--max_epochs", "6", "--patience", "1", "--finetuning", "gradual",
+                          "--min_delta", "1000")
+    args[args.index("--pretrained") + 1] = str(weights)
+    train = bundle("training", "bundle/configs/train.json", *args)
+    evaluation = bundle("evaluating", CONFIGS, *args)
+    return {"out": out, "uri": uri, "train": train, "eval": evaluation}
+
+
+def test_training_writes_checkpoints_and_reports(trained):
+    ckpts = sorted(p.name for p in (trained["out"] / "checkpoints").iterdir())
+    assert any(n.startswith("best") for n in ckpts) and any(n.startswith("last") for n in ckpts)
+    last = torch.load(next((trained["out"] / "checkpoints").glob("last*.pt")), weights_only=False)
+    assert {"network", "optimizer", "trainer", "finetuning"} <= set(last)
+    assert (trained["out"] / "validation" / "metrics_per_patient.csv").is_file()
+    assert "| SF_gradual(PMs+N) |" in (trained["out"] / "test" / "metrics_summary.md").read_text()
+
+
+def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
+    client, runs = runs_named(trained["uri"], "gradual")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    for key in ("variant", "inputs", "finetuning", "gamma", "alpha", "beta", "lr", "batch_size", "seed", "data_version", "pretrained"):
+        assert key in params, key
+    assert params["pretrained"] == "True" and params["finetuning"] == "gradual"
+    metrics = run.data.metrics
+    for key in ("train_loss", "val_loss", "val_dice_penumbra_LVO", "val_dv_ml_core_all", "test_dice_hypoperfused_all"):
+        assert key in metrics and metrics[key] == metrics[key], key
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert len(history) >= 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert any(a.startswith("best") for a in artifacts) and "test" in artifacts
+
+
+def test_stage_transitions_happen_in_order(trained):
+    client, runs = runs_named(trained["uri"], "gradual")
+    stages = client.get_metric_history(runs[0].info.run_id, "finetuning_stage")
+    values = [m.value for m in sorted(stages, key=lambda m: m.step)]
+    assert values == sorted(values) and values[0] == 0.0 and len(values) >= 2
+    assert values == [0.0, 1.0, 2.0] and [m.step for m in sorted(stages, key=lambda m: m.step)] == [1, 2, 3]
+    last = torch.load(next((trained["out"] / "checkpoints").glob("last*.pt")), weights_only=False)
+    assert [stage for _, stage in last["finetuning"]["transitions"]] == ["frozen", "half", "all"]
+    assert trained_epochs(last) == 4  # no improvement in the last stage: early stopping, not epoch 6
+
+
+def test_killed_run_resumes_to_the_same_final_epoch(tiny_cohort, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "killed"
+    args = tiny_overrides(tiny_cohort, out, uri, "--max_epochs", "5", "--patience", "50", "--finetuning", "frozen")
+    process = bundle("training", "bundle/configs/train.json", *args, wait=False)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((out / "checkpoints").glob("last*epoch=2.pt")):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list((out / "checkpoints").glob("last*epoch=2.pt")), "no epoch-2 checkpoint before the kill"
+    resumed = bundle("training", "bundle/configs/train.json", *args, "--resume", "true", check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    last = sorted((out / "checkpoints").glob("last*.pt"))
+    assert [p.name for p in last] == ["last_checkpoint_epoch=5.pt"]
+    assert trained_epochs(torch.load(last[0], weights_only=False)) == 5
+    _, runs = runs_named(uri, "killed")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was reused and closed
+
+
+def test_bad_training_inputs_stop_before_training(tiny_cohort, tmp_path):
+    with pytest.raises(CTPDataError, match="datalist not found"):
+        check_training_inputs(tmp_path / "none.json", "SF", "PMs", "frozen", "cpu")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        check_training_inputs(tiny_cohort, "UNet", "PMs", "frozen", "cpu")
+    with pytest.raises(ValueError, match="finetuning must be one of"):
+        check_training_inputs(tiny_cohort, "SF", "PMs", "slow", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is available"):
+            check_training_inputs(tiny_cohort, "SF", "PMs", "frozen", "cuda")
+    empty = json.loads(tiny_cohort.read_text())
+    empty["validation"] = []
+    (tmp_path / "empty.json").write_text(json.dumps(empty).replace('"CTP_', f'"{tiny_cohort.parent}/CTP_'))
+    with pytest.raises(CTPDataError, match="split 'validation' is empty"):
+        check_training_inputs(tmp_path / "empty.json", "SF", "PMs", "frozen", "cpu")
+    result = bundle("training", "bundle/configs/train.json", "--datalist", str(tmp_path / "none.json"), check=False)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
+    from scripts.experiments import GRIDS, build_tables, cell_name, run_grid
+
+    assert len(GRIDS["exp2"]) == 12 and cell_name("SF", "PMs+M+N", "gradual") == "SF_G-PMs-M-N"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = {"max_epochs": 1, "pretrained": "false", "roi_size": "[64,64]", "slices_per_volume": 1}
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        names = run_grid("exp3", str(tiny_cohort), str(tmp_path / "runs"), uri, overrides)
+        again = run_grid("exp3", str(tiny_cohort), str(tmp_path / "runs"), uri, overrides)  # all finished: skipped
+    finally:
+        os.chdir(cwd)
+    assert names == again == ["SF_G-PMs-N", "EF_G-PMs-N", "EFI_G-PMs-N"]
+    written = build_tables(("exp3",), uri, str(tmp_path / "tables"))
+    table = written["exp3_md"].read_text()
+    assert all(f"| {name} | penumbra |" in table for name in names)
+    assert "±" in table and written["exp3_csv"].read_text().count("\n") > 3
