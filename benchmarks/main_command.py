@@ -1,8 +1,8 @@
-"""Wall time of the README's main command (the bundle's default workflow) on the default cohort.
+"""Wall time of each step of the README's main command on the default cohort (install not timed).
 
-Runs ``python -m monai.bundle run generating --config_file bundle/configs/synthetic.json`` into a fresh
-temporary directory (the install step is not timed) and prints the wall time of each repeat.
-Run: python benchmarks/main_command.py [--repeats 1]
+Runs generation, training and evaluation with the bundle's defaults into a temporary directory (data,
+run and MLflow store there) and prints each step's wall time and the final validation and test Dice.
+Run: python benchmarks/main_command.py [--only-generation]
 """
 
 from __future__ import annotations
@@ -17,20 +17,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def step(name: str, command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", *command], cwd=ROOT, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    print(f"{name}: {seconds:.1f} s", flush=True)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--only-generation", action="store_true")
     args = parser.parse_args()
-    walls = []
-    for _ in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, "-m", "monai.bundle", "run", "generating", "--config_file",
-                       "bundle/configs/synthetic.json", "--output_dir", f"{tmp}/synthetic"]
-            start = time.perf_counter()
-            subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-            walls.append(time.perf_counter() - start)
-    print("command: python -m monai.bundle run generating --config_file bundle/configs/synthetic.json")
-    print("wall time (s): " + ", ".join(f"{w:.1f}" for w in walls))
+    with tempfile.TemporaryDirectory() as tmp:
+        data, run, uri = f"{tmp}/synthetic", f"{tmp}/runs/default", f"sqlite:///{tmp}/mlflow.db"
+        total = step("generating", ["generating", "--config_file", "bundle/configs/synthetic.json", "--output_dir", data])
+        if not args.only_generation:
+            common = ["--datalist", f"{data}/datalist.json", "--output_dir", run, "--tracking_uri", uri]
+            total += step("training", ["training", "--config_file", "bundle/configs/train.json", *common])
+            total += step("evaluating", ["evaluating", "--config_file",
+                                         "['bundle/configs/train.json','bundle/configs/evaluate.json']", *common])
+            import mlflow
+
+            client = mlflow.MlflowClient(uri)
+            experiment = client.get_experiment_by_name("ctp-stroke")
+            metrics = client.search_runs([experiment.experiment_id])[0].data.metrics
+            for split in ("val", "test"):
+                for group in ("LVO", "Non-LVO", "WIS", "all"):
+                    values = [f"{c} {metrics.get(f'{split}_dice_{c}_{group}', float('nan')):.2f}"
+                              for c in ("penumbra", "core", "hypoperfused")]
+                    print(f"{split} Dice {group}: " + ", ".join(values))
+        print(f"total: {total:.1f} s")
 
 
 if __name__ == "__main__":
