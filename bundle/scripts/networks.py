@@ -107,10 +107,28 @@ class FusionDecoder(nn.Module):
 
 
 class FineTunableEncoders(nn.Module):
-    """Fine-tuning stages shared by the networks: ``frozen`` (no VGG weight trains), ``half`` (blocks 4-5 of
-    every encoder train) and ``all``. Non-VGG layers always train."""
+    """What the three networks share: input maps and colour encoding, the NIHSS branch, input checks, and
+    the fine-tuning stages ``frozen`` (no VGG weight trains), ``half`` (blocks 4-5 of every encoder train)
+    and ``all``. Non-VGG layers always train."""
 
     __jit_unused_properties__ = ["pretrained"]
+
+    def __init__(
+        self, maps: Sequence[str], use_nihss: bool, windows: Mapping[str, Sequence[float]] | None, lut: str
+    ) -> None:
+        super().__init__()
+        self.maps = list(maps)
+        self.use_nihss = bool(use_nihss)
+        self.encoding = PerfusionColourEncoding(self.maps, windows, lut)
+        self.finetuning_stage = "all"
+
+    def _init_new_layers(self) -> None:
+        """He-initialise every part that is not an encoder (or the fixed colour encoding), NIHSS last."""
+        for name, child in self.named_children():
+            if name not in ("encoders", "encoding", "nihss_branch"):
+                init_relu_layers(child)
+        if self.nihss_branch is not None:
+            init_relu_layers(self.nihss_branch)
 
     def set_finetuning(self, stage: str) -> None:
         """Set which VGG weights train; call per stage, then build the optimizer on trainable parameters."""
@@ -173,19 +191,14 @@ class SlowFusionNet(FineTunableEncoders):
         windows: Mapping[str, Sequence[float]] | None = None,
         lut: str = "jet",
     ) -> None:
-        super().__init__()
-        self.maps = list(maps)
-        self.use_nihss = bool(use_nihss)
+        super().__init__(maps, use_nihss, windows, lut)
         n = len(self.maps)
-        self.encoding = PerfusionColourEncoding(self.maps, windows, lut)
         weights = load_vgg16_state(pretrained)  # one download or read for all encoders
         self.encoders = nn.ModuleList([VGG16Encoder(weights if weights is not None else False) for _ in range(n)])
         self.heads = nn.ModuleList([bottleneck_head(512, dropout) for _ in range(n)])
         self.nihss_branch = NIHSSBranch() if self.use_nihss else None
         self.decoder = FusionDecoder(128 * n + int(self.use_nihss), [c * n for c in SKIP_CHANNELS], n, n_classes)
-        self.finetuning_stage = "all"
-        for part in (self.heads, self.decoder, self.nihss_branch):
-            init_relu_layers(part) if part is not None else None
+        self._init_new_layers()
 
     def forward(self, image: torch.Tensor, nihss: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(image, nihss)
@@ -220,18 +233,13 @@ class EarlyFusionNet(FineTunableEncoders):
         windows: Mapping[str, Sequence[float]] | None = None,
         lut: str = "jet",
     ) -> None:
-        super().__init__()
-        self.maps = list(maps)
-        self.use_nihss = bool(use_nihss)
-        self.encoding = PerfusionColourEncoding(self.maps, windows, lut)
+        super().__init__(maps, use_nihss, windows, lut)
         self.squeeze = nn.Sequential(*conv_relu(3 * len(self.maps), 3))
         self.encoders = nn.ModuleList([VGG16Encoder(pretrained)])
         self.head = bottleneck_head(512, dropout)
         self.nihss_branch = NIHSSBranch() if self.use_nihss else None
         self.decoder = FusionDecoder(128 + int(self.use_nihss), list(SKIP_CHANNELS), 1, n_classes)
-        self.finetuning_stage = "all"
-        for part in (self.squeeze, self.head, self.decoder, self.nihss_branch):
-            init_relu_layers(part) if part is not None else None
+        self._init_new_layers()
 
     def forward(self, image: torch.Tensor, nihss: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(image, nihss)
@@ -257,19 +265,14 @@ class InflatedFusionNet(FineTunableEncoders):
         windows: Mapping[str, Sequence[float]] | None = None,
         lut: str = "jet",
     ) -> None:
-        super().__init__()
-        self.maps = list(maps)
-        self.use_nihss = bool(use_nihss)
-        self.encoding = PerfusionColourEncoding(self.maps, windows, lut)
+        super().__init__(maps, use_nihss, windows, lut)
         self.encoders = nn.ModuleList([InflatedVGG16Encoder(pretrained)])
         depths = InflatedVGG16Encoder.depths(len(self.maps))
         skip_channels = [c * d for c, d in zip(SKIP_CHANNELS, depths)]
         self.head = bottleneck_head(512 * depths[5], dropout)
         self.nihss_branch = NIHSSBranch() if self.use_nihss else None
         self.decoder = FusionDecoder(128 + int(self.use_nihss), skip_channels, 1, n_classes)
-        self.finetuning_stage = "all"
-        for part in (self.head, self.decoder, self.nihss_branch):
-            init_relu_layers(part) if part is not None else None
+        self._init_new_layers()
 
     def forward(self, image: torch.Tensor, nihss: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(image, nihss)
