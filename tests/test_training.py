@@ -116,6 +116,8 @@ def test_killed_run_resumes_to_the_same_final_epoch(tiny_cohort, tmp_path):
     assert trained_epochs(torch.load(last[0], weights_only=False)) == 5
     _, runs = runs_named(uri, "killed")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was reused and closed
+    refused = bundle("training", "bundle/configs/train.json", *args, check=False)  # no --resume: keep the run
+    assert refused.returncode == 1 and "already has checkpoints; pass --resume true" in refused.stderr
 
 
 def test_bad_training_inputs_stop_before_training(tiny_cohort, tmp_path):

@@ -25,9 +25,15 @@ logger = logging.getLogger(__name__)
 
 def check_training_inputs(
     datalist: str | os.PathLike, variant: str, inputs: str, finetuning: str, device: str | torch.device,
-    splits: Sequence[str] = ("training", "validation"),
+    splits: Sequence[str] = ("training", "validation"), ckpt_dir: str | os.PathLike | None = None,
+    resume: bool | str = False,
 ) -> None:
-    """Fail before any training with one clear message: datalist, splits, variant, inputs, mode, device."""
+    """Fail before any training with one clear message: datalist, splits, variant, inputs, mode, device,
+    and an existing run in ``ckpt_dir`` that would be overwritten without ``resume``."""
+    resume = resume if isinstance(resume, bool) else str(resume).strip().lower() in ("true", "1")
+    if ckpt_dir is not None and not resume and latest_checkpoint(ckpt_dir):
+        raise FileExistsError(f"{ckpt_dir}: this run already has checkpoints; pass --resume true to continue it "
+                              "or choose another --output_dir.")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
     if inputs not in INPUT_SETS:
