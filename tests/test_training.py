@@ -85,6 +85,9 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     assert len(history) >= 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert any(a.startswith("best") for a in artifacts) and "test" in artifacts
+    resolved = json.loads(Path(client.download_artifacts(run.info.run_id, "train_resolved.json")).read_text())
+    assert resolved["min_delta"] == 1000 and resolved["roi_size"] == [64, 64]  # the command line's overrides
+    assert resolved["network_def"]["_target_"] == "scripts.networks.create_network"  # over the merged config
 
 
 def test_stage_transitions_happen_in_order(trained):
@@ -157,3 +160,51 @@ def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
     table = written["exp3_md"].read_text()
     assert all(f"| {name} | penumbra |" in table for name in names)
     assert "±" in table and written["exp3_csv"].read_text().count("\n") > 3
+
+
+def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
+    """multi_gpu_train.json under torchrun on CPU: stages move in step, only rank 0 logs and saves."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "ddp"
+    weights = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in vgg16_layers().state_dict().items()}, weights)
+    args = tiny_overrides(tiny_cohort, out, uri, "--max_epochs", "4", "--patience", "1", "--finetuning", "gradual",
+                          "--min_delta", "1000", "--batch_size", "1")
+    args[args.index("--pretrained") + 1] = str(weights)
+    # each rank saves its final weights: DDP (rebuilt at every stage) must have kept them identical
+    args += ["--finalize", "['$torch.save(@network_def.state_dict(), @output_dir + \"/rank\" + str(@rank) + \".pt\")', "
+             "'$torch.distributed.destroy_process_group()']"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
+               "run", "training", "--config_file", "['bundle/configs/train.json','bundle/configs/multi_gpu_train.json']", *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    last = list((out / "checkpoints").glob("last*.pt"))
+    assert len(last) == 1 and len(list((out / "checkpoints").glob("best*.pt"))) == 1
+    state = torch.load(last[0], weights_only=False)
+    n_training = len(json.loads(tiny_cohort.read_text())["training"])
+    assert state["trainer"]["epoch_length"] == -(-n_training // 2)  # each rank sees its half of the patients
+    assert [stage for _, stage in state["finetuning"]["transitions"]] == ["frozen", "half", "all"]
+    assert trained_epochs(state) == 4
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    first_conv = [k for k in rank0 if k.endswith("features.0.weight")]  # unfrozen only in the last stage
+    initial = torch.load(weights, weights_only=True)["features.0.weight"]
+    assert first_conv and all(not torch.equal(rank0[k], initial) for k in first_conv)
+    client, runs = runs_named(uri, "ddp")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 opened no run of its own
+    stages = client.get_metric_history(runs[0].info.run_id, "finetuning_stage")
+    assert sorted(m.value for m in stages) == [0.0, 1.0, 2.0]  # logged once each, by rank 0
+    assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == 4
+
+
+def test_multi_gpu_config_drops_the_logging_handlers_on_other_ranks():
+    """multi_gpu_train.json slices MLflow off the handler lists: it must stay where the slices expect it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "bundle/configs/train.json"), str(ROOT / "bundle/configs/multi_gpu_train.json")])
+    train_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["train#handlers"]]
+    val_handlers = [h["_target_"] for h in parser["validate#handlers"]]
+    assert train_handlers[-1] == "MLFlowHandler" and "MLFlowHandler" not in train_handlers[:-1]
+    assert val_handlers[0] == "StatsHandler" and all(h != "StatsHandler" for h in val_handlers[1:])
+    assert "@rank == 0" in parser["validate#evaluator#val_handlers"] and "[:1]" in parser["validate#evaluator#val_handlers"]

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,34 @@ from .metrics import LesionMetrics, summarise, write_reports
 from .networks import FINETUNING_SCHEDULES, INPUT_SETS, VARIANTS, trainable_parameters
 
 logger = logging.getLogger(__name__)
+
+
+def is_main_process() -> bool:
+    """True outside distributed training and on rank 0 within it: the process that logs and saves."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def rewrap_distributed(network: torch.nn.Module) -> torch.nn.Module:
+    """A new ``DistributedDataParallel`` around ``network.module`` with the same options, so that it reduces
+    exactly the parameters trainable now (DDP fixes that set when it is built); other modules pass through."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(network, DistributedDataParallel):
+        return network
+    return DistributedDataParallel(
+        network.module, device_ids=network.device_ids, output_device=network.output_device,
+        broadcast_buffers=network.broadcast_buffers, find_unused_parameters=network.find_unused_parameters,
+    )
+
+
+def save_last_checkpoints(trainer: Engine, saver: Any) -> None:
+    """Save the ``last`` checkpoint after every epoch, from the main process only."""
+    if is_main_process():
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
 
 
 def check_training_inputs(
@@ -129,6 +158,7 @@ class GradualFineTuning:
         self.lr = lr if lr is not None else optimizer.param_groups[0]["lr"]
         self.stage_index, self.best, self.wait = 0, float("inf"), 0
         self.transitions: list[tuple[int, str]] = []
+        self._wrapped_stage: int | None = None
         self._apply_stage()
 
     def state_dict(self) -> dict:
@@ -153,7 +183,14 @@ class GradualFineTuning:
     def attach(self, trainer: Engine) -> None:
         self.trainer = trainer
         self.validator.add_event_handler(Events.COMPLETED, self._after_validation)
+        trainer.add_event_handler(Events.EPOCH_STARTED, self._rewrap)
         trainer.add_event_handler(Events.EPOCH_STARTED, self._announce)  # after MLflow has opened its run
+
+    def _rewrap(self, engine: Engine) -> None:
+        """Under DDP, rebuild the wrapper once per stage: it must reduce the parameters trainable now."""
+        if self._wrapped_stage != self.stage_index:
+            engine.network = rewrap_distributed(engine.network)
+            self._wrapped_stage = self.stage_index
 
     def _announce(self, engine: Engine) -> None:
         if not self.transitions:
@@ -164,6 +201,10 @@ class GradualFineTuning:
 
     def _after_validation(self, validator: Engine) -> None:
         value = float(validator.state.metrics[self.metric_name])
+        if _distributed():  # every rank takes the same decision: on the mean of their validation losses
+            mean = torch.tensor([value], dtype=torch.float64, device=_device_of(self.network))
+            torch.distributed.all_reduce(mean)
+            value = float(mean) / torch.distributed.get_world_size()
         if value < self.best - self.min_delta:
             self.best, self.wait = value, 0
             return
@@ -175,6 +216,8 @@ class GradualFineTuning:
             logger.info("early stopping at epoch %d: %s did not improve for %d validations", epoch, self.metric_name, self.patience)
             self.trainer.terminate()
             return
+        if _distributed():
+            torch.distributed.barrier()  # rank 0 has written the best checkpoint of this validation
         path = self.best_checkpoint() if callable(self.best_checkpoint) else self.best_checkpoint
         if path and Path(path).is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -187,6 +230,47 @@ class GradualFineTuning:
                     epoch, self.stage_index + 1, len(self.stages), self.stage)
         if self.on_stage is not None:
             self.on_stage(self.stage_index, self.stage, epoch)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None and torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+_RUN_ARGS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
+
+
+def save_resolved_config(path: str | os.PathLike, argv: Sequence[str] | None = None) -> str | None:
+    """Write the configuration this ``python -m monai.bundle run`` executes (its config files merged, then
+    the command line's overrides applied, as MONAI's ``ConfigWorkflow`` does) to ``path``, atomically.
+
+    The file goes into the run's MLflow artifacts, so a run can be repeated from its record. Returns None
+    (nothing written) on processes other than rank 0, or when not started through ``monai.bundle run``.
+    """
+    from fire.parser import DefaultParseValue
+    from monai.bundle import ConfigParser
+
+    from .data import save_json
+
+    argv = list(sys.argv if argv is None else argv)
+    if not is_main_process() or len(argv) < 2 or "monai" not in argv[0] or argv[1] != "run":
+        return None
+    pairs: dict[str, Any] = {}
+    items = iter(argv[2:])
+    for item in items:
+        if not item.startswith("--"):
+            continue
+        key, sep, value = item[2:].partition("=")
+        value = value if sep else next(items, "true")
+        key = key.replace("-", "_") if key.replace("-", "_") in _RUN_ARGS else key
+        pairs[key] = DefaultParseValue(value)
+    if "config_file" not in pairs:
+        return None
+    parser = ConfigParser()
+    parser.read_config(f=pairs["config_file"])
+    parser.update(pairs={k: v for k, v in pairs.items() if k not in _RUN_ARGS})
+    save_json(path, parser.get())
+    return str(path)
 
 
 def latest_checkpoint(folder: str | os.PathLike, prefix: str = "last") -> str | None:
@@ -251,8 +335,9 @@ def resume_from_last(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: di
             if str(old) != newest:
                 old.unlink(missing_ok=True)
 
-    trainer.add_event_handler(Events.EPOCH_STARTED, prune)
-    trainer.add_event_handler(Events.COMPLETED, prune)
+    if is_main_process():
+        trainer.add_event_handler(Events.EPOCH_STARTED, prune)
+        trainer.add_event_handler(Events.COMPLETED, prune)
     trainer_state = state["trainer"]
     logger.info("resuming from %s (epoch %s)", path, trainer_state["iteration"] // max(trainer_state["epoch_length"], 1))
     return path
@@ -301,6 +386,8 @@ class StageLogger:
         import mlflow
 
         self.history.append(f"{epoch}:{stage}")
+        if not is_main_process():
+            return
         client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
