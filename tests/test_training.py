@@ -155,7 +155,7 @@ def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
         again = run_grid("exp3", str(tiny_cohort), str(tmp_path / "runs"), uri, overrides)  # all finished: skipped
     finally:
         os.chdir(cwd)
-    assert names == again == ["SF_G-PMs-N", "EF_G-PMs-N", "EFI_G-PMs-N"]
+    assert names == again == ["SF_G-PMs-N", "EF_G-PMs-N", "EFI_G-PMs-N", "threshold"]
     written = build_tables(("exp3",), uri, str(tmp_path / "tables"))
     table = written["exp3_md"].read_text()
     assert all(f"| {name} | penumbra |" in table for name in names)

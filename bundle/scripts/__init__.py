@@ -1,5 +1,8 @@
-"""What MONAI lacks for CT perfusion stroke segmentation: simulation, perfusion maps, data validation, networks."""
+"""What MONAI lacks for CT perfusion stroke segmentation: simulation, perfusion maps, data validation, networks,
+loss, metrics, training helpers, the threshold baseline, inference outputs and the clinical report."""
 
-from . import brain_mask, cli, cohort, data, encoding, experiments, inferers, losses, maps, metrics, networks, perfusion, phantom, simulate, tracer, training, vgg
+from . import (brain_mask, cli, cohort, data, encoding, experiments, inference, inferers, losses, maps, metrics, networks,
+               perfusion, phantom, report, simulate, thresholds, tracer, training, vgg)
 
-__all__ = ["brain_mask", "cli", "cohort", "data", "encoding", "experiments", "inferers", "losses", "maps", "metrics", "networks", "perfusion", "phantom", "simulate", "tracer", "training", "vgg"]
+__all__ = ["brain_mask", "cli", "cohort", "data", "encoding", "experiments", "inference", "inferers", "losses", "maps",
+           "metrics", "networks", "perfusion", "phantom", "report", "simulate", "thresholds", "tracer", "training", "vgg"]

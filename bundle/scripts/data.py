@@ -47,10 +47,18 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) ->
 
 
 def save_nifti(
-    path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, frame_interval: float | None = None
+    path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, frame_interval: float | None = None,
+    header: nib.Nifti1Header | None = None,
 ) -> Path:
-    """Write a NIfTI atomically; a 4D series gets ``pixdim[4] = frame_interval`` (seconds)."""
-    img = nib.Nifti1Image(np.asarray(array), affine)
+    """Write a NIfTI atomically; a 4D series gets ``pixdim[4] = frame_interval`` (seconds). With ``header``
+    (e.g. the input map's), its fields are kept and only the data type follows ``array``."""
+    array = np.asarray(array)
+    img = nib.Nifti1Image(array, affine, header.copy() if header is not None else None)
+    img.set_data_dtype(array.dtype)
+    if header is not None:
+        img.header.set_qform(affine, code=int(header["qform_code"]) or 1)
+        img.header.set_sform(affine, code=int(header["sform_code"]) or 1)
+        img.header.set_slope_inter(1.0, 0.0)
     img.header.set_xyzt_units("mm", "sec")
     if frame_interval is not None:
         zooms = img.header.get_zooms()
@@ -61,6 +69,11 @@ def save_nifti(
 def save_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     return _write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def save_bytes(path: str | os.PathLike, content: bytes) -> Path:
+    """Write a binary file (e.g. a PNG) atomically."""
+    return _write_atomically(path, lambda tmp: tmp.write_bytes(content))
 
 
 def save_json(path: str | os.PathLike, content: Any) -> Path:
@@ -162,10 +175,10 @@ def load_datalist(
     return result
 
 
-def check_patient(item: dict) -> None:
-    """Load a validated item's maps and label: same shape and affine, finite, label values in {0, 1, 2}."""
+def check_patient(item: dict, keys: tuple[str, ...] = (*MAP_KEYS, "label")) -> None:
+    """Load a validated item's maps and label (``keys``): same shape and affine, finite, label values in {0, 1, 2}."""
     reference_key, reference_shape, reference_affine = None, None, None
-    for key in (*MAP_KEYS, "label"):
+    for key in keys:
         data, affine = load_map(item[key])
         if reference_key is None:
             reference_key, reference_shape, reference_affine = key, data.shape, affine

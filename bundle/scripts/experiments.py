@@ -1,7 +1,8 @@
 """The paper's experiment grids as MLflow runs, and the paper-style tables built back from MLflow.
 
 Exp-2: SF with the four input sets x three fine-tuning modes (frozen, unfrozen, gradual). Exp-3: SF, EF and
-EFI with gradual fine-tuning and PMs+N. Every cell is an ordinary bundle training (train.json with
+EFI with gradual fine-tuning and PMs+N. Each grid also gets the threshold baseline (``threshold``: rCBF < 30 %
+core, Tmax > 6 s hypoperfusion, see :mod:`scripts.thresholds`) scored the same way. Every cell is an ordinary bundle training (train.json with
 overrides) followed by its evaluation, in MLflow experiment ``exp2`` / ``exp3``; rerunning the command skips
 finished cells and resumes interrupted ones.
 """
@@ -26,6 +27,7 @@ GRIDS = {
     "exp2": [("SF", inputs, mode) for mode in ("frozen", "unfrozen", "gradual") for inputs in ("PMs", "PMs+M", "PMs+N", "PMs+M+N")],
     "exp3": [(variant, "PMs+N", "gradual") for variant in ("SF", "EF", "EFI")],
 }
+BASELINE = "threshold"  # the RAPID-like threshold baseline, a row of every table
 MODE_LETTER = {"frozen": "F", "unfrozen": "U", "gradual": "G", "gradual_full": "G"}
 
 
@@ -75,7 +77,43 @@ def run_grid(
         logger.info("%s/%s: training", grid, name)
         subprocess.run(train, check=True)
         subprocess.run(evaluate, check=True)
+    names.append(BASELINE)
+    if _finished(uri, grid, BASELINE):
+        logger.info("%s/%s already finished: skipped", grid, BASELINE)
+    else:
+        run_threshold_baseline(grid, datalist, output_root, uri, config_dir)
     return names
+
+
+def run_threshold_baseline(
+    experiment: str, datalist: str, output_root: str, tracking_uri: str, config_dir: str = "bundle/configs",
+    split: str = "validation",
+) -> str:
+    """The threshold baseline as a table row: inference in threshold mode on ``split``, the same scoring as the
+    networks, and an MLflow run named ``threshold`` in ``experiment`` holding its metrics and reports."""
+    import mlflow
+
+    from .metrics import evaluate_predictions, metric_names
+
+    out = Path(output_root) / experiment / BASELINE
+    predictions = out / "predictions"
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", f"{config_dir}/inference.json",
+                    "--mode", "threshold", "--input", datalist, "--split", split, "--output_dir", str(predictions),
+                    "--overwrite", "true", "--montage", "false"], check=True)
+    prefix = {"validation": "val", "training": "train"}.get(split, split)
+    reports = out / split
+    _, summary = evaluate_predictions(datalist, predictions, split=split, output_dir=reports, pattern="{id}/label.nii.gz", title=BASELINE)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=BASELINE)
+    for key, value in {"variant": "threshold", "core_rcbf": 0.3, "hypoperfused_tmax": 6.0, "normal_tmax": 4.0}.items():
+        client.log_param(run.info.run_id, key, value)
+    for key, value in metric_names(summary, prefix).items():
+        client.log_metric(run.info.run_id, key, float(value))
+    client.log_artifacts(run.info.run_id, str(reports), artifact_path=split)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
 
 
 def build_tables(
@@ -96,8 +134,8 @@ def build_tables(
             continue
         runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FINISHED"}
         markdown, rows = [], []
-        for variant, inputs, mode in GRIDS[grid]:
-            run = runs.get(cell_name(variant, inputs, mode))
+        for name in [cell_name(*cell) for cell in GRIDS[grid]] + [BASELINE]:
+            run = runs.get(name)
             if run is None:
                 continue
             with tempfile.TemporaryDirectory() as tmp:

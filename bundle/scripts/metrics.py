@@ -44,6 +44,7 @@ SUMMARY_GROUPS = (*GROUPS, "all")
 def lesion_metrics(pred: np.ndarray, label: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
     """Metrics of one patient's 3D label volumes; keys ``<metric>_<class>``, NaN where undefined."""
     pred, label = np.asarray(pred), np.asarray(label)
+    spacing = tuple(float(s) for s in spacing)  # e.g. numpy floats from a NIfTI header
     if pred.shape != label.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from label shape {label.shape}.")
     voxel_ml = float(np.prod(spacing[: pred.ndim])) / 1000.0

@@ -39,6 +39,7 @@ from scipy import ndimage
 from .tracer import K_H, RHO
 
 MIN_FRAMES = 10
+MIN_AIF_PEAK_HU = 20.0  # an arterial input below this is noise: real AIFs peak at hundreds of HU
 """Fewest frames a series may have: a baseline, the bolus and its wash-out."""
 
 TRUNCATION_LADDER = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
@@ -297,6 +298,9 @@ def compute_perfusion_maps(
         aif = np.asarray(aif, dtype=np.float64)
         if aif.shape != (n_t,):
             raise ValueError(f"aif: expected {n_t} values (one per frame), got shape {aif.shape}.")
+    if float(np.max(aif)) < MIN_AIF_PEAK_HU:
+        raise ValueError(f"no contrast bolus: the arterial input peaks {float(np.max(aif)):.1f} HU above baseline "
+                         f"(need >= {MIN_AIF_PEAK_HU:g} HU); is this a contrast-enhanced perfusion series?")
     vessel = mip - baseline > vessel_fraction * float(np.max(aif))
     tissue = soft & (baseline >= parenchyma_hu[0]) & (baseline <= parenchyma_hu[1]) & ~vessel
     sigma_px = tuple(smoothing_mm / float(s) for s in spacing[:2])

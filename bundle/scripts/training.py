@@ -303,6 +303,31 @@ class MetricReports:
             write_reports(self.metric.rows, summarise(self.metric.rows), self.output_dir, self.title)
 
 
+def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "network",
+                         required: Sequence[str] = ()) -> dict:
+    """Load ``network`` weights from a checkpoint (``{key: state_dict, ...}`` or a bare state dict); return it.
+
+    An unreadable file, missing entries or weights that do not fit the network stop with a message naming
+    the file (and, for a mismatch, the likely cause: another variant or input set).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CTPDataError(f"{path}: checkpoint cannot be read ({err}).") from err
+    if not isinstance(state, dict):
+        raise CTPDataError(f"{path}: not a checkpoint (a dict of state dicts), got {type(state).__name__}.")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CTPDataError(f"{path}: checkpoint lacks {missing}; it was not written by this training config.")
+    weights = state.get(key, state)
+    try:
+        network.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise CTPDataError(f"{path}: checkpoint does not match this network (another variant or input set?): {first}") from err
+    return state
+
+
 def resume_from_last(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: dict, resume: bool) -> str | None:
     """When ``resume`` and a ``last`` checkpoint exists, restore ``load_dict`` from it as training starts.
 
@@ -316,17 +341,7 @@ def resume_from_last(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: di
         if resume:
             logger.info("resume requested but %s holds no checkpoint: starting from scratch", ckpt_dir)
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CTPDataError(f"{path}: checkpoint cannot be read ({err}); delete it or start a new output_dir.") from err
-    missing = [key for key in load_dict if key not in state]
-    if missing:
-        raise CTPDataError(f"{path}: checkpoint lacks {missing}; it was not written by this training config.")
-    try:
-        load_dict["network"].load_state_dict(state["network"])
-    except RuntimeError as err:
-        raise CTPDataError(f"{path}: checkpoint does not match this network (variant/inputs changed?): {err}") from err
+    state = load_network_weights(load_dict["network"], path, required=tuple(load_dict))
     CheckpointLoader(load_path=path, load_dict=load_dict, map_location="cpu").attach(trainer)
 
     def prune(engine: Engine) -> None:  # the saver only tracks its own files: drop the pre-resume "last"

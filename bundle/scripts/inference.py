@@ -1,0 +1,251 @@
+"""What MONAI lacks for the inference workflow: finding the studies, maps from raw 4D CTP, and writing each
+patient's outputs (label, probabilities, clinical report, montage) into its folder atomically.
+
+Inputs (``--input``): a datalist JSON (items of ``split``), a folder of patient folders, or one patient
+folder. A patient folder holds ``cbf/cbv/ttp/tmax/mip.nii.gz`` or a raw ``ctp.nii.gz`` (4D, frame interval
+in pixdim[4]); a datalist item has the map paths or a ``ctp`` path. NIHSS comes from the datalist item,
+else from ``--nihss``; a model with NIHSS input refuses a study without it.
+
+Outputs: ``<output_dir>/<id>/`` with ``label.nii.gz`` (uint8, the input map's affine and header),
+``probabilities.nii.gz`` (optional, 3 channels), ``report.json``, ``report.png`` and, for raw input,
+``maps/``. Each folder is built as ``.<id>.partial`` and renamed into place when complete, so a failed or
+interrupted run leaves no half-written patient.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+
+from .brain_mask import brain_mask_from_mip
+from .data import MAP_KEYS, CTPDataError, check_patient, save_json, save_nifti
+from .report import clinical_report, save_montage
+
+logger = logging.getLogger(__name__)
+
+PARTIAL = ".{}.partial"
+
+
+def _patient_folder(folder: Path) -> dict | None:
+    if all((folder / f"{k}.nii.gz").is_file() for k in MAP_KEYS):
+        return {"id": folder.name, **{k: str(folder / f"{k}.nii.gz") for k in MAP_KEYS}}
+    if (folder / "ctp.nii.gz").is_file():
+        return {"id": folder.name, "ctp": str(folder / "ctp.nii.gz")}
+    return None
+
+
+def find_studies(source: str | os.PathLike, split: str = "test") -> list[dict]:
+    """Study items (``id``, map paths or ``ctp``, optional ``nihss``) from a datalist, a folder of patients or one patient."""
+    path = Path(source)
+    if path.is_file():
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CTPDataError(f"{path}: not a readable datalist JSON ({err}).") from err
+        splits = [s for s in ("training", "validation", "test") if s in content] if split == "all" else [split]
+        if not isinstance(content, dict) or any(not isinstance(content.get(s), list) for s in splits):
+            raise CTPDataError(f"{path}: datalist has no list '{split}'.")
+        items = []
+        for s in splits:
+            for i, item in enumerate(content[s]):
+                if not isinstance(item, dict) or "id" not in item:
+                    raise CTPDataError(f"{path} {s}[{i}]: each item needs an 'id'.")
+                out = {k: v for k, v in item.items() if k in ("id", "nihss", "ctp", *MAP_KEYS)}
+                for key in ("ctp", *MAP_KEYS):
+                    if key in out and not Path(out[key]).is_absolute():
+                        out[key] = str(path.parent / out[key])
+                items.append(out)
+        return items
+    if not path.is_dir():
+        raise CTPDataError(f"{path}: input not found (a datalist JSON, a folder of patients or one patient folder).")
+    single = _patient_folder(path)
+    if single is not None:
+        return [single]
+    items = [item for item in (_patient_folder(p) for p in sorted(path.iterdir()) if p.is_dir()) if item is not None]
+    if not items:
+        raise CTPDataError(f"{path}: no patient found (folders with {', '.join(k + '.nii.gz' for k in MAP_KEYS)} or ctp.nii.gz).")
+    return items
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise CTPDataError(f"{folder}: output folder is not writable ({err.strerror or err}).") from err
+
+
+def prepare_studies(
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    split: str = "test",
+    nihss: int | None = None,
+    needs_nihss: bool = False,
+    overwrite: bool = False,
+    perfusion: Mapping[str, Any] | None = None,
+) -> list[dict]:
+    """Find and check the studies, compute maps for raw 4D series; return dataset items for the inference config.
+
+    Every check runs before any network: missing or mismatched maps, NaN/inf, a series without frame
+    timing, missing NIHSS for a NIHSS model, existing outputs without ``overwrite``, an unwritable folder.
+    """
+    out = Path(output_dir)
+    _check_writable(out)
+    for stale in out.glob(PARTIAL.format("*")):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    studies = find_studies(source, split)
+    if not studies:
+        raise CTPDataError(f"{source}: no study in split '{split}'.")
+    try:
+        return [_prepare_study(item, out, nihss, needs_nihss, overwrite, perfusion) for item in studies]
+    except BaseException:
+        for stale in out.glob(PARTIAL.format("*")):  # maps computed before the failure
+            shutil.rmtree(stale, ignore_errors=True)
+        raise
+
+
+def _prepare_study(item: dict, out: Path, nihss: int | None, needs_nihss: bool, overwrite: bool,
+                   perfusion: Mapping[str, Any] | None) -> dict:
+    """Check one study, compute its maps when only a raw series is given; return its dataset item."""
+    from .maps import compute_maps
+
+    pid = str(item["id"])
+    if (out / pid).exists() and not overwrite:
+        raise FileExistsError(f"{out / pid}: outputs already exist; pass --overwrite true or choose another --output_dir.")
+    value = item.get("nihss", nihss)
+    if value is None and needs_nihss:
+        raise CTPDataError(f"patient {pid}: the model takes NIHSS but none is given; add 'nihss' to the datalist or pass --nihss.")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= 42):
+        raise CTPDataError(f"patient {pid}: nihss must be an integer 0-42, got {value!r}.")
+    item = {**item, "id": pid, "nihss": torch.tensor([float(value if value is not None else 0)])}
+    missing = [k for k in MAP_KEYS if k not in item]
+    if missing:
+        if "ctp" not in item:
+            raise CTPDataError(f"patient {pid}: missing map(s) {', '.join(missing)} and no raw 'ctp' series to compute them from.")
+        staging = out / PARTIAL.format(pid) / "maps"
+        shutil.rmtree(staging, ignore_errors=True)
+        logger.info("patient %s: computing maps from %s", pid, item["ctp"])
+        paths = compute_maps(item["ctp"], staging, overwrite=True, **dict(perfusion or {}))
+        item.update({k: paths[k] for k in MAP_KEYS})
+    for key in MAP_KEYS:
+        if not Path(item[key]).is_file():
+            raise CTPDataError(f"patient {pid}: {key} file not found: {item[key]}.")
+    check_patient(item, keys=MAP_KEYS)
+    item["study"] = {k: item[k] for k in ("id", *MAP_KEYS, "ctp") if k in item}
+    item["study"]["nihss"] = int(value) if value is not None else -1
+    return item
+
+
+class SaveStudyOutputsd(MapTransform):
+    """Write one patient's outputs (label, optional probabilities, report JSON and PNG) and move them into place.
+
+    Expects, per decollated item: ``pred`` (1, X, Y, Z) labels on the input grid, ``study`` (the prepared
+    item: id, map paths, NIHSS or -1), optionally ``brain`` and ``probabilities`` (3, X, Y, Z). The map files
+    are read again for the exact header and the Tmax map. Items without ``study`` (e.g. from MONAI Label)
+    pass through unchanged.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        keys: str = "pred",
+        study_key: str = "study",
+        probabilities_key: str | None = None,
+        method: str = "model",
+        montage: bool = True,
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__(keys)
+        self.output_dir, self.study_key, self.probabilities_key = Path(output_dir), study_key, probabilities_key
+        self.method, self.montage, self.overwrite = method, montage, overwrite
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        if self.study_key not in d:
+            return d
+        study = d[self.study_key]
+        pid = str(study["id"])
+        reference = nib.load(study["cbf"])
+        label = np.asarray(_array(d[self.keys[0]])[0], dtype=np.uint8)
+        if label.shape != reference.shape:
+            raise CTPDataError(f"patient {pid}: prediction shape {label.shape} differs from {study['cbf']} {reference.shape}.")
+        staging = self.output_dir / PARTIAL.format(pid)
+        staging.mkdir(parents=True, exist_ok=True)
+        save_nifti(staging / "label.nii.gz", label, reference.affine, header=reference.header)
+        if self.probabilities_key and self.probabilities_key in d:
+            probabilities = np.moveaxis(np.asarray(_array(d[self.probabilities_key]), dtype=np.float32), 0, -1)
+            save_nifti(staging / "probabilities.nii.gz", probabilities, reference.affine)
+        tmax = np.asarray(nib.load(study["tmax"]).dataobj, dtype=np.float32)
+        brain = _array(d["brain"])[0] > 0 if "brain" in d else brain_mask_from_mip(np.asarray(nib.load(study["mip"]).dataobj))
+        nihss = int(_array(study["nihss"]).reshape(-1)[0])
+        report = clinical_report(label, tmax, reference.header.get_zooms()[:3], brain, nihss=nihss if nihss >= 0 else None,
+                                 patient_id=pid, method=self.method)
+        report["inputs"] = {k: str(study[k]) for k in ("ctp", *MAP_KEYS) if k in study}
+        save_json(staging / "report.json", report)
+        if self.montage:
+            save_montage(staging / "report.png", tmax, label, report)
+        _move_into_place(staging, self.output_dir / pid, self.overwrite)
+        d["report"] = report
+        return d
+
+
+def _array(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _move_into_place(staging: Path, target: Path, overwrite: bool) -> None:
+    if target.exists():
+        if not overwrite:
+            raise FileExistsError(f"{target}: outputs already exist; pass --overwrite true.")
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def run_inference(evaluator: Any, output_dir: str | os.PathLike) -> list[str]:
+    """Run the inference engine; on failure remove the unfinished patient folders. Return the finished ids."""
+    out = Path(output_dir)
+    try:
+        evaluator.run()
+    finally:
+        for stale in out.glob(PARTIAL.format("*")):
+            shutil.rmtree(stale, ignore_errors=True)
+    done = sorted(p.name for p in out.iterdir() if p.is_dir() and (p / "report.json").is_file())
+    logger.info("inference outputs for %d patient(s) in %s", len(done), out)
+    return done
+
+
+def default_checkpoint(bundle_root: str | os.PathLike, run_dir: str | os.PathLike = "runs/default") -> str | None:
+    """``<bundle>/models/model.pt`` when present, else the best checkpoint of the default training run."""
+    from .training import latest_checkpoint
+
+    model = Path(bundle_root) / "models" / "model.pt"
+    return str(model) if model.is_file() else latest_checkpoint(Path(run_dir) / "checkpoints", "best")
+
+
+def load_model(network: torch.nn.Module, checkpoint: str | os.PathLike | None, mode: str = "network") -> torch.nn.Module:
+    """Load the trained weights into ``network`` (clear errors for a missing or unfitting checkpoint)."""
+    from .training import load_network_weights
+
+    if mode == "threshold":
+        return network
+    if not checkpoint or not Path(checkpoint).is_file():
+        raise CTPDataError(f"{checkpoint or 'bundle/models/model.pt'}: no trained model; train first or pass --checkpoint PATH.")
+    load_network_weights(network, checkpoint)
+    return network.eval()

@@ -1,0 +1,125 @@
+"""The clinical report of one study: volumes in ml, mismatch, Tmax volumes, HIR, imaging criteria, a montage.
+
+Volumes are voxel counts times the voxel volume from the NIfTI spacing. From the segmentation: core,
+penumbra, hypoperfused (= core + penumbra), mismatch volume (= hypoperfused - core) and mismatch ratio
+(= hypoperfused / core). From the Tmax map, inside the brain mask: Tmax > 4, 6, 8, 10 s volumes and the
+hypoperfusion intensity ratio HIR = vol(Tmax > 10 s) / vol(Tmax > 6 s). Imaging criteria (Albers et al.,
+NEJM 2018; Campbell et al., NEJM 2015), stated as imaging criteria only, never as a treatment decision:
+
+- **DEFUSE 3**: core < 70 ml, mismatch ratio >= 1.8 and mismatch volume >= 15 ml;
+- **EXTEND-IA**: core < 70 ml, mismatch ratio > 1.2 and mismatch volume > 10 ml.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .data import save_bytes
+
+TMAX_THRESHOLDS_S = (4.0, 6.0, 8.0, 10.0)
+DISCLAIMER = ("Imaging criteria only, computed by a research model: not a medical device and not a treatment decision. "
+              "Trial eligibility also needs clinical criteria (time from onset, occlusion site, age, NIHSS, ...).")
+
+
+def voxel_volume_ml(spacing: Sequence[float]) -> float:
+    """Volume of one voxel in ml from its spacing in mm."""
+    return float(np.prod([float(s) for s in spacing[:3]])) / 1000.0
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 3) if denominator > 0 else None
+
+
+def imaging_criteria(core_ml: float, mismatch_ml: float, mismatch_ratio: float | None) -> dict[str, bool]:
+    """DEFUSE 3 and EXTEND-IA target-mismatch imaging criteria (no core: the ratio counts as infinite)."""
+    ratio = float("inf") if mismatch_ratio is None else mismatch_ratio
+    return {
+        "DEFUSE-3": bool(core_ml < 70 and ratio >= 1.8 and mismatch_ml >= 15),
+        "EXTEND-IA": bool(core_ml < 70 and ratio > 1.2 and mismatch_ml > 10),
+    }
+
+
+def clinical_report(
+    label: np.ndarray,
+    tmax: np.ndarray,
+    spacing: Sequence[float],
+    brain: np.ndarray | None = None,
+    nihss: int | None = None,
+    patient_id: str = "",
+    method: str = "model",
+) -> dict[str, Any]:
+    """The report of one study as a JSON-ready dict (see the module docstring for the definitions)."""
+    label, tmax = np.asarray(label), np.asarray(tmax, dtype=np.float32)
+    if label.shape != tmax.shape:
+        raise ValueError(f"label {label.shape} and tmax {tmax.shape} must have the same shape.")
+    brain = np.ones(label.shape, bool) if brain is None else np.asarray(brain, bool)
+    voxel = voxel_volume_ml(spacing)
+    core = float((label == 2).sum()) * voxel
+    penumbra = float((label == 1).sum()) * voxel
+    hypoperfused = core + penumbra
+    ratio = _ratio(hypoperfused, core)
+    tmax_ml = {f"Tmax>{t:g}s": round(float((brain & (tmax > t)).sum()) * voxel, 2) for t in TMAX_THRESHOLDS_S}
+    return {
+        "patient_id": patient_id,
+        "method": method,
+        "nihss": None if nihss is None else int(nihss),
+        "volumes_ml": {"core": round(core, 2), "penumbra": round(penumbra, 2), "hypoperfused": round(hypoperfused, 2)},
+        "mismatch": {"volume_ml": round(hypoperfused - core, 2), "ratio": ratio},
+        "tmax_volumes_ml": tmax_ml,
+        "hypoperfusion_intensity_ratio": _ratio(tmax_ml["Tmax>10s"], tmax_ml["Tmax>6s"]),
+        "imaging_criteria_met": imaging_criteria(core, hypoperfused - core, ratio),
+        "voxel_ml": voxel,
+        "note": DISCLAIMER,
+    }
+
+
+def save_montage(
+    path: str | os.PathLike,
+    background: np.ndarray,
+    label: np.ndarray,
+    report: Mapping[str, Any],
+    background_name: str = "Tmax (s)",
+    window: tuple[float, float] = (0.0, 12.0),
+    columns: int = 4,
+) -> str:
+    """PNG of every slice: ``background`` (a map, colour bar) with core (magenta) and penumbra (green) outlines,
+    titled with the volumes and mismatch; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    slices = background.shape[2]
+    columns = min(columns, slices)
+    rows = -(-slices // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 0.8, 2.6 * rows + 0.9), squeeze=False)
+    image = None
+    for z, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if z >= slices:
+            continue
+        image = ax.imshow(background[..., z].T, cmap="jet", vmin=window[0], vmax=window[1], origin="lower")
+        for value, colour in ((1, "lime"), (2, "magenta")):
+            mask = (label[..., z] == value).T
+            if mask.any():
+                ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.0, origin="lower")
+        ax.set_title(f"slice {z + 1}", fontsize=8)
+    volumes, mismatch = report["volumes_ml"], report["mismatch"]
+    ratio = "n/a" if mismatch["ratio"] is None else f"{mismatch['ratio']:.1f}"
+    figure.suptitle(
+        f"{report.get('patient_id', '')}  core (magenta) {volumes['core']:.1f} ml   penumbra (green) {volumes['penumbra']:.1f} ml   "
+        f"mismatch {mismatch['volume_ml']:.1f} ml, ratio {ratio}   [{report.get('method', '')}]",
+        fontsize=9,
+    )
+    if image is not None:
+        figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label=background_name)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    save_bytes(path, buffer.getvalue())
+    return str(path)

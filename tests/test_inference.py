@@ -1,0 +1,206 @@
+"""Inference workflow, threshold baseline, clinical report, TorchScript export and the MONAI Label contract."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from scripts.cohort import generate_cohort
+from scripts.data import CTPDataError, save_nifti
+from scripts.inference import load_model, prepare_studies
+from scripts.metrics import lesion_metrics
+from scripts.networks import create_network
+from scripts.report import clinical_report, imaging_criteria
+from scripts.thresholds import ThresholdSegmentation, threshold_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bundle(run_id: str, *args: str, config: str = "bundle/configs/inference.json", check: bool = True):
+    command = [sys.executable, "-m", "monai.bundle", *(["run", run_id] if run_id != "ckpt_export" else [run_id]),
+               "--config_file", config, *args]
+    env = {**os.environ, "PYTHONPATH": "bundle"}  # ckpt_export, unlike run, does not put the bundle on the path
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An untrained SF(PMs+N) checkpoint in the training format ({'network': state_dict})."""
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.manual_seed(0)
+    torch.save({"network": create_network("SF", "PMs+N", pretrained=False).state_dict()}, path)
+    return path
+
+
+def test_network_inference_writes_aligned_label_report_and_png(tiny_cohort, checkpoint, tmp_path):
+    out = tmp_path / "inference"
+    bundle("inference", "--input", str(tiny_cohort), "--split", "test", "--checkpoint", str(checkpoint),
+           "--output_dir", str(out), "--save_probabilities", "true")
+    items = json.loads(tiny_cohort.read_text())["test"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(i["id"] for i in items)  # no .partial left
+    for item in items:
+        folder = out / item["id"]
+        label, cbf = nib.load(folder / "label.nii.gz"), nib.load(tiny_cohort.parent / item["cbf"])
+        assert label.shape == cbf.shape and np.array_equal(label.affine, cbf.affine)
+        assert label.get_data_dtype() == np.uint8 and label.header.get_zooms() == cbf.header.get_zooms()
+        values = np.asarray(label.dataobj)
+        assert set(np.unique(values)) <= {0, 1, 2}
+        probabilities = nib.load(folder / "probabilities.nii.gz").get_fdata()
+        assert probabilities.shape == (*cbf.shape, 3) and np.allclose(probabilities.sum(-1), 1, atol=1e-4)
+        report = json.loads((folder / "report.json").read_text())
+        voxel = float(np.prod(cbf.header.get_zooms())) / 1000
+        assert report["volumes_ml"]["core"] == pytest.approx((values == 2).sum() * voxel, abs=0.01)
+        assert report["volumes_ml"]["penumbra"] == pytest.approx((values == 1).sum() * voxel, abs=0.01)
+        assert report["nihss"] == item["nihss"] and set(report["imaging_criteria_met"]) == {"DEFUSE-3", "EXTEND-IA"}
+        assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = bundle("inference", "--input", str(tiny_cohort), "--checkpoint", str(checkpoint), "--output_dir", str(out), check=False)
+    assert again.returncode == 1 and "outputs already exist" in again.stderr  # nothing overwritten silently
+
+
+def test_threshold_labels_follow_the_documented_rules():
+    cbf = np.full((4, 4, 1), 50.0, np.float32)
+    tmax = np.full((4, 4, 1), 1.0, np.float32)
+    tmax[0, :2] = 8.0  # hypoperfused
+    cbf[0, 0] = 10.0  # 20 % of the normal median: core
+    cbf[3, 3] = 5.0  # low flow without delay (CSF-like): not core
+    brain = np.ones((4, 4, 1), bool)
+    brain[3, 0] = False
+    tmax[3, 0] = 9.0  # outside the brain: ignored
+    label = threshold_labels(cbf, tmax, brain)
+    assert label[0, 0, 0] == 2 and label[0, 1, 0] == 1 and label[3, 3, 0] == 0 and label[3, 0, 0] == 0
+    assert (label > 0).sum() == 2
+    scores = ThresholdSegmentation()(torch.as_tensor(np.stack([cbf, cbf, cbf, tmax]))[None], brain=torch.as_tensor(brain)[None, None])
+    assert torch.equal(scores.argmax(1)[0], torch.as_tensor(label, dtype=torch.long))
+    with pytest.raises(ValueError, match="core_rcbf"):
+        ThresholdSegmentation(core_rcbf=30)
+
+
+def test_threshold_baseline_recovers_a_known_lesion_from_raw_ctp(tmp_path):
+    """A clean synthetic LVO study given as a raw 4D series only: maps are computed, thresholds find the lesion."""
+    datalist = generate_cohort(tmp_path / "clean", n_patients=3, size=96, slices=2, n_frames=50, noise_hu=1.0, seed=5,
+                               save_ctp=True, workers=1)
+    content = json.loads(datalist.read_text())
+    item = next(i for split in ("training", "validation", "test") for i in content[split] if i["group"] == "LVO")
+    patient = tmp_path / "raw" / item["id"]
+    patient.mkdir(parents=True)
+    shutil.copy(datalist.parent / item["ctp"], patient / "ctp.nii.gz")
+    out = tmp_path / "out"
+    bundle("inference", "--mode", "threshold", "--input", str(patient), "--output_dir", str(out), "--nihss", "12")
+    folder = out / item["id"]
+    assert {p.name for p in (folder / "maps").iterdir()} >= {"cbf.nii.gz", "tmax.nii.gz", "mip.nii.gz"}
+    pred = np.asarray(nib.load(folder / "label.nii.gz").dataobj)
+    truth = nib.load(datalist.parent / item["label"])
+    scores = lesion_metrics(pred, np.asarray(truth.dataobj), truth.header.get_zooms())
+    assert scores["dice_hypoperfused"] > 0.7 and scores["dice_core"] > 0.4, scores
+    report = json.loads((folder / "report.json").read_text())
+    assert report["nihss"] == 12 and report["method"].startswith("threshold")
+
+
+def test_report_volumes_and_criteria():
+    label = np.zeros((10, 10, 2), np.uint8)
+    label[:2, :5, 0] = 2  # 10 voxels core
+    label[2:6, :, :] = 1  # 80 voxels penumbra
+    tmax = np.where(label > 0, 7.0, 1.0).astype(np.float32)
+    tmax[label == 2] = 11.0
+    report = clinical_report(label, tmax, (2.0, 2.0, 5.0), nihss=14)  # 20 mm3 = 0.02 ml per voxel
+    assert report["volumes_ml"] == {"core": 0.2, "penumbra": 1.6, "hypoperfused": 1.8}
+    assert report["mismatch"] == {"volume_ml": 1.6, "ratio": 9.0}
+    assert report["tmax_volumes_ml"]["Tmax>6s"] == 1.8 and report["tmax_volumes_ml"]["Tmax>10s"] == 0.2
+    assert report["hypoperfusion_intensity_ratio"] == pytest.approx(0.2 / 1.8, abs=1e-3)
+    assert imaging_criteria(20, 40, 3.0) == {"DEFUSE-3": True, "EXTEND-IA": True}
+    assert imaging_criteria(20, 12, 1.6) == {"DEFUSE-3": False, "EXTEND-IA": True}  # ratio < 1.8, mismatch < 15
+    assert imaging_criteria(80, 100, 2.25) == {"DEFUSE-3": False, "EXTEND-IA": False}  # core >= 70 ml
+    assert imaging_criteria(0, 20, None)["DEFUSE-3"]  # no core: the ratio is infinite
+
+
+def _patient(folder: Path, shape=(32, 32, 2), **replace) -> Path:
+    folder.mkdir(parents=True)
+    for key in ("cbf", "cbv", "ttp", "tmax", "mip"):
+        array = replace.get(key, np.full(shape, 20.0, np.float32))
+        save_nifti(folder / f"{key}.nii.gz", array, np.diag([1.0, 1.0, 5.0, 1.0]))
+    return folder
+
+
+def test_bad_inputs_stop_with_the_file_named_and_leave_nothing(tmp_path, checkpoint):
+    out = tmp_path / "out"
+    missing = _patient(tmp_path / "missing")
+    (missing / "ttp.nii.gz").unlink()
+    with pytest.raises(CTPDataError, match="no patient found"):
+        prepare_studies(missing, out)
+    with pytest.raises(CTPDataError, match="tmax.nii.gz has shape"):
+        prepare_studies(_patient(tmp_path / "shape", tmax=np.zeros((32, 16, 2), np.float32)), out)
+    nan = np.full((32, 32, 2), 20.0, np.float32)
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(CTPDataError, match="cbv.nii.gz: contains 1 NaN"):
+        prepare_studies(_patient(tmp_path / "nan", cbv=nan), out)
+    with pytest.raises(CTPDataError, match="takes NIHSS but none is given"):
+        prepare_studies(_patient(tmp_path / "nihss"), out, needs_nihss=True)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    series = nib.Nifti1Image(np.zeros((16, 16, 2, 40), np.float32), np.eye(4))
+    series.header.set_zooms((1.0, 1.0, 1.0, 0.0))  # no frame timing
+    nib.save(series, raw / "ctp.nii.gz")
+    with pytest.raises(CTPDataError, match="ctp.nii.gz: no frame interval"):
+        prepare_studies(raw, out)
+    save_nifti(raw / "ctp.nii.gz", np.zeros((16, 16, 2, 40), np.float32), np.eye(4), frame_interval=1.0)
+    with pytest.raises(ValueError, match="ctp.nii.gz: no contrast bolus"):  # maps would be silently empty
+        prepare_studies(raw, out)
+    with pytest.raises(CTPDataError, match="does not match this network"):
+        load_model(create_network("SF", "PMs+M+N", pretrained=False), checkpoint)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(CTPDataError, match="output folder is not writable"):
+        prepare_studies(_patient(tmp_path / "ok"), tmp_path / "a_file" / "out")
+    assert not out.exists() or not any(out.iterdir())  # no partial outputs
+    result = bundle("inference", "--input", str(tmp_path / "nan"), "--checkpoint", str(checkpoint), "--nihss", "3",
+                    "--output_dir", str(out), check=False)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ") and "cbv.nii.gz" in result.stderr
+
+
+def test_ckpt_export_gives_torchscript_equal_to_eager(checkpoint, tmp_path):
+    ts = tmp_path / "model.ts"
+    bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(checkpoint), "--key_in_ckpt", "network",
+           "--meta_file", "bundle/configs/metadata.json", config="bundle/configs/inference.json")
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(ts), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]["num_channels"] == 4
+    assert "network_def" in json.loads(extra["inference.json"])
+    eager = create_network("SF", "PMs+N", pretrained=False)
+    eager.load_state_dict(torch.load(checkpoint)["network"])
+    eager.eval()
+    image, nihss = torch.randn(2, 4, 64, 64), torch.tensor([[4.0], [17.0]])
+    with torch.no_grad():
+        assert torch.allclose(scripted(image, nihss), eager(image, nihss), atol=1e-5)
+
+
+def test_monai_label_contract():
+    """Load inference.json the way MONAI Label's bundle infer task does and check what it reads."""
+    from monai.bundle import ConfigParser
+    from monai.inferers import Inferer
+    from monai.transforms import Compose
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundle/configs/inference.json"))
+    parser.read_meta(str(ROOT / "bundle/configs/metadata.json"))
+    parser["bundle_root"] = str(ROOT / "bundle")
+    for key in ("network_def", "preprocessing", "postprocessing", "inferer"):
+        assert key in parser, key
+    network = parser.get_parsed_content("network_def")
+    assert isinstance(parser.get_parsed_content("preprocessing"), Compose)
+    assert isinstance(parser.get_parsed_content("postprocessing"), Compose)
+    assert isinstance(parser.get_parsed_content("inferer"), Inferer)
+    fmt = parser["_meta_"]["network_data_format"]
+    image = torch.zeros(1, fmt["inputs"]["image"]["num_channels"], *fmt["inputs"]["image"]["spatial_shape"])
+    with torch.no_grad():
+        out = network(image, torch.tensor([[10.0]]))
+    assert out.shape[1] == fmt["outputs"]["pred"]["num_channels"]
+    assert list(fmt["inputs"]["image"]["channel_def"].values()) == ["cbf", "cbv", "ttp", "tmax"]
