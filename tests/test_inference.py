@@ -204,3 +204,20 @@ def test_monai_label_contract():
         out = network(image, torch.tensor([[10.0]]))
     assert out.shape[1] == fmt["outputs"]["pred"]["num_channels"]
     assert list(fmt["inputs"]["image"]["channel_def"].values()) == ["cbf", "cbv", "ttp", "tmax"]
+
+
+def test_deploy_app_runs_the_bundle_inference_without_the_sdk(tiny_cohort, tmp_path):
+    """deploy/app.py's operator body (the SDK itself cannot be installed here) from another working directory."""
+    sys.path.insert(0, str(ROOT / "deploy"))
+    try:
+        from app import run_bundle_inference
+    finally:
+        sys.path.pop(0)
+    patient = tiny_cohort.parent / json.loads(tiny_cohort.read_text())["test"][0]["id"]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        done = run_bundle_inference(patient, tmp_path / "out", mode="threshold", nihss=8)
+    finally:
+        os.chdir(cwd)
+    assert done == [patient.name] and (tmp_path / "out" / patient.name / "report.json").is_file()

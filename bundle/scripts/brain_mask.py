@@ -96,7 +96,8 @@ class BrainMaskFromMIPd(MapTransform):
             channels = [brain_mask_from_mip(array[c], **self.options) for c in range(array.shape[0])]
             mask = np.stack(channels).astype(np.uint8)
             if isinstance(image, MetaTensor):
-                d[self.mask_key] = MetaTensor(torch.as_tensor(mask), affine=image.affine, meta=dict(image.meta))
+                d[self.mask_key] = MetaTensor(torch.as_tensor(mask), affine=image.affine,
+                                             meta={k: v for k, v in image.meta.items() if k != "affine"})
             elif isinstance(image, torch.Tensor):
                 d[self.mask_key] = torch.as_tensor(mask, device=image.device)
             else:
