@@ -221,3 +221,19 @@ def test_deploy_app_runs_the_bundle_inference_without_the_sdk(tiny_cohort, tmp_p
     finally:
         os.chdir(cwd)
     assert done == [patient.name] and (tmp_path / "out" / patient.name / "report.json").is_file()
+
+
+def test_fast_inference_options_keep_the_output():
+    from scripts.inference import FastInference
+
+    torch.manual_seed(1)
+    network = create_network("EF", "PMs+N", pretrained=False).eval()
+    image, nihss = torch.randn(1, 4, 64, 64), torch.tensor([[9.0]])
+    with torch.no_grad():
+        reference = network(image, nihss)
+        channels_last = FastInference(network, channels_last=True)(image, nihss)
+        bf16 = FastInference(network, precision="bf16")(image, nihss)
+    assert torch.allclose(channels_last, reference, atol=1e-4)
+    assert bf16.dtype == torch.float32 and torch.corrcoef(torch.stack([bf16.flatten(), reference.flatten()]))[0, 1] > 0.99
+    with pytest.raises(ValueError, match="precision must be one of"):
+        FastInference(network, precision="fp8")

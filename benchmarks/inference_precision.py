@@ -1,0 +1,79 @@
+"""Benchmark: fp32 vs channels-last + bf16 inference of a trained model, agreement and speed.
+
+Runs ``python -m monai.bundle run inference`` twice on a datalist split (fp32, then ``--precision bf16
+--channels_last true``), then prints: wall time of each run, per-class Dice between the two label sets
+(agreement, 1 = identical), the largest per-patient volume difference (ml), and each run's Dice against the
+ground truth per group (the same scoring as the evaluation).
+
+Run: python benchmarks/inference_precision.py --checkpoint runs/default/checkpoints/best_*.pt \
+         [--datalist data/synthetic/datalist.json --split test --inputs PMs+N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bundle"))
+
+from scripts.data import load_datalist  # noqa: E402
+from scripts.metrics import evaluate_predictions, lesion_metrics  # noqa: E402
+
+CLASSES = ("penumbra", "core", "hypoperfused")
+
+
+def run(datalist: str, split: str, checkpoint: str, inputs: str, out: Path, *extra: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "bundle/configs/inference.json",
+                    "--input", datalist, "--split", split, "--checkpoint", checkpoint, "--inputs", inputs,
+                    "--output_dir", str(out), "--montage", "false", *extra], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--datalist", default="data/synthetic/datalist.json")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--inputs", default="PMs+N")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, bf16 = Path(tmp) / "fp32", Path(tmp) / "bf16"
+        seconds = {"fp32": run(args.datalist, args.split, args.checkpoint, args.inputs, fp32),
+                   "bf16 + channels_last": run(args.datalist, args.split, args.checkpoint, args.inputs, bf16,
+                                               "--precision", "bf16", "--channels_last", "true")}
+        items = load_datalist(args.datalist, splits=(args.split,))[args.split]
+        agreement = {c: [] for c in CLASSES}
+        largest_dv = {c: 0.0 for c in CLASSES}
+        for item in items:
+            a, b = (nib.load(folder / item["id"] / "label.nii.gz") for folder in (fp32, bf16))
+            scores = lesion_metrics(np.asarray(b.dataobj), np.asarray(a.dataobj), a.header.get_zooms())
+            for c in CLASSES:
+                if not np.isnan(scores[f"dice_{c}"]):
+                    agreement[c].append(scores[f"dice_{c}"])
+                largest_dv[c] = max(largest_dv[c], abs(scores[f"dv_ml_{c}"]))
+        print(f"{len(items)} patients ({args.split}); wall time of the whole command: "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+              + f" (ratio {seconds['fp32'] / seconds['bf16 + channels_last']:.2f})")
+        print("| class | Dice(bf16, fp32) mean | min | largest |ΔV| (ml) |")
+        print("|---|---|---|---|")
+        for c in CLASSES:
+            values = agreement[c] or [float("nan")]
+            print(f"| {c} | {np.mean(values):.4f} | {np.min(values):.4f} | {largest_dv[c]:.2f} |")
+        for name, folder in (("fp32", fp32), ("bf16 + channels_last", bf16)):
+            _, summary = evaluate_predictions(args.datalist, folder, split=args.split, pattern="{id}/label.nii.gz")
+            dice = {(s["class"], s["group"]): s["mean"] for s in summary if s["metric"] == "dice"}
+            print(f"{name}: Dice vs truth penumbra/core LVO {dice[('penumbra', 'LVO')]:.3f}/{dice[('core', 'LVO')]:.3f}, "
+                  f"Non-LVO {dice[('penumbra', 'Non-LVO')]:.3f}/{dice[('core', 'Non-LVO')]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
