@@ -2,7 +2,7 @@
 loss, metrics, training helpers, the threshold baseline, inference outputs and the clinical report."""
 
 from . import (brain_mask, cli, cohort, data, encoding, experiments, inference, inferers, losses, maps, metrics, networks,
-               perfusion, phantom, report, simulate, thresholds, tracer, training, vgg)
+               perfusion, phantom, report, search, simulate, thresholds, tracer, training, vgg)
 
 __all__ = ["brain_mask", "cli", "cohort", "data", "encoding", "experiments", "inference", "inferers", "losses", "maps",
-           "metrics", "networks", "perfusion", "phantom", "report", "simulate", "thresholds", "tracer", "training", "vgg"]
+           "metrics", "networks", "perfusion", "phantom", "report", "search", "simulate", "thresholds", "tracer", "training", "vgg"]

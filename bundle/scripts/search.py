@@ -1,0 +1,353 @@
+"""Exp-1 as an Optuna study: the focal Tversky loss's gamma / alpha / beta searched over real bundle trainings.
+
+Each trial is the bundle's own training (``train.json`` with the trial's overrides, run in-process through
+MONAI's ``ConfigWorkflow``) followed by the evaluation of its best checkpoint on the validation split
+(``evaluate.json``), exactly as ``python -m monai.bundle run training`` / ``evaluating`` would run them. An
+Ignite handler reports the objective after every validation so Optuna can prune bad trials. The study lives
+in an RDB storage (default SQLite under ``mlruns/``): rerunning the same command continues it, and several
+workers share one study through the same URL (e.g. PostgreSQL). In MLflow the study is a parent run and every
+trial's training run is nested under it, tagged with its trial number and state.
+
+Objectives (validation, best checkpoint): ``dice`` (mean Dice of penumbra and core over LVO and Non-LVO;
+maximised), ``dice_LVO`` / ``dice_Non-LVO`` (one group), ``dice_vs_dv`` (two objectives: that Dice,
+maximised, and the mean absolute volume error in ml, minimised; Optuna cannot prune multi-objective trials).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+from .data import CTPDataError, save_json, save_text
+
+logger = logging.getLogger(__name__)
+
+LESION_CLASSES = ("penumbra", "core")
+OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "dice": ("maximize",),
+    "dice_LVO": ("maximize",),
+    "dice_Non-LVO": ("maximize",),
+    "dice_vs_dv": ("maximize", "minimize"),
+}
+PAPER_SPACE = {"gamma": (1.0, 3.0), "alpha": (0.0, 1.0), "beta": (0.0, 1.0)}
+
+
+def objective_values(metrics: Mapping[str, float], objective: str, split: str = "val") -> tuple[float, ...]:
+    """The objective(s) from ``<split>_<metric>_<class>_<group>`` metrics; NaN where a metric is missing."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}.")
+    groups = (objective.split("_", 1)[1],) if objective in ("dice_LVO", "dice_Non-LVO") else ("LVO", "Non-LVO")
+
+    def mean(metric: str) -> float:
+        values = [metrics.get(f"{split}_{metric}_{c}_{g}", math.nan) for c in LESION_CLASSES for g in groups]
+        values = [float(v) for v in values if v == v]
+        return sum(values) / len(values) if values else math.nan
+
+    return (mean("dice"), mean("adv_ml")) if objective == "dice_vs_dv" else (mean("dice"),)
+
+
+def check_search_space(space: Mapping[str, Sequence[float]], tie_beta: bool) -> dict[str, tuple[float, float]]:
+    """Validate ``{name: [low, high]}`` (names among gamma, alpha, beta; non-empty, not inverted)."""
+    checked = {}
+    for name, bounds in space.items():
+        if name not in PAPER_SPACE:
+            raise ValueError(f"search_space: unknown parameter {name!r}; searchable: {', '.join(PAPER_SPACE)}.")
+        if not isinstance(bounds, Sequence) or len(bounds) != 2:
+            raise ValueError(f"search_space: {name} must be [low, high], got {bounds!r}.")
+        low, high = float(bounds[0]), float(bounds[1])
+        if not low < high:
+            raise ValueError(f"search_space: {name} range [{low}, {high}] is empty or inverted (need low < high).")
+        checked[name] = (low, high)
+    if tie_beta:
+        checked.pop("beta", None)
+    if not checked:
+        raise ValueError("search_space: nothing to search.")
+    return checked
+
+
+def open_storage(url: str):
+    """An Optuna RDB storage with heartbeats (trials of a killed worker are failed, not left running)."""
+    import optuna
+
+    if url.startswith("sqlite:///"):  # a new SQLite file needs its folder
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    except Exception as err:  # SQLAlchemy raises many types for bad URLs, missing drivers, refused connections
+        raise ValueError(f"{url}: cannot open the Optuna storage ({type(err).__name__}: {str(err).splitlines()[0]}).") from err
+
+
+def make_pruner(name: str):
+    """``median`` (Optuna's median rule after 2 trials and 1 epoch), ``none``, or ``threshold:<x>`` (stop a
+    trial as soon as its validation objective is below x)."""
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name.startswith("threshold:"):
+        try:
+            return optuna.pruners.ThresholdPruner(lower=float(name.split(":", 1)[1]))
+        except ValueError as err:
+            raise ValueError(f"pruner 'threshold:<x>' needs a number, got {name!r}.") from err
+    raise ValueError(f"pruner must be 'median', 'none' or 'threshold:<x>', got {name!r}.")
+
+
+def _trial_count(storage: Any, study_name: str) -> int:
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # a new study
+        return 0
+
+
+class TrialPruning:
+    """Ignite handler: after each validation, report the objective to the Optuna trial and stop it when the
+    pruner says so (``optuna.TrialPruned``); a non-finite training loss fails the trial."""
+
+    def __init__(self, trial: Any, validator: Engine, objective: str = "dice", prune: bool = True) -> None:
+        self.trial, self.validator, self.objective, self.prune = trial, validator, objective, prune
+
+    def attach(self, trainer: Engine) -> None:
+        self.trainer = trainer
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._check_loss)
+        self.validator.add_event_handler(Events.COMPLETED, self._report)
+
+    def _check_loss(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output[0]["loss"] if isinstance(output, list) else output.get("loss") if isinstance(output, dict) else None
+        if loss is not None and not math.isfinite(float(loss)):
+            raise FloatingPointError(f"non-finite training loss ({float(loss)}) at iteration {engine.state.iteration}")
+
+    def _report(self, validator: Engine) -> None:
+        import optuna
+
+        if not self.prune:
+            return
+        value = objective_values(validator.state.metrics, self.objective)[0]
+        if value != value:
+            return
+        step = self.trainer.state.epoch
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {step} with {self.objective} {value:.4f}")
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception behind MONAI's ``Failed to evaluate`` wrappers (pruning, NaN loss, ...)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def _workflow(config_file: Any, run_id: str, **override: Any):
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=config_file, logging_file=False, run_id=run_id, workflow_type="train", **override)
+    workflow.initialize()
+    return workflow
+
+
+def _trial_run(client: Any, experiment_name: str, run_name: str):
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
+    return runs[0] if runs else None
+
+
+def run_study(
+    datalist: str = "data/synthetic/datalist.json",
+    study_name: str = "exp1",
+    storage: str | None = None,
+    n_trials: int = 10,
+    search_space: Mapping[str, Sequence[float]] | None = None,
+    tie_beta: bool = True,
+    objective: str = "dice",
+    pruner: str = "median",
+    training_overrides: Mapping[str, Any] | None = None,
+    output_root: str = "runs/search",
+    tracking_uri: str | None = None,
+    experiment_name: str = "exp1",
+    seed: int = 0,
+    config_dir: str = "bundle/configs",
+) -> dict[str, Any]:
+    """Run (or continue) the study until it holds ``n_trials`` finished trials; return a summary.
+
+    Writes ``<output_root>/<study_name>/best_params.json`` (a config override file for training:
+    ``--config_file "['bundle/configs/train.json','.../best_params.json']"``) and the Exp-1 tables.
+    """
+    import mlflow
+    import optuna
+
+    directions = OBJECTIVES.get(objective)
+    if directions is None:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}.")
+    trial_pruner = make_pruner(pruner)
+    space = check_search_space(search_space or PAPER_SPACE, tie_beta)
+    if int(n_trials) < 1:
+        raise ValueError(f"n_trials must be at least 1, got {n_trials}.")
+    from .training import check_training_inputs
+
+    check_training_inputs(datalist, "SF", "PMs+N", "gradual", "cpu")
+    url = storage or "sqlite:///" + os.path.abspath("mlruns/optuna.db")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlruns/mlflow.db")
+    storage_ = open_storage(url)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    existing = _trial_count(storage_, study_name)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage_, load_if_exists=True, directions=list(directions),
+        # seeded by the trials already in the study: a resumed study does not repeat its first samples
+        sampler=optuna.samplers.TPESampler(seed=seed + existing, n_startup_trials=4),
+        pruner=trial_pruner,
+    )
+    if study.user_attrs.get("objective", objective) != objective:
+        raise ValueError(f"study {study_name!r} was created with objective {study.user_attrs['objective']!r}; "
+                         "use another study_name for another objective.")
+    study.set_user_attr("objective", objective)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    parent = _trial_run(client, experiment_name, study_name)
+    if parent is None:
+        parent = client.create_run(experiment_id, run_name=study_name, tags={"optuna_storage": url, "objective": objective})
+        for key, bounds in space.items():
+            client.log_param(parent.info.run_id, f"range_{key}", list(bounds))
+        client.log_param(parent.info.run_id, "tie_beta", tie_beta)
+    parent_id = parent.info.run_id
+    client.update_run(parent_id, status="RUNNING")
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    overrides = {"max_epochs": 4, "patience": 1, **dict(training_overrides or {})}
+    root = Path(output_root) / study_name
+
+    def trial_objective(trial: optuna.Trial) -> float | tuple[float, ...]:
+        params = {name: trial.suggest_float(name, low, high) for name, (low, high) in space.items()}
+        if tie_beta:
+            params["beta"] = 1.0 - params["alpha"]
+        name = f"{study_name}_trial_{trial.number:03d}"
+        settings = {"datalist": datalist, "output_dir": str(root / name), "tracking_uri": uri,
+                    "experiment_name": experiment_name, **overrides, **params}
+        logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.3f}" for k, v in params.items()))
+        state, values = "FAILED", None
+        try:
+            training = _workflow(f"{config_dir}/train.json", "training", **settings)
+            parser = training.parser
+            TrialPruning(trial, parser.get_parsed_content("validate#evaluator"), objective,
+                         prune=len(directions) == 1).attach(parser.get_parsed_content("train#trainer"))
+            training.run()
+            evaluation = _workflow([f"{config_dir}/train.json", f"{config_dir}/evaluate.json"], "evaluating",
+                                   split="validation", **settings)
+            evaluation.run()
+            values = objective_values(evaluation.parser.get_parsed_content("validate#evaluator").state.metrics, objective)
+            if any(v != v for v in values):
+                raise FloatingPointError(f"objective undefined (NaN) for trial {trial.number}")
+            state = "FINISHED"
+            return values if len(values) > 1 else values[0]
+        except Exception as err:  # the config runner wraps what a handler raised: find the cause
+            cause = _root_cause(err)
+            if isinstance(cause, optuna.TrialPruned):
+                state = "KILLED"
+                raise cause from None
+            raise
+        finally:
+            run = _trial_run(client, experiment_name, name)
+            if run is not None:
+                client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
+                client.set_tag(run.info.run_id, "optuna_trial", str(trial.number))
+                client.set_tag(run.info.run_id, "optuna_state", {"FINISHED": "COMPLETE", "KILLED": "PRUNED"}.get(state, "FAIL"))
+                if values is not None:
+                    for i, value in enumerate(values):
+                        client.log_metric(run.info.run_id, f"objective_{i}" if len(values) > 1 else "objective", float(value))
+                if run.info.status == "RUNNING" or state != "FINISHED":
+                    client.set_terminated(run.info.run_id, status=state)
+
+    remaining = int(n_trials) - done
+    if remaining > 0:
+        study.optimize(trial_objective, n_trials=remaining, catch=(Exception,),
+                       callbacks=[optuna.study.MaxTrialsCallback(int(n_trials), states=finished)])
+    else:
+        logger.info("study %s already holds %d finished trials: nothing to run", study_name, done)
+    summary = summarise_study(study, root, client, experiment_name, parent_id)
+    client.set_terminated(parent_id)
+    return summary
+
+
+def summarise_study(study: Any, root: Path, client: Any, experiment_name: str, parent_id: str) -> dict[str, Any]:
+    """Count trials, export the best parameters as a training override file, write the Exp-1 tables."""
+    import optuna
+
+    states = [t.state for t in study.trials]
+    summary: dict[str, Any] = {
+        "trials": len(states),
+        "complete": states.count(optuna.trial.TrialState.COMPLETE),
+        "pruned": states.count(optuna.trial.TrialState.PRUNED),
+        "failed": states.count(optuna.trial.TrialState.FAIL),
+    }
+    best = study.best_trials if len(study.directions) > 1 else ([study.best_trial] if summary["complete"] else [])
+    if best:
+        trial = best[0]
+        params = dict(trial.params)
+        if "alpha" in params and "beta" not in params:
+            params["beta"] = 1.0 - params["alpha"]
+        summary.update({"best_trial": trial.number, "best_values": list(trial.values), "best_params": params})
+        summary["best_params_file"] = str(save_json(root / "best_params.json", params))
+        for key, value in params.items():
+            client.log_metric(parent_id, f"best_{key}", float(value))
+        for i, value in enumerate(trial.values):
+            client.log_metric(parent_id, "best_objective" if len(trial.values) == 1 else f"best_objective_{i}", float(value))
+    for key in ("complete", "pruned", "failed"):
+        client.log_metric(parent_id, f"trials_{key}", float(summary[key]))
+    summary.update(write_exp1_tables(study, client, experiment_name, root / "tables"))
+    save_json(root / "summary.json", summary)
+    client.log_artifacts(parent_id, str(root / "tables"), artifact_path="tables")
+    return summary
+
+
+def write_exp1_tables(study: Any, client: Any, experiment_name: str, output_dir: Path) -> dict[str, str]:
+    """Exp-1 as the paper's Table 1: per completed trial (gamma, alpha, beta), validation Dice mean ± SD of
+    penumbra and core per group, from each trial's nested MLflow run; Markdown and CSV."""
+    import optuna
+
+    rows, lines = [], []
+    header = "| trial | γ | α | β | class | Dice LVO | Dice Non-LVO | Dice all | objective |"
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for trial in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number):
+        run = _trial_run(client, experiment_name, f"{study.study_name}_trial_{trial.number:03d}")
+        if run is None:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = client.download_artifacts(run.info.run_id, "validation/metrics_summary.csv", tmp)
+            except Exception:
+                continue
+            summary = list(csv.DictReader(open(local)))
+        params = dict(trial.params)
+        params.setdefault("beta", 1.0 - params.get("alpha", 0.7))
+        cell = {(s["metric"], s["class"], s["group"]): (float(s["mean"]), float(s["sd"])) for s in summary}
+        for cls in LESION_CLASSES:
+            values = {g: cell.get(("dice", cls, g), (math.nan, math.nan)) for g in ("LVO", "Non-LVO", "all")}
+            row = {"trial": trial.number, "gamma": params.get("gamma", 4 / 3), "alpha": params.get("alpha"), "beta": params["beta"],
+                   "class": cls, "objective": trial.values[0]}
+            for g, (mean, sd) in values.items():
+                row[f"dice_{g}_mean"], row[f"dice_{g}_sd"] = mean, sd
+            rows.append(row)
+            fmt = " | ".join(f"{m:.2f} ± {s:.2f}" if m == m else "–" for m, s in values.values())
+            lines.append(f"| {trial.number} | {row['gamma']:.2f} | {row['alpha']:.2f} | {row['beta']:.2f} | {cls} | {fmt} | {trial.values[0]:.3f} |")
+    if not rows:
+        return {}
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return {"table_md": str(save_text(output_dir / "exp1.md", "\n".join(lines) + "\n")),
+            "table_csv": str(save_text(output_dir / "exp1.csv", buffer.getvalue()))}

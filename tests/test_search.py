@@ -1,0 +1,88 @@
+"""Exp-1 as an Optuna study over real (tiny) bundle trainings: runs, resumes, prunes, fails a bad trial,
+nests its MLflow runs, and refuses bad settings before any trial."""
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from scripts.search import check_search_space, objective_values, run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAINING = {"max_epochs": 1, "patience": 1, "pretrained": False, "roi_size": [64, 64], "slices_per_volume": 1}
+
+
+@pytest.fixture
+def in_root():
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    yield
+    os.chdir(cwd)
+
+
+def study(tiny_cohort, tmp_path, n_trials, **kwargs):
+    settings = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                "output_root": str(tmp_path / "runs"), "training_overrides": TINY_TRAINING, **kwargs}
+    return run_study(str(tiny_cohort), n_trials=n_trials, **settings)
+
+
+def test_study_runs_resumes_and_nests_its_mlflow_runs(tiny_cohort, tmp_path, in_root):
+    first = study(tiny_cohort, tmp_path, 2, pruner="none")  # pruning is tested on its own below
+    assert first["trials"] == 2 and first["complete"] == 2
+    assert study(tiny_cohort, tmp_path, 2, pruner="none")["trials"] == 2  # rerun: complete, nothing restarts
+    resumed = study(tiny_cohort, tmp_path, 3, pruner="none")
+    assert resumed["trials"] == 3 and resumed["complete"] == 3  # continues with one more trial
+    best = json.loads(Path(resumed["best_params_file"]).read_text())
+    assert set(best) == {"gamma", "alpha", "beta"} and best["beta"] == pytest.approx(1 - best["alpha"])
+    assert 1.0 <= best["gamma"] <= 3.0
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("exp1")
+    parent = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'exp1'")[0]
+    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 3 and all(c.data.tags["optuna_state"] == "COMPLETE" for c in children)
+    assert all("val_dice_core_LVO" in c.data.metrics and "objective" in c.data.metrics for c in children)
+    trials = optuna.load_study(study_name="exp1", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert {float(c.data.params["gamma"]) for c in children} == {t.params["gamma"] for t in trials}
+    assert len({t.params["gamma"] for t in trials}) == 3  # the resumed study did not repeat a sample
+    assert parent.data.metrics["trials_complete"] == 3
+    table = Path(resumed["table_md"]).read_text()
+    assert table.count("| penumbra |") == 3 and "±" in table
+
+
+def test_pruned_and_failed_trials_do_not_stop_the_study(tiny_cohort, tmp_path, in_root):
+    pruned = study(tiny_cohort, tmp_path / "pruned", 1, pruner="threshold:1.01")  # every Dice is below 1.01
+    assert pruned["pruned"] == 1 and pruned["complete"] == 0
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'pruned' / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("exp1").experiment_id],
+                             filter_string="tags.optuna_state = 'PRUNED'")[0]
+    assert run.info.status == "KILLED"
+    broken = {**TINY_TRAINING, "loss#gamma": "$float('nan')"}  # a NaN loss
+    failed = study(tiny_cohort, tmp_path / "nan", 1, training_overrides=broken)
+    assert failed["failed"] == 1 and failed["trials"] == 1
+
+
+def test_bad_settings_are_refused_before_any_trial(tiny_cohort, tmp_path, in_root):
+    with pytest.raises(ValueError, match="empty or inverted"):
+        check_search_space({"gamma": [3.0, 1.0]}, tie_beta=True)
+    with pytest.raises(ValueError, match="unknown parameter 'delta'"):
+        check_search_space({"delta": [0, 1]}, tie_beta=True)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        study(tiny_cohort, tmp_path, 1, objective="hd95")
+    with pytest.raises(ValueError, match="cannot open the Optuna storage"):
+        study(tiny_cohort, tmp_path, 1, storage="postgresql://nobody@127.0.0.1:9/none")
+    with pytest.raises(ValueError, match="pruner must be"):
+        study(tiny_cohort, tmp_path, 1, pruner="hyperband")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_objectives_from_metric_names():
+    metrics = {"val_dice_penumbra_LVO": 0.8, "val_dice_core_LVO": 0.6, "val_dice_penumbra_Non-LVO": 0.4,
+               "val_dice_core_Non-LVO": 0.2, "val_adv_ml_penumbra_LVO": 10.0, "val_adv_ml_core_LVO": 2.0,
+               "val_adv_ml_penumbra_Non-LVO": 4.0, "val_adv_ml_core_Non-LVO": 0.0}
+    assert objective_values(metrics, "dice") == pytest.approx((0.5,))
+    assert objective_values(metrics, "dice_LVO") == pytest.approx((0.7,))
+    assert objective_values(metrics, "dice_Non-LVO") == pytest.approx((0.3,))
+    assert objective_values(metrics, "dice_vs_dv") == pytest.approx((0.5, 4.0))
