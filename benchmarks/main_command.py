@@ -1,6 +1,6 @@
 """Wall time of each step of the README's main command on the default cohort (install not timed).
 
-Runs generation, training and evaluation with the bundle's defaults into a temporary directory (data,
+Runs generation, training, evaluation and inference (test split) with the bundle's defaults into a temporary directory (data,
 run and MLflow store there) and prints each step's wall time and the final validation and test Dice.
 Run: python benchmarks/main_command.py [--only-generation]
 """
@@ -37,6 +37,9 @@ def main() -> None:
             total += step("training", ["training", "--config_file", "bundle/configs/train.json", *common])
             total += step("evaluating", ["evaluating", "--config_file",
                                          "['bundle/configs/train.json','bundle/configs/evaluate.json']", *common])
+            best = next(Path(run, "checkpoints").glob("best*.pt"))
+            total += step("inference", ["inference", "--config_file", "bundle/configs/inference.json", "--input",
+                                        f"{data}/datalist.json", "--checkpoint", str(best), "--output_dir", f"{tmp}/inference"])
             import mlflow
 
             client = mlflow.MlflowClient(uri)
