@@ -188,14 +188,15 @@ class SaveStudyOutputsd(MapTransform):
             probabilities = np.moveaxis(np.asarray(_array(d[self.probabilities_key]), dtype=np.float32), 0, -1)
             save_nifti(staging / "probabilities.nii.gz", probabilities, reference.affine)
         tmax = np.asarray(nib.load(study["tmax"]).dataobj, dtype=np.float32)
-        brain = _array(d["brain"])[0] > 0 if "brain" in d else brain_mask_from_mip(np.asarray(nib.load(study["mip"]).dataobj))
+        mip = np.asarray(nib.load(study["mip"]).dataobj, dtype=np.float32)
+        brain = _array(d["brain"])[0] > 0 if "brain" in d else brain_mask_from_mip(mip)
         nihss = int(_array(study["nihss"]).reshape(-1)[0])
         report = clinical_report(label, tmax, reference.header.get_zooms()[:3], brain, nihss=nihss if nihss >= 0 else None,
                                  patient_id=pid, method=self.method)
         report["inputs"] = {k: str(study[k]) for k in ("ctp", *MAP_KEYS) if k in study}
         save_json(staging / "report.json", report)
         if self.montage:
-            save_montage(staging / "report.png", tmax, label, report)
+            save_montage(staging / "report.png", mip, label, report)
         _move_into_place(staging, self.output_dir / pid, self.overwrite)
         d["report"] = report
         return d

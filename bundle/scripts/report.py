@@ -83,41 +83,38 @@ def save_montage(
     background: np.ndarray,
     label: np.ndarray,
     report: Mapping[str, Any],
-    background_name: str = "Tmax (s)",
-    window: tuple[float, float] = (0.0, 12.0),
+    window: tuple[float, float] = (0.0, 120.0),
     columns: int = 4,
 ) -> str:
-    """PNG of every slice: ``background`` (a map, colour bar) with core (magenta) and penumbra (green) outlines,
-    titled with the volumes and mismatch; written atomically."""
+    """PNG of every slice: ``background`` (the MIP in HU, greyscale) with penumbra filled green and core filled
+    magenta, titled with the volumes and mismatch; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.colors import ListedColormap
 
+    overlay = ListedColormap([(0, 0, 0, 0), (0.1, 0.9, 0.2, 0.5), (1.0, 0.1, 0.9, 0.75)])
     slices = background.shape[2]
     columns = min(columns, slices)
     rows = -(-slices // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 0.8, 2.6 * rows + 0.9), squeeze=False)
-    image = None
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.4 * rows + 0.6), squeeze=False)
     for z, ax in enumerate(axes.flat):
         ax.axis("off")
         if z >= slices:
             continue
-        image = ax.imshow(background[..., z].T, cmap="jet", vmin=window[0], vmax=window[1], origin="lower")
-        for value, colour in ((1, "lime"), (2, "magenta")):
-            mask = (label[..., z] == value).T
-            if mask.any():
-                ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.0, origin="lower")
-        ax.set_title(f"slice {z + 1}", fontsize=8)
+        ax.imshow(background[..., z].T, cmap="gray", vmin=window[0], vmax=window[1], origin="lower")
+        ax.imshow(label[..., z].T, cmap=overlay, vmin=0, vmax=2, origin="lower", interpolation="nearest")
+        ax.text(0.02, 0.97, f"{z + 1}", color="white", fontsize=8, transform=ax.transAxes, va="top")
     volumes, mismatch = report["volumes_ml"], report["mismatch"]
     ratio = "n/a" if mismatch["ratio"] is None else f"{mismatch['ratio']:.1f}"
     figure.suptitle(
-        f"{report.get('patient_id', '')}  core (magenta) {volumes['core']:.1f} ml   penumbra (green) {volumes['penumbra']:.1f} ml   "
-        f"mismatch {mismatch['volume_ml']:.1f} ml, ratio {ratio}   [{report.get('method', '')}]",
+        f"{report.get('patient_id', '')} [{report.get('method', '')}]   core (magenta) {volumes['core']:.1f} ml   "
+        f"penumbra (green) {volumes['penumbra']:.1f} ml\nmismatch {mismatch['volume_ml']:.1f} ml, ratio {ratio}   "
+        f"Tmax>6s {report['tmax_volumes_ml']['Tmax>6s']:.1f} ml   research use only",
         fontsize=9,
     )
-    if image is not None:
-        figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label=background_name)
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
