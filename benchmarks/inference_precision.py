@@ -5,7 +5,7 @@ Runs ``python -m monai.bundle run inference`` twice on a datalist split (fp32, t
 (agreement, 1 = identical), the largest per-patient volume difference (ml), and each run's Dice against the
 ground truth per group (the same scoring as the evaluation).
 
-Run: python benchmarks/inference_precision.py --checkpoint runs/default/checkpoints/best_*.pt \
+Run: python benchmarks/inference_precision.py --checkpoint runs/default/model/best_*.pt \
          [--datalist data/synthetic/datalist.json --split test --inputs PMs+N]
 """
 

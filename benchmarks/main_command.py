@@ -37,7 +37,7 @@ def main() -> None:
             total += step("training", ["training", "--config_file", "bundle/configs/train.json", *common])
             total += step("evaluating", ["evaluating", "--config_file",
                                          "['bundle/configs/train.json','bundle/configs/evaluate.json']", *common])
-            best = next(Path(run, "checkpoints").glob("best*.pt"))
+            best = next(Path(run, "model").glob("best*.pt"))
             total += step("inference", ["inference", "--config_file", "bundle/configs/inference.json", "--input",
                                         f"{data}/datalist.json", "--checkpoint", str(best), "--output_dir", f"{tmp}/inference"])
             import mlflow

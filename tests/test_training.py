@@ -61,8 +61,8 @@ def trained(tiny_cohort, tmp_path_factory):
 
 
 def test_training_writes_checkpoints_and_reports(trained):
-    ckpts = sorted(p.name for p in (trained["out"] / "checkpoints").iterdir())
-    assert any(n.startswith("best") for n in ckpts) and any(n.startswith("last") for n in ckpts)
+    assert [p.name.split("_")[0] for p in (trained["out"] / "checkpoints").iterdir()] == ["last"]
+    assert [p.name.split("_")[0] for p in (trained["out"] / "model").iterdir()] == ["best"]
     last = torch.load(next((trained["out"] / "checkpoints").glob("last*.pt")), weights_only=False)
     assert {"network", "optimizer", "trainer", "finetuning"} <= set(last)
     assert (trained["out"] / "validation" / "metrics_per_patient.csv").is_file()
@@ -85,6 +85,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     assert len(history) >= 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert any(a.startswith("best") for a in artifacts) and "test" in artifacts
+    assert not any(a.startswith("last") for a in artifacts)  # the 1 GB resume point stays out of MLflow
     resolved = json.loads(Path(client.download_artifacts(run.info.run_id, "train_resolved.json")).read_text())
     assert resolved["min_delta"] == 1000 and resolved["roi_size"] == [64, 64]  # the command line's overrides
     assert resolved["network_def"]["_target_"] == "scripts.networks.create_network"  # over the merged config
@@ -179,7 +180,7 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-4000:]
     last = list((out / "checkpoints").glob("last*.pt"))
-    assert len(last) == 1 and len(list((out / "checkpoints").glob("best*.pt"))) == 1
+    assert len(last) == 1 and len(list((out / "model").glob("best*.pt"))) == 1
     state = torch.load(last[0], weights_only=False)
     n_training = len(json.loads(tiny_cohort.read_text())["training"])
     assert state["trainer"]["epoch_length"] == -(-n_training // 2)  # each rank sees its half of the patients

@@ -233,11 +233,12 @@ def run_inference(evaluator: Any, output_dir: str | os.PathLike) -> list[str]:
 
 
 def default_checkpoint(bundle_root: str | os.PathLike, run_dir: str | os.PathLike = "runs/default") -> str | None:
-    """``<bundle>/models/model.pt`` when present, else the best checkpoint of the default training run."""
+    """``<bundle>/models/model.pt`` when present, else the best checkpoint of the default training run
+    (``runs/default/model/best_*.pt``)."""
     from .training import latest_checkpoint
 
     model = Path(bundle_root) / "models" / "model.pt"
-    return str(model) if model.is_file() else latest_checkpoint(Path(run_dir) / "checkpoints", "best")
+    return str(model) if model.is_file() else latest_checkpoint(Path(run_dir) / "model", "best")
 
 
 PRECISIONS = ("fp32", "bf16")

@@ -358,12 +358,12 @@ def resume_from_last(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: di
     return path
 
 
-def check_evaluation_inputs(datalist: str | os.PathLike, split: str, checkpoint: str | None, ckpt_dir: str | os.PathLike) -> None:
+def check_evaluation_inputs(datalist: str | os.PathLike, split: str, checkpoint: str | None, model_dir: str | os.PathLike) -> None:
     """Fail early: the split must exist and hold patients, and a trained checkpoint must be there."""
     if not load_datalist(datalist, splits=(split,))[split]:
         raise CTPDataError(f"{datalist}: split '{split}' is empty; nothing to evaluate.")
     if not checkpoint or not Path(checkpoint).is_file():
-        raise CTPDataError(f"{ckpt_dir}: no best checkpoint (best*.pt) to evaluate; train first or pass --checkpoint PATH.")
+        raise CTPDataError(f"{model_dir}: no best checkpoint (best*.pt) to evaluate; train first or pass --checkpoint PATH.")
 
 
 def log_to_training_run(
