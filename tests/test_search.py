@@ -47,6 +47,9 @@ def test_study_runs_resumes_and_nests_its_mlflow_runs(tiny_cohort, tmp_path, in_
     trials = optuna.load_study(study_name="exp1", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert {float(c.data.params["gamma"]) for c in children} == {t.params["gamma"] for t in trials}
     assert len({t.params["gamma"] for t in trials}) == 3  # the resumed study did not repeat a sample
+    trial_dirs = sorted((tmp_path / "runs" / "exp1").glob("exp1_trial_*"))
+    assert len(trial_dirs) == 3 and all(list((d / "model").glob("best*.pt")) for d in trial_dirs)
+    assert not any(list((d / "checkpoints").glob("last*.pt")) for d in trial_dirs)  # resume points dropped
     assert parent.data.metrics["trials_complete"] == 3
     table = Path(resumed["table_md"]).read_text()
     assert table.count("| penumbra |") == 3 and "±" in table

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .data import save_text
 from .metrics import markdown_table
+from .training import drop_resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def run_grid(
         logger.info("%s/%s: training", grid, name)
         subprocess.run(train, check=True)
         subprocess.run(evaluate, check=True)
+        drop_resume_point(out)
     names.append(BASELINE)
     if _finished(uri, grid, BASELINE):
         logger.info("%s/%s already finished: skipped", grid, BASELINE)

@@ -27,7 +27,8 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from .data import CTPDataError, save_json, save_text
+from .data import save_json, save_text
+from .training import drop_resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +261,7 @@ def run_study(
                 raise cause from None
             raise
         finally:
+            drop_resume_point(root / name)  # a finished trial is never resumed
             run = _trial_run(client, experiment_name, name)
             if run is not None:
                 client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)

@@ -303,6 +303,13 @@ class MetricReports:
             write_reports(self.metric.rows, summarise(self.metric.rows), self.output_dir, self.title)
 
 
+def drop_resume_point(output_dir: str | os.PathLike) -> None:
+    """Delete a finished run's ``checkpoints/last_*.pt`` (about 1 GB for SF with Adam's state): grids and
+    searches call this once a cell or trial is done and will never be resumed; the best model stays."""
+    for path in Path(output_dir, "checkpoints").glob("last*.pt"):
+        path.unlink(missing_ok=True)
+
+
 def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "network",
                          required: Sequence[str] = ()) -> dict:
     """Load ``network`` weights from a checkpoint (``{key: state_dict, ...}`` or a bare state dict); return it.
