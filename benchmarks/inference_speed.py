@@ -7,7 +7,7 @@ load (pre-processing: reading NIfTI, brain mask, stacking, padding), network (sl
 SF(PMs+N) with untrained weights: speed does not depend on the weights. Sizes: the default 128x128x8 study
 and a paper-like 512x512x16 study (60 frames).
 
-Run: python benchmarks/inference_speed.py [--sizes 128x8 512x16] [--mode network|threshold] [--repeats 2]
+Run: python benchmarks/inference_speed.py [--sizes 128x8 512x16] [--mode network|threshold] [--repeats 2] [--fast]
 """
 
 from __future__ import annotations
@@ -41,22 +41,22 @@ def make_study(root: Path, size: int, slices: int) -> Path:
     return root / task["id"]
 
 
-def components(patient: Path, output_dir: Path, mode: str, checkpoint: Path) -> ConfigParser:
+def components(patient: Path, output_dir: Path, mode: str, checkpoint: Path, fast: bool = False) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundle/configs/inference.json"))
     parser.update({"input": str(patient), "output_dir": str(output_dir), "mode": mode, "checkpoint": str(checkpoint),
-                   "nihss": 12, "overwrite": True})
+                   "nihss": 12, "overwrite": True, "precision": "bf16" if fast else "fp32", "channels_last": fast})
     return parser
 
 
-def time_study(patient: Path, raw: bool, mode: str, checkpoint: Path, work: Path) -> dict[str, float]:
+def time_study(patient: Path, raw: bool, mode: str, checkpoint: Path, work: Path, fast: bool = False) -> dict[str, float]:
     """Seconds per stage for one study; from the raw series the maps are computed first."""
     source = patient
     if raw:  # a folder with only the raw series
         source = work / "raw" / patient.name
         source.mkdir(parents=True, exist_ok=True)
         (source / "ctp.nii.gz").write_bytes((patient / "ctp.nii.gz").read_bytes())
-    parser = components(source, work / ("out_raw" if raw else "out_maps"), mode, checkpoint)
+    parser = components(source, work / ("out_raw" if raw else "out_maps"), mode, checkpoint, fast)
     network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
     preprocessing, postprocessing = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("postprocessing")
     prepare_batch = parser.get_parsed_content("prepare_batch")
@@ -92,9 +92,11 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["128x8", "512x16"], help="SIZExSLICES")
     parser.add_argument("--mode", default="network", choices=("network", "threshold"))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--fast", action="store_true", help="--precision bf16 --channels_last true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"CPU threads: {torch.get_num_threads()}, mode: {args.mode}, median of {args.repeats} runs (seconds)")
+    precision = "bf16 + channels_last" if args.fast else "fp32"
+    print(f"CPU threads: {torch.get_num_threads()}, mode: {args.mode}, {precision}, median of {args.repeats} runs (seconds)")
     header = f"| study | input | {' | '.join(STAGES)} | total | target |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -106,7 +108,7 @@ def main() -> None:
             size, slices = (int(v) for v in spec.lower().split("x"))
             patient = make_study(work / "cohort", size, slices)
             for raw in (False, True):
-                runs = [time_study(patient, raw, args.mode, checkpoint, work / f"run{r}") for r in range(args.repeats)]
+                runs = [time_study(patient, raw, args.mode, checkpoint, work / f"run{r}", args.fast) for r in range(args.repeats)]
                 median = {s: float(np.median([r[s] for r in runs])) for s in STAGES}
                 total = sum(median.values())
                 target = f"{total / 30:.2f} of 30 s" if size >= 512 and raw else ""
