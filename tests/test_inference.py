@@ -237,3 +237,16 @@ def test_fast_inference_options_keep_the_output():
     assert bf16.dtype == torch.float32 and torch.corrcoef(torch.stack([bf16.flatten(), reference.flatten()]))[0, 1] > 0.99
     with pytest.raises(ValueError, match="precision must be one of"):
         FastInference(network, precision="fp8")
+
+
+def test_default_checkpoint_prefers_the_bundle_model(tmp_path):
+    from scripts.inference import default_checkpoint
+
+    run = tmp_path / "runs" / "default"
+    assert default_checkpoint(tmp_path / "bundle", run) is None
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "best_network_key_metric=-0.5.pt").write_bytes(b"")
+    assert default_checkpoint(tmp_path / "bundle", run).endswith("model/best_network_key_metric=-0.5.pt")  # what training writes
+    (tmp_path / "bundle" / "models").mkdir(parents=True)
+    (tmp_path / "bundle" / "models" / "model.pt").write_bytes(b"")
+    assert default_checkpoint(tmp_path / "bundle", run) == str(tmp_path / "bundle" / "models" / "model.pt")
