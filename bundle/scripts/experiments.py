@@ -20,7 +20,8 @@ from pathlib import Path
 
 from .data import save_text
 from .metrics import markdown_table
-from .training import drop_resume_point
+from .thresholds import ThresholdSegmentation
+from .training import default_tracking_uri, drop_resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def run_grid(
     """Train and evaluate every cell of ``grid`` not finished yet; return the run names."""
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}.")
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlruns/mlflow.db")
+    uri = default_tracking_uri(tracking_uri)
     names = []
     for variant, inputs, mode in GRIDS[grid]:
         name = cell_name(variant, inputs, mode)
@@ -109,7 +110,9 @@ def run_threshold_baseline(
     exp = client.get_experiment_by_name(experiment)
     experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
     run = client.create_run(experiment_id, run_name=BASELINE)
-    for key, value in {"variant": "threshold", "core_rcbf": 0.3, "hypoperfused_tmax": 6.0, "normal_tmax": 4.0}.items():
+    thresholds = ThresholdSegmentation()  # the inference config's defaults are the module's
+    for key, value in {"variant": "threshold", "core_rcbf": thresholds.core_rcbf, "hypoperfused_tmax": thresholds.hypoperfused_tmax,
+                       "normal_tmax": thresholds.normal_tmax}.items():
         client.log_param(run.info.run_id, key, value)
     for key, value in metric_names(summary, prefix).items():
         client.log_metric(run.info.run_id, key, float(value))
@@ -126,7 +129,7 @@ def build_tables(
     """Paper-style Markdown + CSV tables (mean ± SD per class and group, validation split) from MLflow."""
     import mlflow
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlruns/mlflow.db")
+    uri = default_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     written: dict[str, Path] = {}
     for grid in grids:

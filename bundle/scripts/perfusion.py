@@ -39,8 +39,10 @@ from scipy import ndimage
 from .tracer import K_H, RHO
 
 MIN_FRAMES = 10
-MIN_AIF_PEAK_HU = 20.0  # an arterial input below this is noise: real AIFs peak at hundreds of HU
 """Fewest frames a series may have: a baseline, the bolus and its wash-out."""
+
+MIN_AIF_PEAK_HU = 20.0
+"""An arterial input peaking lower than this (HU above baseline) is noise: real AIFs peak at hundreds of HU."""
 
 TRUNCATION_LADDER = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
 """Relative singular-value thresholds tried per voxel, smallest first."""

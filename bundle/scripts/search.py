@@ -28,7 +28,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from .data import save_json, save_text
-from .training import drop_resume_point
+from .training import default_tracking_uri, drop_resume_point, latest_run
 
 logger = logging.getLogger(__name__)
 
@@ -160,13 +160,6 @@ def _workflow(config_file: Any, run_id: str, **override: Any):
     return workflow
 
 
-def _trial_run(client: Any, experiment_name: str, run_name: str):
-    experiment = client.get_experiment_by_name(experiment_name)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
-    return runs[0] if runs else None
-
-
 def run_study(
     datalist: str = "data/synthetic/datalist.json",
     study_name: str = "exp1",
@@ -202,7 +195,7 @@ def run_study(
 
     check_training_inputs(datalist, "SF", "PMs+N", "gradual", "cpu")
     url = storage or "sqlite:///" + os.path.abspath("mlruns/optuna.db")
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlruns/mlflow.db")
+    uri = default_tracking_uri(tracking_uri)
     storage_ = open_storage(url)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     existing = _trial_count(storage_, study_name)
@@ -219,7 +212,7 @@ def run_study(
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(experiment_name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
-    parent = _trial_run(client, experiment_name, study_name)
+    parent = latest_run(client, experiment_name, study_name)
     if parent is None:
         parent = client.create_run(experiment_id, run_name=study_name, tags={"optuna_storage": url, "objective": objective})
         for key, bounds in space.items():
@@ -262,7 +255,7 @@ def run_study(
             raise
         finally:
             drop_resume_point(root / name)  # a finished trial is never resumed
-            run = _trial_run(client, experiment_name, name)
+            run = latest_run(client, experiment_name, name)
             if run is not None:
                 client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
                 client.set_tag(run.info.run_id, "optuna_trial", str(trial.number))
@@ -324,7 +317,7 @@ def write_exp1_tables(study: Any, client: Any, experiment_name: str, output_dir:
     header = "| trial | γ | α | β | class | Dice LVO | Dice Non-LVO | Dice all | objective |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for trial in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number):
-        run = _trial_run(client, experiment_name, f"{study.study_name}_trial_{trial.number:03d}")
+        run = latest_run(client, experiment_name, f"{study.study_name}_trial_{trial.number:03d}")
         if run is None:
             continue
         with tempfile.TemporaryDirectory() as tmp:

@@ -373,6 +373,19 @@ def check_evaluation_inputs(datalist: str | os.PathLike, split: str, checkpoint:
         raise CTPDataError(f"{model_dir}: no best checkpoint (best*.pt) to evaluate; train first or pass --checkpoint PATH.")
 
 
+def default_tracking_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the bundle's SQLite store ``mlruns/mlflow.db``."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlruns/mlflow.db")
+
+
+def latest_run(client: Any, experiment_name: str, run_name: str) -> Any | None:
+    """The newest MLflow run named ``run_name`` in ``experiment_name``, or None."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
+    return runs[0] if runs else None
+
+
 def log_to_training_run(
     tracking_uri: str, experiment_name: str, run_name: str, metrics: dict, artifact_dirs: Sequence[str] = ()
 ) -> str | None:
@@ -380,13 +393,11 @@ def log_to_training_run(
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
-    if not runs:
+    run = latest_run(client, experiment_name, run_name)
+    if run is None:
         logger.warning("no MLflow run named %s in experiment %s: evaluation metrics not logged", run_name, experiment_name)
         return None
-    run_id = runs[0].info.run_id
+    run_id = run.info.run_id
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and value == value:
             client.log_metric(run_id, key, float(value))
@@ -411,11 +422,7 @@ class StageLogger:
         if not is_main_process():
             return
         client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-        experiment = client.get_experiment_by_name(self.experiment_name)
-        if experiment is None:
-            return
-        runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{self.run_name}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-        if runs:
-            client.log_metric(runs[0].info.run_id, "finetuning_stage", float(index), step=int(epoch))
-            client.set_tag(runs[0].info.run_id, "finetuning_stages", " ".join(self.history))
+        run = latest_run(client, self.experiment_name, self.run_name)
+        if run is not None:
+            client.log_metric(run.info.run_id, "finetuning_stage", float(index), step=int(epoch))
+            client.set_tag(run.info.run_id, "finetuning_stages", " ".join(self.history))
