@@ -15,7 +15,7 @@ from typing import Any, Callable
 import nibabel as nib
 import numpy as np
 
-from .perfusion import MIN_FRAMES
+from .perfusion import MIN_FRAMES, validate_frame_times
 
 MAP_KEYS = ("cbf", "cbv", "ttp", "tmax", "mip")
 REQUIRED_KEYS = ("id", *MAP_KEYS, "label", "nihss", "group")
@@ -90,20 +90,53 @@ def _load(path: Path) -> nib.Nifti1Image:
         raise CTPDataError(f"{path}: not a readable NIfTI file ({err}).") from err
 
 
+def frame_times_sidecar(path: str | os.PathLike) -> Path:
+    """The BIDS-style JSON sidecar of a series: ``ctp.nii.gz`` -> ``ctp.json``."""
+    path = Path(path)
+    stem = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+    return path.with_name(f"{stem}.json")
+
+
+def load_frame_times(path: str | os.PathLike, n_frames: int) -> np.ndarray | None:
+    """Per-frame times (s) from the series' sidecar ``FrameTimesStart``, validated; ``None`` without a sidecar."""
+    sidecar = frame_times_sidecar(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        content = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as err:
+        raise CTPDataError(f"{sidecar}: not valid JSON ({err}).") from err
+    if not isinstance(content, dict) or "FrameTimesStart" not in content:
+        raise CTPDataError(f"{sidecar}: a frame-time sidecar needs 'FrameTimesStart' (one time in s per frame).")
+    try:
+        return validate_frame_times(content["FrameTimesStart"], n_frames, name=f"{sidecar} FrameTimesStart")
+    except (TypeError, ValueError) as err:
+        raise CTPDataError(str(err) if "FrameTimesStart" in str(err)
+                           else f"{sidecar}: FrameTimesStart must be a list of numbers ({err}).") from err
+
+
 def load_ctp(path: str | os.PathLike) -> tuple[np.ndarray, float, np.ndarray]:
-    """Load a raw 4D CTP series (HU) and return ``(array, frame_interval_s, affine)``, validated."""
+    """Load a raw 4D CTP series (HU) and return ``(array, frame_interval_s, affine)``, validated.
+
+    With a frame-time sidecar (:func:`load_frame_times`) the interval is the median of its steps and the
+    header's pixdim[4] is not needed.
+    """
     path = Path(path)
     img = _load(path)
     if img.ndim != 4:
         raise CTPDataError(f"{path}: a CTP series must be 4D (X, Y, slices, time), got shape {img.shape}.")
     if img.shape[3] < MIN_FRAMES:
         raise CTPDataError(f"{path}: {img.shape[3]} frames is too few for perfusion analysis (need >= {MIN_FRAMES}).")
-    interval = float(img.header.get_zooms()[3])
-    unit = img.header.get_xyzt_units()[1]
-    if unit == "msec":
-        interval /= 1000.0
-    if not np.isfinite(interval) or interval <= 0:
-        raise CTPDataError(f"{path}: no frame interval in the header (pixdim[4] = {interval}); set it in seconds.")
+    times = load_frame_times(path, img.shape[3])
+    if times is not None:
+        interval = float(np.median(np.diff(times)))
+    else:
+        interval = float(img.header.get_zooms()[3])
+        if img.header.get_xyzt_units()[1] == "msec":
+            interval /= 1000.0
+        if not np.isfinite(interval) or interval <= 0:
+            raise CTPDataError(f"{path}: no frame interval in the header (pixdim[4] = {interval}); set it in seconds "
+                               f"or give per-frame times in {frame_times_sidecar(path).name} (FrameTimesStart).")
     data = np.asarray(img.dataobj, dtype=np.float32)
     if not np.isfinite(data).all():
         raise CTPDataError(f"{path}: contains NaN or infinite values.")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_ctp, save_json, save_nifti
+from .data import load_ctp, load_frame_times, save_json, save_nifti
 from .perfusion import PerfusionMaps, compute_perfusion_maps
 
 
@@ -21,7 +21,8 @@ def compute_maps(
     """Compute CBF, CBV, MTT, TTP, Tmax and MIP from ``ctp`` into ``output_dir``; return the written paths.
 
     Args:
-        ctp: 4D NIfTI (X, Y, slices, time) in HU with the frame interval in pixdim[4].
+        ctp: 4D NIfTI (X, Y, slices, time) in HU with the frame interval in pixdim[4], or uneven per-frame
+            times in a JSON sidecar (``ctp.json``: ``{"FrameTimesStart": [0, 1, 2, 3.5, ...]}``).
         output_dir: folder for ``<map>.nii.gz`` and ``perfusion.json`` (AIF and settings used).
         overwrite: replace maps already in ``output_dir``.
         aif: optional text file with one AIF value (HU above baseline) per frame.
@@ -35,6 +36,7 @@ def compute_maps(
     if existing and not overwrite:
         raise FileExistsError(f"{out}: maps already exist ({existing[0]}, ...); pass overwrite=True (--overwrite true).")
     series, interval, affine = load_ctp(ctp)
+    frame_times = load_frame_times(ctp, series.shape[-1])
     given_aif = None
     if aif is not None:
         try:
@@ -43,11 +45,12 @@ def compute_maps(
             raise ValueError(f"{aif}: cannot read the AIF as numbers ({err}).") from err
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :2], axis=0))
     try:
-        maps = compute_perfusion_maps(series, interval, spacing, aif=given_aif, **settings)
+        maps = compute_perfusion_maps(series, interval, spacing, aif=given_aif, frame_times=frame_times, **settings)
     except ValueError as err:
         raise ValueError(f"{ctp}: {err}") from err
     for name, array in maps.as_dict().items():
         save_nifti(targets[name], array, affine)
-    report = {"ctp": str(ctp), "frame_interval_s": interval, "aif_hu": maps.aif.round(3).tolist(), **maps.info, **settings}
+    report = {"ctp": str(ctp), "frame_interval_s": interval,
+              "frame_times_s": None if frame_times is None else frame_times.tolist(), "aif_hu": maps.aif.round(3).tolist(), **maps.info, **settings}
     save_json(out / "perfusion.json", report)
     return {name: str(path) for name, path in targets.items()}

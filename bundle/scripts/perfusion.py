@@ -2,28 +2,32 @@
 
 Pipeline, vectorised over voxels (no per-voxel Python loops):
 
-1. Bolus arrival is detected on the mean curve of the most-enhancing voxels (vessels arrive first); the
-   frames before it are the baseline.
-2. Concentration = HU minus the voxel's mean baseline (CT enhancement is linear in contrast).
-3. The AIF is searched in soft tissue (baseline HU inside ``soft_tissue_hu``: no air, no bone); maps are
-   computed in parenchyma (baseline inside ``parenchyma_hu``: no CSF) that does not enhance like a vessel.
-4. The arterial input (AIF) is chosen automatically from the unsmoothed curves: the highest-enhancing voxels
+0. Uneven acquisitions (``frame_times``) are resampled linearly to an even grid at their shortest interval.
+1. The arterial input (AIF) is chosen automatically from the unsmoothed curves: the highest-enhancing voxels
    that peak earliest; the venous output (VOF) from the largest-area late voxels rescales the AIF for partial
-   volume (``AUC_AIF = AUC_VOF``). A given AIF skips this step.
-5. Curves are smoothed in-plane with a Gaussian of ``smoothing_mm`` restricted to tissue (vendor software
-   smooths likewise; per-voxel CT noise would otherwise dominate).
-6. Deconvolution is the delay-insensitive block-circulant SVD (Wu et al. 2003): the AIF zero-padded to
+   volume (``AUC_AIF = AUC_VOF``). A given AIF skips this step. The AIF is searched in soft tissue (baseline
+   HU inside ``soft_tissue_hu``: no air, no bone).
+2. The baseline is the frames before the AIF reaches 10 % of its peak (no tissue enhances before its
+   artery); concentration = HU minus the voxel's mean baseline (CT enhancement is linear in contrast).
+3. Maps are computed in parenchyma (baseline inside ``parenchyma_hu``: no CSF) that does not enhance like a
+   vessel. Curves are smoothed in-plane with a Gaussian of ``smoothing_mm`` restricted to tissue (vendor
+   software smooths likewise; per-voxel CT noise would otherwise dominate).
+4. Deconvolution is the delay-insensitive block-circulant SVD (Wu et al. 2003): the AIF zero-padded to
    ``2T`` forms a circulant matrix, whose SVD is its discrete Fourier transform, so truncating singular values
-   below ``lambda * s_max`` is exactly zeroing those frequencies. ``lambda`` is chosen per voxel as the smallest
-   value of a ladder whose residue has an oscillation index below ``oscillation_index`` (oSVD): noise-free
-   curves keep almost all frequencies, noisy ones are regularised harder.
-7. From the flow-scaled residue ``k(t) = (rho/k_H) CBF R(t - delay)``: CBF = ``(k_H/rho) max k`` (x6000),
+   below ``lambda * s_max`` is exactly zeroing those frequencies. With ``method="osvd"`` (default) ``lambda``
+   is chosen per voxel as the smallest value of a ladder whose residue has an oscillation index below
+   ``oscillation_limit``; the index is spike-aware (:func:`oscillation_index`), so a curve that is not an
+   exact discrete convolution (every real scan) cannot drive the choice to a spike. ``method="bsvd"`` uses
+   one fixed ``truncation``. The default was chosen on the independent phantom
+   (:mod:`scripts.perfusion_phantom`, ``benchmarks/perfusion_phantom.py``), not on the cohort simulator.
+5. From the flow-scaled residue ``k(t) = (rho/k_H) CBF R(t - delay)``: CBF = ``(k_H/rho) max k`` (x6000),
    CBV = ``(k_H/rho) sum k dt`` (x100), MTT = ``60 CBV / CBF``. Tmax is the time of the residue's peak.
-   ``tmax_method="rise"`` (default) reads it at the residue's half-maximum rise, which equals the time of
-   the maximum for any non-increasing residue and is not shifted by the deconvolution's low-pass blur;
-   ``"argmax"`` is the vendor convention (parabolic peak of ``k``), known to read about +2 s high at 1 s
-   sampling (Kudo 2013). TTP is the parabolic peak time of the smoothed concentration, from scan start.
-8. MIP is the maximum HU over time (the whole image). Other maps are 0 outside tissue.
+   ``tmax_method="rise"`` (default) reads it at the half-maximum rise that leads to the peak's plateau, which
+   equals the time of the maximum for any non-increasing residue and is not shifted by the deconvolution's
+   low-pass blur; ``"argmax"`` is the vendor convention (parabolic peak of ``k``), known to read about +2 s
+   high at 1 s sampling (Kudo 2013). TTP is the parabolic peak time of the smoothed concentration, from the
+   first frame.
+6. MIP is the maximum HU over time (the whole image). Other maps are 0 outside tissue.
 """
 
 from __future__ import annotations
@@ -45,7 +49,14 @@ MIN_AIF_PEAK_HU = 20.0
 """An arterial input peaking lower than this (HU above baseline) is noise: real AIFs peak at hundreds of HU."""
 
 TRUNCATION_LADDER = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
-"""Relative singular-value thresholds tried per voxel, smallest first."""
+"""Relative singular-value thresholds oSVD tries per voxel, least regularisation first."""
+
+REFERENCE_TRUNCATION = 0.1
+"""Truncation of the residue whose peak scales the oscillation index (the textbook bSVD value): a
+spike in a weakly regularised residue cannot raise its own scale and so hide its oscillation."""
+
+METHODS = ("osvd", "bsvd")
+"""Deconvolutions: per-voxel oscillation-limited truncation (``osvd``) or one fixed truncation (``bsvd``)."""
 
 
 @dataclass
@@ -162,19 +173,38 @@ def select_arterial_input(
     return aif, voxel_mask, info
 
 
+def oscillation_index(residue: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Oscillation of residues ``(V, L)``: circular ``sum |k[j+1] - 2 k[j] + k[j-1]| / (L scale)``.
+
+    Unlike Wu's index (``scale = max k``, differences inside the window only), the differences wrap
+    around, so a spike at the first sample is counted with all three of its neighbours, and ``scale`` is
+    the peak of a strongly regularised residue, so a spike cannot shrink its own index by raising the max.
+    """
+    second = np.roll(residue, -1, axis=1) - 2.0 * residue + np.roll(residue, 1, axis=1)
+    return np.abs(second).sum(axis=1) / (residue.shape[1] * np.maximum(scale, 1e-12))
+
+
 def deconvolve(
     conc: np.ndarray,
     aif: np.ndarray,
     dt: float,
-    oscillation_index: float = 0.035,
+    method: str = "osvd",
+    oscillation_limit: float = 0.035,
     ladder: tuple[float, ...] = TRUNCATION_LADDER,
+    truncation: float = 0.1,
     chunk: int = 16384,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Block-circulant oSVD deconvolution of tissue curves ``(V, T)`` by ``aif`` ``(T,)``.
+    """Block-circulant SVD deconvolution of tissue curves ``(V, T)`` by ``aif`` ``(T,)``.
 
+    ``method="bsvd"`` truncates singular values below ``truncation * s_max`` for every voxel;
+    ``method="osvd"`` takes, per voxel, the smallest threshold of ``ladder`` whose residue's
+    :func:`oscillation_index` is below ``oscillation_limit`` (the largest when none is).
     Returns the flow-scaled residue ``k`` ``(V, 2T)`` (1/s, still including ``rho/k_H``) and each voxel's
-    chosen relative truncation threshold.
+    relative truncation threshold.
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    ladder = (float(truncation),) if method == "bsvd" else tuple(sorted(ladder))
     conc = np.asarray(conc, dtype=np.float32)
     n_vox, n_t = conc.shape
     length = 2 * n_t
@@ -183,6 +213,7 @@ def deconvolve(
     # one inverse filter per threshold; real-input FFT symmetry keeps conjugate singular values together
     inverse = 1.0 / np.where(magnitude > 0, spectrum, 1)
     inverses = [np.where(magnitude >= lam * magnitude.max(), inverse, 0).astype(np.complex64) for lam in ladder]
+    reference = np.where(magnitude >= REFERENCE_TRUNCATION * magnitude.max(), inverse, 0).astype(np.complex64)
     residue = np.empty((n_vox, length), dtype=np.float32)
     chosen = np.full(n_vox, ladder[-1], dtype=np.float32)
 
@@ -190,14 +221,13 @@ def deconvolve(
         stop = min(start + chunk, n_vox)
         spec = sfft.rfft(conc[start:stop], length, axis=1)
         todo = np.arange(stop - start)
+        scale = None
+        if len(inverses) > 1:  # amplitude reference: a residue regularised as textbook bSVD
+            scale = sfft.irfft(spec * reference, length, axis=1).max(axis=1)
         for i, inverse_i in enumerate(inverses):
             k = sfft.irfft(spec[todo] * inverse_i, length, axis=1)
-            second = k[:, 2:] - k[:, 1:-1]
-            second -= k[:, 1:-1]
-            second += k[:, :-2]
-            np.abs(second, out=second)
-            oi = second.sum(axis=1) / (length * np.maximum(k.max(axis=1), 1e-12))
-            done = (oi < oscillation_index) | (i == len(inverses) - 1)
+            last = i == len(inverses) - 1
+            done = np.ones(todo.size, dtype=bool) if last else oscillation_index(k, scale[todo]) < oscillation_limit
             residue[start + todo[done]] = k[done]
             chosen[start + todo[done]] = ladder[i]
             todo = todo[~done]
@@ -229,7 +259,10 @@ def residue_peak_time(residue: np.ndarray, dt: float, n_frames: int, method: str
         raise ValueError(f"tmax_method must be 'rise' or 'argmax', got {method!r}.")
     rows = np.arange(k.shape[0])
     half = 0.5 * k[rows, peak]
-    before = (k < half[:, None]) & (np.arange(n_frames)[None, :] < peak[:, None])
+    # the rise that leads to the plateau: the first sample within 80 % of the peak, not the ringing maximum
+    # of a long, flat residue (whose dips below half would otherwise move the crossing late)
+    onset = (k >= 0.8 * k[rows, peak][:, None]).argmax(axis=1)
+    before = (k < half[:, None]) & (np.arange(n_frames)[None, :] < onset[:, None])
     last_below = np.where(before.any(axis=1), n_frames - 1 - before[:, ::-1].argmax(axis=1), -1)
     j = np.clip(last_below, 0, n_frames - 2)
     k0, k1 = k[rows, j], k[rows, j + 1]
@@ -249,36 +282,91 @@ def validate_series(ctp: np.ndarray, frame_interval: float, name: str = "ctp") -
         raise ValueError(f"{name}: the series contains NaN or infinite values.")
 
 
+def validate_frame_times(frame_times: np.ndarray, n_frames: int, name: str = "frame_times") -> np.ndarray:
+    """The frame times (s) as floats, or ``ValueError`` naming ``name``: one finite time per frame, increasing."""
+    times = np.asarray(frame_times, dtype=np.float64).ravel()
+    if times.size != n_frames:
+        raise ValueError(f"{name}: {times.size} frame times for a series of {n_frames} frames.")
+    if not np.isfinite(times).all():
+        raise ValueError(f"{name}: frame times must be finite numbers of seconds.")
+    steps = np.diff(times)
+    if np.any(steps <= 0):
+        i = int(np.argmax(steps <= 0))
+        kind = "duplicate" if steps[i] == 0 else "decreasing"
+        raise ValueError(f"{name}: frame times must strictly increase; frames {i} and {i + 1} have {kind} times "
+                         f"({times[i]:g} s, {times[i + 1]:g} s).")
+    return times
+
+
+def uniform_grid(frame_times: np.ndarray, max_upsampling: float = 4.0) -> np.ndarray:
+    """An even time grid over the acquisition at its shortest frame interval (at most ``max_upsampling``
+    times as many frames as acquired)."""
+    times = np.asarray(frame_times, dtype=np.float64)
+    span = times[-1] - times[0]
+    dt = max(float(np.min(np.diff(times))), span / (max_upsampling * (times.size - 1)))
+    return times[0] + np.arange(int(np.floor(span / dt + 1e-6)) + 1) * dt
+
+
+def resample_frames(series: np.ndarray, frame_times: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``series`` (time last) from ``frame_times`` onto ``grid`` (float32)."""
+    upper = np.clip(np.searchsorted(frame_times, grid, side="right"), 1, frame_times.size - 1)
+    lower = upper - 1
+    weight = ((grid - frame_times[lower]) / (frame_times[upper] - frame_times[lower])).astype(np.float32)
+    series = np.asarray(series, dtype=np.float32)
+    return series[..., lower] * (1.0 - weight) + series[..., upper] * weight
+
+
 def compute_perfusion_maps(
     ctp: np.ndarray,
-    frame_interval: float,
+    frame_interval: float | None,
     spacing: tuple[float, float] = (1.0, 1.0),
     aif: np.ndarray | None = None,
     soft_tissue_hu: tuple[float, float] = (-20.0, 150.0),
     parenchyma_hu: tuple[float, float] = (20.0, 80.0),
     vessel_fraction: float = 0.3,
     smoothing_mm: float = 1.5,
-    oscillation_index: float = 0.035,
+    method: str = "osvd",
+    oscillation_limit: float = 0.035,
+    truncation: float = 0.1,
     tmax_method: str = "rise",
     baseline_frames: int | None = None,
+    frame_times: np.ndarray | None = None,
 ) -> PerfusionMaps:
     """Compute CBF, CBV, MTT, TTP, Tmax and MIP from a 4D series ``(X, Y, Z, T)`` in HU.
 
     Args:
         ctp: the series in HU.
-        frame_interval: seconds between frames.
+        frame_interval: seconds between frames (unused, may be ``None``, when ``frame_times`` is given).
         spacing: in-plane voxel size (mm), used for ``smoothing_mm``.
         aif: arterial input (HU above baseline, one value per frame); selected automatically when ``None``.
         soft_tissue_hu: baseline HU range searched for the AIF and VOF (excludes air and bone).
         parenchyma_hu: baseline HU range of brain parenchyma, where maps are computed (excludes CSF).
         vessel_fraction: voxels peaking above this fraction of the AIF peak are vessels, not parenchyma.
         smoothing_mm: in-plane Gaussian sigma (mm) applied to the curves before deconvolution; 0 disables it.
-        oscillation_index: oSVD smoothness target for the per-voxel truncation.
+        method: ``"osvd"`` (per-voxel truncation from :data:`TRUNCATION_LADDER`) or ``"bsvd"`` (``truncation``).
+        oscillation_limit: oSVD smoothness target (:func:`oscillation_index`).
+        truncation: bSVD relative singular-value threshold.
         tmax_method: ``"rise"`` or ``"argmax"`` (see the module docstring).
-        baseline_frames: pre-bolus frames; detected from the earliest, strongest curves when ``None``.
+        baseline_frames: pre-bolus frames; by default those before the AIF reaches 10 % of its peak.
+        frame_times: acquisition time of each frame (s, strictly increasing) for uneven sampling; the
+            series (and a given ``aif``) are resampled linearly to an even grid at the shortest interval.
     """
-    validate_series(ctp, frame_interval)
+    n_acquired = ctp.shape[-1] if ctp.ndim == 4 else 0
+    info: dict = {}
+    if frame_times is not None and ctp.ndim == 4:
+        times = validate_frame_times(frame_times, n_acquired)
+        grid = uniform_grid(times)
+        frame_interval = float(grid[1] - grid[0])
+        info.update(frame_times_resampled=True, resampled_frames=int(grid.size))
+    validate_series(ctp, np.nan if frame_interval is None else float(frame_interval))
     dt = float(frame_interval)
+    if aif is not None:
+        aif = np.asarray(aif, dtype=np.float64)
+        if aif.shape != (n_acquired,):
+            raise ValueError(f"aif: expected {n_acquired} values (one per frame), got shape {aif.shape}.")
+    if frame_times is not None:
+        ctp = resample_frames(ctp, times, grid)
+        aif = None if aif is None else resample_frames(aif, times, grid).astype(np.float64)
     n_t = ctp.shape[-1]
     ctp = np.asarray(ctp, dtype=np.float32)
     mip = ctp.max(axis=-1)
@@ -286,28 +374,31 @@ def compute_perfusion_maps(
     soft = (first > soft_tissue_hu[0]) & (first < soft_tissue_hu[1])
     if soft.sum() < 16:
         raise ValueError(f"ctp: only {int(soft.sum())} voxels have a baseline in {soft_tissue_hu} HU; is it in HU?")
-    if baseline_frames is None:
+    if aif is None:
+        # a first baseline from the strongest (vessel) curves finds the AIF; the AIF's own rise then sets it
         rise = mip - first
         strongest = soft & (rise >= np.percentile(rise[soft], 99.0))
-        baseline_frames = baseline_frame_count((ctp[strongest] - first[strongest][:, None]).mean(axis=0))
-    n_base = int(baseline_frames)
-    baseline = ctp[..., :n_base].mean(axis=-1)
-    info: dict = {"baseline_frames": n_base}
-    if aif is None:
-        aif, _, aif_info = select_arterial_input(ctp, baseline, soft, dt)
+        n_base = baseline_frame_count((ctp[strongest] - first[strongest][:, None]).mean(axis=0))
+        aif, _, aif_info = select_arterial_input(ctp, ctp[..., :n_base].mean(axis=-1), soft, dt)
         info.update(aif_info)
+        if baseline_frames is None:
+            n_base = baseline_frame_count(aif)
+            aif = aif - aif[:n_base].mean()
     else:
-        aif = np.asarray(aif, dtype=np.float64)
-        if aif.shape != (n_t,):
-            raise ValueError(f"aif: expected {n_t} values (one per frame), got shape {aif.shape}.")
+        n_base = baseline_frame_count(aif)
+    n_base = int(n_base if baseline_frames is None else baseline_frames)
+    baseline = ctp[..., :n_base].mean(axis=-1)
+    info["baseline_frames"] = n_base
     if float(np.max(aif)) < MIN_AIF_PEAK_HU:
         raise ValueError(f"no contrast bolus: the arterial input peaks {float(np.max(aif)):.1f} HU above baseline "
                          f"(need >= {MIN_AIF_PEAK_HU:g} HU); is this a contrast-enhanced perfusion series?")
+    info.update(aif_peak_s=float(parabolic_peak(aif[None], np.array([int(np.argmax(aif))]))[0] * dt),
+                aif_area_hu_s=float(np.sum(aif) * dt))
     vessel = mip - baseline > vessel_fraction * float(np.max(aif))
     tissue = soft & (baseline >= parenchyma_hu[0]) & (baseline <= parenchyma_hu[1]) & ~vessel
     sigma_px = tuple(smoothing_mm / float(s) for s in spacing[:2])
     smooth = smooth_tissue_curves(ctp, baseline, tissue, sigma_px)
-    residue, thresholds = deconvolve(smooth, aif, dt, oscillation_index)
+    residue, thresholds = deconvolve(smooth, aif, dt, method, oscillation_limit, truncation=truncation)
     scale = K_H / RHO
     cbf_v = scale * residue.max(axis=1) * 6000.0
     cbv_v = scale * residue.sum(axis=1) * dt * 100.0
