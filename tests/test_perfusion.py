@@ -41,7 +41,7 @@ def test_block_circulant_fft_equals_truncated_svd_of_the_circulant_matrix():
     u, s, vt = np.linalg.svd(matrix)
     inv_s = np.where(s >= lam * s.max(), 1.0 / s, 0.0)
     expected = (vt.T * inv_s) @ u.T @ np.concatenate([conc, np.zeros((3, n))], axis=1).T
-    k, chosen = deconvolve(conc, aif, dt, oscillation_index=np.inf, ladder=(lam,))
+    k, chosen = deconvolve(conc, aif, dt, method="bsvd", truncation=lam)
     np.testing.assert_allclose(k, expected.T, rtol=1e-4, atol=1e-5)
     assert np.all(chosen == lam)
 

@@ -18,7 +18,8 @@ so the perfusion module can be scored on curves it was not tuned on. The design 
 * A tile's curve is ``(rho / k_H) (CBF / 6000) (AIF * R)(t - delay)``, the convolution computed on a grid
   ``fine_dt`` (0.01 s, 100x finer than 1 s frames), then read at the frame times: the deconvolution
   never sees an exact discrete convolution. Curves sit on a ``baseline_hu`` of 35 HU, get white Gaussian
-  noise of ``noise_hu`` per voxel and frame, and are **rounded to integer HU** as scanners store them.
+  noise of ``noise_hu`` per voxel and frame, and are **rounded to integer HU** as scanners store them
+  (``integer_hu=False`` keeps the exact values, to separate rounding from the rest).
 * Between tiles runs a 2-pixel CSF gutter (10 HU, no enhancement); each section has an artery (the
   AIF, no partial volume) and a vein (the AIF delayed 5 s and dispersed) so the automatic AIF can be
   tried. Scores are read in each tile's interior (``roi``), 3 pixels in from its edge, as Kudo's ROIs.
@@ -30,6 +31,7 @@ with maps that invert the same relation. The frame times may be uneven (``frame_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy.special import erf
@@ -44,25 +46,31 @@ ARTERY = -1
 VEIN = -2
 
 
+def _parker(m: np.ndarray) -> np.ndarray:
+    """Parker's AIF in its own units (mmol/l) at ``m`` minutes after injection."""
+    gauss = sum(a / (s * np.sqrt(2 * np.pi)) * np.exp(-((m - c) ** 2) / (2 * s * s))
+                for a, c, s in ((0.809, 0.17046, 0.0563), (0.330, 0.365, 0.132)))
+    return gauss + 1.050 * np.exp(-0.1685 * m) / (1.0 + np.exp(-38.078 * (m - 0.483)))
+
+
+@lru_cache(maxsize=1)
+def _parker_peak() -> tuple[float, float, float]:
+    """Onset value, time (min) and height above onset of Parker's first-pass peak."""
+    fine = np.linspace(0.0, 0.5, 50001)
+    onset = float(_parker(np.zeros(1))[0])  # the Gaussians' tails before injection: start from zero
+    values = _parker(fine) - onset
+    return onset, float(fine[np.argmax(values)]), float(values.max())
+
+
 def parker_aif(t: np.ndarray, peak_hu: float = 300.0, peak_s: float = 16.0) -> np.ndarray:
     """Parker's population AIF (2006), rescaled to peak ``peak_hu`` above baseline at ``peak_s``.
 
     Published parameters (minutes, mmol): A = 0.809, 0.330; T = 0.17046, 0.365; sigma = 0.0563, 0.132;
     alpha = 1.050, beta = 0.1685, s = 38.078, tau = 0.483. Zero before the bolus arrives.
     """
-    shift = peak_s / 60.0 - 0.17046
-    m = np.asarray(t, dtype=np.float64) / 60.0 - shift
-
-    def curve(m: np.ndarray) -> np.ndarray:
-        gauss = sum(a / (s * np.sqrt(2 * np.pi)) * np.exp(-((m - c) ** 2) / (2 * s * s))
-                    for a, c, s in ((0.809, 0.17046, 0.0563), (0.330, 0.365, 0.132)))
-        plateau = 1.050 * np.exp(-0.1685 * m) / (1.0 + np.exp(-38.078 * (m - 0.483)))
-        return gauss + plateau
-
-    fine = np.linspace(0.0, 0.5, 5001)
-    onset = curve(np.zeros(1))[0]  # the Gaussians' tails before injection: start from zero
-    height = (curve(fine) - onset).max()
-    return np.where(m > 0, (curve(m) - onset) * (peak_hu / height), 0.0).clip(0.0)
+    onset, peak_m, height = _parker_peak()
+    m = np.asarray(t, dtype=np.float64) / 60.0 - (peak_s / 60.0 - peak_m)
+    return np.where(m > 0, (_parker(m) - onset) * (peak_hu / height), 0.0).clip(0.0)
 
 
 def residue(shape: str, t: np.ndarray, mtt: float) -> np.ndarray:
@@ -100,6 +108,7 @@ class PhantomDesign:
     rho: float = 1.04
     k_h: float = 0.73
     fine_dt: float = 0.01
+    integer_hu: bool = True
 
     def frame_times(self, frame_interval: float) -> np.ndarray:
         """Evenly spaced frame times (s) over ``duration_s``."""
@@ -200,7 +209,7 @@ def make_phantom(
     if noise_hu > 0:
         ctp += rng.normal(0.0, noise_hu, ctp.shape)
     return DigitalPhantom(
-        ctp=np.round(ctp).astype(np.float32),
+        ctp=(np.round(ctp) if d.integer_hu else ctp).astype(np.float32),
         frame_times=times,
         spacing=(d.spacing_mm, d.spacing_mm, 5.0),
         aif=np.interp(times, fine, aif_fine).astype(np.float32),
