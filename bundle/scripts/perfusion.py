@@ -173,15 +173,17 @@ def select_arterial_input(
     return aif, voxel_mask, info
 
 
-def oscillation_index(residue: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Oscillation of residues ``(V, L)``: circular ``sum |k[j+1] - 2 k[j] + k[j-1]| / (L scale)``.
+def oscillation_index(residue: np.ndarray, scale: np.ndarray, dt: float = 1.0) -> np.ndarray:
+    """Oscillation of residues ``(V, L)``: circular ``sum |k[j+1] - 2 k[j] + k[j-1]| / (L dt scale)``.
 
-    Unlike Wu's index (``scale = max k``, differences inside the window only), the differences wrap
-    around, so a spike at the first sample is counted with all three of its neighbours, and ``scale`` is
-    the peak of a strongly regularised residue, so a spike cannot shrink its own index by raising the max.
+    Unlike Wu's index (``scale = max k``, differences inside the window only, per sample), the differences
+    wrap around, so a spike at the first sample is counted with all three of its neighbours; ``scale`` is
+    the peak of a more regularised residue, so a spike cannot shrink its own index by raising the max; and
+    the sum is per second of the window (``L dt``), not per sample, so one limit holds at 1, 1.5 and 2 s
+    sampling (per sample, the same rise and fall would count 1.5-2x more at the coarser rates).
     """
     second = np.roll(residue, -1, axis=1) - 2.0 * residue + np.roll(residue, 1, axis=1)
-    return np.abs(second).sum(axis=1) / (residue.shape[1] * np.maximum(scale, 1e-12))
+    return np.abs(second).sum(axis=1) / (residue.shape[1] * dt * np.maximum(scale, 1e-12))
 
 
 def deconvolve(
@@ -227,7 +229,7 @@ def deconvolve(
         for i, inverse_i in enumerate(inverses):
             k = sfft.irfft(spec[todo] * inverse_i, length, axis=1)
             last = i == len(inverses) - 1
-            done = np.ones(todo.size, dtype=bool) if last else oscillation_index(k, scale[todo]) < oscillation_limit
+            done = np.ones(todo.size, dtype=bool) if last else oscillation_index(k, scale[todo], dt) < oscillation_limit
             residue[start + todo[done]] = k[done]
             chosen[start + todo[done]] = ladder[i]
             todo = todo[~done]
