@@ -382,10 +382,10 @@ def compute_perfusion_maps(
         strongest = soft & (rise >= np.percentile(rise[soft], 99.0))
         n_base = baseline_frame_count((ctp[strongest] - first[strongest][:, None]).mean(axis=0))
         aif, _, aif_info = select_arterial_input(ctp, ctp[..., :n_base].mean(axis=-1), soft, dt)
-        info.update(aif_info)
-        if baseline_frames is None:
+        if baseline_frames is None and baseline_frame_count(aif) != n_base:
             n_base = baseline_frame_count(aif)
-            aif = aif - aif[:n_base].mean()
+            aif, _, aif_info = select_arterial_input(ctp, ctp[..., :n_base].mean(axis=-1), soft, dt)
+        info.update(aif_info)
     else:
         n_base = baseline_frame_count(aif)
     n_base = int(n_base if baseline_frames is None else baseline_frames)
