@@ -200,7 +200,8 @@ def deconvolve(
 
     ``method="bsvd"`` truncates singular values below ``truncation * s_max`` for every voxel;
     ``method="osvd"`` takes, per voxel, the smallest threshold of ``ladder`` whose residue's
-    :func:`oscillation_index` is below ``oscillation_limit`` (the largest when none is).
+    :func:`oscillation_index` is below ``oscillation_limit`` (the largest when none is), found by bisection
+    (the index falls as the truncation rises).
     Returns the flow-scaled residue ``k`` ``(V, 2T)`` (1/s, still including ``rho/k_H``) and each voxel's
     relative truncation threshold.
     """
@@ -222,19 +223,23 @@ def deconvolve(
     def one_chunk(start: int) -> None:
         stop = min(start + chunk, n_vox)
         spec = sfft.rfft(conc[start:stop], length, axis=1)
-        todo = np.arange(stop - start)
-        scale = None
+        # bisection over the ladder (the index falls as truncation rises): log2(len) trials, not len
+        lo = np.zeros(stop - start, dtype=np.int64)
+        hi = np.full(stop - start, len(inverses) - 1, dtype=np.int64)
         if len(inverses) > 1:  # amplitude reference: a residue regularised as textbook bSVD
             scale = sfft.irfft(spec * reference, length, axis=1).max(axis=1)
-        for i, inverse_i in enumerate(inverses):
-            k = sfft.irfft(spec[todo] * inverse_i, length, axis=1)
-            last = i == len(inverses) - 1
-            done = np.ones(todo.size, dtype=bool) if last else oscillation_index(k, scale[todo], dt) < oscillation_limit
-            residue[start + todo[done]] = k[done]
-            chosen[start + todo[done]] = ladder[i]
-            todo = todo[~done]
-            if not todo.size:
-                break
+        while np.any(lo < hi):
+            mid = (lo + hi) // 2
+            for i in np.unique(mid[lo < hi]):
+                rows = np.nonzero((mid == i) & (lo < hi))[0]
+                k = sfft.irfft(spec[rows] * inverses[i], length, axis=1)
+                smooth = oscillation_index(k, scale[rows], dt) < oscillation_limit
+                hi[rows[smooth]] = i
+                lo[rows[~smooth]] = i + 1
+        for i in np.unique(lo):
+            rows = np.nonzero(lo == i)[0]
+            residue[start + rows] = sfft.irfft(spec[rows] * inverses[i], length, axis=1)
+            chosen[start + rows] = ladder[i]
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(one_chunk, range(0, n_vox, chunk)))
