@@ -178,12 +178,17 @@ def make_phantom(
         x0, y0 = d.gutter_px + col * pitch, d.gutter_px + row * pitch
         return slice(x0, x0 + d.tile_px), slice(y0, y0 + d.tile_px)
 
+    artery = np.interp(times, fine, aif_fine)
+    vein_fine = _convolve(aif_fine, np.exp(-fine / d.vein_dispersion_s) / d.vein_dispersion_s, d.fine_dt)
+    vein = np.interp(times - d.vein_delay_s, fine, vein_fine, left=0.0)
+    per_flow = {(shape, mtt): _convolve(aif_fine, residue(shape, fine, mtt), d.fine_dt)
+                for shape in d.shapes for mtt in d.mtt_s}  # AIF * R, once per shape and MTT
+
     for z, (shape, cbv) in enumerate(sections):
         for col, mtt in enumerate(d.mtt_s):
             cbf = 60.0 * cbv / mtt
-            per_flow = _convolve(aif_fine, residue(shape, fine, mtt), d.fine_dt)
             for row, delay in enumerate(d.delays_s):
-                curve = scale * (cbf / 6000.0) * np.interp(times - delay, fine, per_flow, left=0.0)
+                curve = scale * (cbf / 6000.0) * np.interp(times - delay, fine, per_flow[shape, mtt], left=0.0)
                 sx, sy = box(row, col)
                 enhancement[sx, sy, z] = curve
                 baseline[sx, sy, z] = d.baseline_hu
@@ -195,10 +200,7 @@ def make_phantom(
                 tiles.append({"index": len(tiles), "slice": z, "shape": shape, "cbv": cbv, "mtt": mtt,
                               "cbf": cbf, "delay": delay})
         # vessels: a 4x4 artery and a vein in the last row
-        vein_kernel = np.exp(-fine / d.vein_dispersion_s) / d.vein_dispersion_s
-        vein_fine = _convolve(aif_fine, vein_kernel, d.fine_dt)
-        for col, (label, curve) in enumerate(((ARTERY, np.interp(times, fine, aif_fine)),
-                                              (VEIN, np.interp(times - d.vein_delay_s, fine, vein_fine, left=0.0)))):
+        for col, (label, curve) in enumerate(((ARTERY, artery), (VEIN, vein))):
             sx, sy = box(n_rows - 1, col)
             sx, sy = slice(sx.start + 6, sx.start + 10), slice(sy.start + 6, sy.start + 10)
             enhancement[sx, sy, z] = curve
@@ -212,7 +214,7 @@ def make_phantom(
         ctp=(np.round(ctp) if d.integer_hu else ctp).astype(np.float32),
         frame_times=times,
         spacing=(d.spacing_mm, d.spacing_mm, 5.0),
-        aif=np.interp(times, fine, aif_fine).astype(np.float32),
+        aif=artery.astype(np.float32),
         truth=truth,
         tile=tile,
         roi=roi,
