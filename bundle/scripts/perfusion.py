@@ -33,6 +33,7 @@ Pipeline, vectorised over voxels (no per-voxel Python loops):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -140,16 +141,18 @@ def select_arterial_input(
     n_voxels: int = 8,
     candidate_percentile: float = 99.95,
     vessel_level: float = 0.3,
+    mip: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Automatic AIF: among vessel-like voxels, the highest of those that peak earliest; VOF-rescaled.
 
     Vessel-like voxels enhance by at least ``vessel_level`` times the ``candidate_percentile`` of all
     soft-tissue peaks; "earliest" is within 2 s of their 10th-percentile time to peak. The VOF is the
-    mean of the largest-area vessel voxels peaking after the AIF.
+    mean of the largest-area vessel voxels peaking after the AIF. ``mip`` (the series' maximum over time)
+    is computed when not given.
 
     Returns the AIF curve (HU above baseline), a boolean mask of the voxels used and a summary dict.
     """
-    peak_map = ctp.max(axis=-1) - baseline
+    peak_map = (ctp.max(axis=-1) if mip is None else mip) - baseline
     # vessels: enhancing at least `vessel_level` of the strongest voxels (robust high percentile)
     candidates = soft & (peak_map >= vessel_level * np.percentile(peak_map[soft], candidate_percentile))
     curves = ctp[candidates] - baseline[candidates][:, None]
@@ -195,7 +198,8 @@ def deconvolve(
     ladder: tuple[float, ...] = TRUNCATION_LADDER,
     truncation: float = 0.1,
     chunk: int = 16384,
-) -> tuple[np.ndarray, np.ndarray]:
+    summarise: Callable[[np.ndarray], tuple[np.ndarray, ...]] | None = None,
+) -> tuple[np.ndarray | tuple[np.ndarray, ...], np.ndarray]:
     """Block-circulant SVD deconvolution of tissue curves ``(V, T)`` by ``aif`` ``(T,)``.
 
     ``method="bsvd"`` truncates singular values below ``truncation * s_max`` for every voxel;
@@ -203,7 +207,9 @@ def deconvolve(
     :func:`oscillation_index` is below ``oscillation_limit`` (the largest when none is), found by bisection
     (the index falls as the truncation rises).
     Returns the flow-scaled residue ``k`` ``(V, 2T)`` (1/s, still including ``rho/k_H``) and each voxel's
-    relative truncation threshold.
+    relative truncation threshold. With ``summarise`` (residues ``(v, 2T)`` of a chunk of voxels to a tuple
+    of per-voxel arrays), its outputs are returned instead of ``k``, computed chunk by chunk in the worker
+    threads, and the full residue array is never held.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
@@ -217,7 +223,8 @@ def deconvolve(
     inverse = 1.0 / np.where(magnitude > 0, spectrum, 1)
     inverses = [np.where(magnitude >= lam * magnitude.max(), inverse, 0).astype(np.complex64) for lam in ladder]
     reference = np.where(magnitude >= REFERENCE_TRUNCATION * magnitude.max(), inverse, 0).astype(np.complex64)
-    residue = np.empty((n_vox, length), dtype=np.float32)
+    residue = np.empty((n_vox, length), dtype=np.float32) if summarise is None else None
+    summaries: dict[int, tuple[np.ndarray, ...]] = {}
     chosen = np.full(n_vox, ladder[-1], dtype=np.float32)
 
     def one_chunk(start: int) -> None:
@@ -236,14 +243,22 @@ def deconvolve(
                 smooth = oscillation_index(k, scale[rows], dt) < oscillation_limit
                 hi[rows[smooth]] = i
                 lo[rows[~smooth]] = i + 1
+        k = np.empty((stop - start, length), dtype=np.float32) if residue is None else residue[start:stop]
         for i in np.unique(lo):
             rows = np.nonzero(lo == i)[0]
-            residue[start + rows] = sfft.irfft(spec[rows] * inverses[i], length, axis=1)
+            k[rows] = sfft.irfft(spec[rows] * inverses[i], length, axis=1)
             chosen[start + rows] = ladder[i]
+        if summarise is not None:
+            summaries[start] = summarise(k)
 
+    starts = range(0, n_vox, chunk)
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        list(pool.map(one_chunk, range(0, n_vox, chunk)))
-    return residue, chosen
+        list(pool.map(one_chunk, starts))
+    if summarise is None:
+        return residue, chosen
+    if not summaries:  # no voxels: summarise an empty chunk for the shapes and dtypes
+        return summarise(np.zeros((0, length), dtype=np.float32)), chosen
+    return tuple(np.concatenate(parts) for parts in zip(*(summaries[s] for s in starts))), chosen
 
 
 def parabolic_peak(curves: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -381,20 +396,27 @@ def compute_perfusion_maps(
     soft = (first > soft_tissue_hu[0]) & (first < soft_tissue_hu[1])
     if soft.sum() < 16:
         raise ValueError(f"ctp: only {int(soft.sum())} voxels have a baseline in {soft_tissue_hu} HU; is it in HU?")
+    baselines: dict[int, np.ndarray] = {}
+
+    def baseline_of(frames: int) -> np.ndarray:
+        if frames not in baselines:
+            baselines[frames] = ctp[..., :frames].mean(axis=-1)
+        return baselines[frames]
+
     if aif is None:
         # a first baseline from the strongest (vessel) curves finds the AIF; the AIF's own rise then sets it
         rise = mip - first
         strongest = soft & (rise >= np.percentile(rise[soft], 99.0))
         n_base = baseline_frame_count((ctp[strongest] - first[strongest][:, None]).mean(axis=0))
-        aif, _, aif_info = select_arterial_input(ctp, ctp[..., :n_base].mean(axis=-1), soft, dt)
+        aif, _, aif_info = select_arterial_input(ctp, baseline_of(n_base), soft, dt, mip=mip)
         if baseline_frames is None and baseline_frame_count(aif) != n_base:
             n_base = baseline_frame_count(aif)
-            aif, _, aif_info = select_arterial_input(ctp, ctp[..., :n_base].mean(axis=-1), soft, dt)
+            aif, _, aif_info = select_arterial_input(ctp, baseline_of(n_base), soft, dt, mip=mip)
         info.update(aif_info)
     else:
         n_base = baseline_frame_count(aif)
     n_base = int(n_base if baseline_frames is None else baseline_frames)
-    baseline = ctp[..., :n_base].mean(axis=-1)
+    baseline = baseline_of(n_base)
     info["baseline_frames"] = n_base
     if float(np.max(aif)) < MIN_AIF_PEAK_HU:
         raise ValueError(f"no contrast bolus: the arterial input peaks {float(np.max(aif)):.1f} HU above baseline "
@@ -405,12 +427,17 @@ def compute_perfusion_maps(
     tissue = soft & (baseline >= parenchyma_hu[0]) & (baseline <= parenchyma_hu[1]) & ~vessel
     sigma_px = tuple(smoothing_mm / float(s) for s in spacing[:2])
     smooth = smooth_tissue_curves(ctp, baseline, tissue, sigma_px)
-    residue, thresholds = deconvolve(smooth, aif, dt, method, oscillation_limit, truncation=truncation)
+
+    def summarise(k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return k.max(axis=1), k.sum(axis=1), residue_peak_time(k, dt, n_t, tmax_method)
+
+    (peak, area, tmax_v), thresholds = deconvolve(
+        smooth, aif, dt, method, oscillation_limit, truncation=truncation, summarise=summarise
+    )
     scale = K_H / RHO
-    cbf_v = scale * residue.max(axis=1) * 6000.0
-    cbv_v = scale * residue.sum(axis=1) * dt * 100.0
+    cbf_v = scale * peak * 6000.0
+    cbv_v = scale * area * dt * 100.0
     mtt_v = np.where(cbf_v > 1e-3, 60.0 * cbv_v / np.maximum(cbf_v, 1e-3), 0.0)
-    tmax_v = residue_peak_time(residue, dt, n_t, tmax_method)
     ttp_v = parabolic_peak(smooth, smooth.argmax(axis=1)) * dt
     info["median_truncation"] = float(np.median(thresholds))
     maps = {}
