@@ -5,6 +5,7 @@ Output layout::
     <output_dir>/datalist.json
     <output_dir>/<id>/{cbf,cbv,mtt,ttp,tmax,mip,label}.nii.gz       estimated maps and the label
     <output_dir>/<id>/truth/{cbf,cbv,mtt,tmax,ttp,state}.nii.gz      true maps; state 3 = benign oligaemia
+    <output_dir>/<id>/truth/{rcbf,rcbf_ischaemic}.nii.gz             tissue-fate model: true relative flow
     <output_dir>/<id>/ctp.nii.gz                                     raw 4D series (int16 HU), if save_ctp
 
 Everything is written into a staging directory renamed into place at the end, so an interrupted run never
@@ -27,7 +28,7 @@ import numpy as np
 from .data import GROUPS, save_json, save_nifti
 from .perfusion import compute_perfusion_maps
 from .phantom import Grid
-from .simulate import simulate_study
+from .simulate import LESION_MODELS, simulate_study
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ GROUP_CODES = {"LVO": "01", "Non-LVO": "02", "WIS": "03"}
 SPLIT_FRACTIONS = {"training": 0.58, "validation": 0.20, "test": 0.22}
 NIHSS_RANGES = {"LVO": (10, 20), "Non-LVO": (2, 8), "WIS": (0, 4)}
 HYPOPERFUSED_FRACTION_SCALE = {"LVO": 0.25, "Non-LVO": 0.04}
+FATE_KEYS = ("onset_h", "collateral", "reperfused", "ischaemia_h", "reperfusion_extent")
 
 
 def group_counts(n_patients: int) -> dict[str, int]:
@@ -67,13 +69,18 @@ def split_patients(ids_by_group: dict[str, list[str]], seed: int) -> dict[str, l
     return {name: sorted(ids) for name, ids in splits.items()}
 
 
-def draw_nihss(group: str, hypoperfused_fraction: float, rng: np.random.Generator) -> int:
-    """NIHSS correlated with the hypoperfused fraction of the brain, within the group's usual range."""
+def draw_nihss(
+    group: str, hypoperfused_fraction: float, rng: np.random.Generator, collateral: float | None = None
+) -> int:
+    """NIHSS correlated with the hypoperfused fraction of the brain, within the group's usual range; poor
+    collaterals (grade 0, of the tissue-fate model) add up to 2 points, good ones (1) take 2 off."""
     lo, hi = NIHSS_RANGES[group]
     if group == "WIS":
         return int(rng.integers(lo, hi + 1))
     severity = np.clip(hypoperfused_fraction / HYPOPERFUSED_FRACTION_SCALE[group], 0.0, 1.0)
     score = lo + (hi - lo) * severity + rng.normal(0.0, 1.0)
+    if collateral is not None:
+        score += 4.0 * (0.5 - collateral)
     return int(np.clip(round(score), max(0, lo - 2), min(42, hi + 3)))
 
 
@@ -92,7 +99,7 @@ def simulate_patient(task: dict) -> dict:
     rng = np.random.default_rng([task["seed"], task["index"]])
     grid = Grid(size=task["size"], slices=task["slices"], slice_thickness=task["slice_thickness"])
     noise = _noise_for(task["noise_hu"], rng)
-    study = simulate_study(group, grid, rng, noise, task["n_frames"], task["frame_interval"])
+    study = simulate_study(group, grid, rng, noise, task["n_frames"], task["frame_interval"], task["lesion_model"])
     maps = compute_perfusion_maps(study.ctp, study.frame_interval, grid.spacing[:2])
     affine = grid.affine()
     folder = root / pid
@@ -111,7 +118,10 @@ def simulate_patient(task: dict) -> dict:
         item["ctp"] = f"{pid}/ctp.nii.gz"
     brain = (study.tissue == 3) | (study.tissue == 4)
     hypoperfused = float((study.label > 0).sum() / max(brain.sum(), 1))
-    item["nihss"] = draw_nihss(group, hypoperfused, rng)
+    item["nihss"] = draw_nihss(group, hypoperfused, rng, study.meta.get("collateral"))
+    latent = {key: study.meta[key] for key in FATE_KEYS if key in study.meta}
+    if latent:  # the tissue-fate model's hidden parameters (for its oracle; no model may read them)
+        item["fate"] = {key: round(v, 4) if isinstance(v, float) else v for key, v in latent.items()}
     item["noise_hu"] = round(noise, 3)
     item["aif_voxels"] = maps.info.get("aif_voxels")
     return item
@@ -130,6 +140,7 @@ def generate_cohort(
     save_ctp: bool = False,
     overwrite: bool = False,
     workers: int = 0,
+    lesion_model: str = "fate",
 ) -> Path:
     """Generate a synthetic cohort and return the path of its datalist.
 
@@ -145,7 +156,11 @@ def generate_cohort(
         save_ctp: also write each raw 4D series (int16 HU).
         overwrite: replace an existing non-empty ``output_dir``.
         workers: processes to use; 0 means one per CPU core.
+        lesion_model: ``fate`` (labels are the tissue's latent fate, :mod:`scripts.fate`) or ``separable``
+            (the former construction, where one map separates each class); see :data:`scripts.simulate.LESION_MODELS`.
     """
+    if lesion_model not in LESION_MODELS:
+        raise ValueError(f"lesion_model must be one of {tuple(LESION_MODELS)}, got {lesion_model!r}.")
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: output directory is not empty; pass overwrite=True (--overwrite true) to replace it.")
@@ -156,6 +171,7 @@ def generate_cohort(
         "n_patients": int(n_patients), "size": int(size), "slices": int(slices), "slice_thickness": float(slice_thickness),
         "noise_hu": noise_hu if np.ndim(noise_hu) == 0 else [float(v) for v in noise_hu],
         "n_frames": int(n_frames), "frame_interval": float(frame_interval), "seed": int(seed),
+        "lesion_model": lesion_model,
     }
     version = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -178,7 +194,7 @@ def generate_cohort(
         splits = split_patients(ids_by_group, int(seed))
         datalist = {
             "name": "synthetic-ctp",
-            "description": "Synthetic CT perfusion cohort: indicator-dilution simulation with labels by construction.",
+            "description": f"Synthetic CT perfusion cohort: indicator-dilution simulation, labels from the {lesion_model} lesion model.",
             "version": version,
             "generator": params,
             **{split: [by_id[i] for i in ids] for split, ids in splits.items()},

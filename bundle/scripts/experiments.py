@@ -2,7 +2,8 @@
 
 Exp-2: SF with the four input sets x three fine-tuning modes (frozen, unfrozen, gradual). Exp-3: SF, EF and
 EFI with gradual fine-tuning and PMs+N. Each grid also gets the threshold baseline (``threshold``: rCBF < 30 %
-core, Tmax > 6 s hypoperfusion, see :mod:`scripts.thresholds`) scored the same way. Every cell is an ordinary bundle training (train.json with
+core, Tmax > 6 s hypoperfusion, see :mod:`scripts.thresholds`) and the voxel-wise tissue-outcome baseline
+(``voxel``, :mod:`scripts.voxel_baseline`, fitted on the training split) scored the same way. Every cell is an ordinary bundle training (train.json with
 overrides) followed by its evaluation, in MLflow experiment ``exp2`` / ``exp3``; rerunning the command skips
 finished cells and resumes interrupted ones.
 """
@@ -29,7 +30,8 @@ GRIDS = {
     "exp2": [("SF", inputs, mode) for mode in ("frozen", "unfrozen", "gradual") for inputs in ("PMs", "PMs+M", "PMs+N", "PMs+M+N")],
     "exp3": [(variant, "PMs+N", "gradual") for variant in ("SF", "EF", "EFI")],
 }
-BASELINE = "threshold"  # the RAPID-like threshold baseline, a row of every table
+THRESHOLD = "threshold"  # the RAPID-like threshold baseline, a row of every table
+VOXEL = "voxel"  # the learned voxel-wise tissue-outcome baseline, another row
 MODE_LETTER = {"frozen": "F", "unfrozen": "U", "gradual": "G", "gradual_full": "G"}
 
 
@@ -80,12 +82,34 @@ def run_grid(
         subprocess.run(train, check=True)
         subprocess.run(evaluate, check=True)
         drop_resume_point(out)
-    names.append(BASELINE)
-    if _finished(uri, grid, BASELINE):
-        logger.info("%s/%s already finished: skipped", grid, BASELINE)
-    else:
-        run_threshold_baseline(grid, datalist, output_root, uri, config_dir)
+    for baseline, run_baseline in ((THRESHOLD, run_threshold_baseline), (VOXEL, run_voxel_baseline)):
+        names.append(baseline)
+        if _finished(uri, grid, baseline):
+            logger.info("%s/%s already finished: skipped", grid, baseline)
+        else:
+            run_baseline(grid, datalist, output_root, uri, config_dir)
     return names
+
+
+def log_baseline_run(experiment: str, name: str, params: dict, summary: list[dict], reports: Path, split: str,
+                     tracking_uri: str) -> str:
+    """An MLflow run ``name`` in ``experiment`` holding a baseline's params, ``<split>_*`` metrics and reports."""
+    import mlflow
+
+    from .metrics import metric_names
+
+    prefix = {"validation": "val", "training": "train"}.get(split, split)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=name)
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    for key, value in metric_names(summary, prefix).items():
+        client.log_metric(run.info.run_id, key, float(value))
+    client.log_artifacts(run.info.run_id, str(reports), artifact_path=split)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
 
 
 def run_threshold_baseline(
@@ -94,31 +118,33 @@ def run_threshold_baseline(
 ) -> str:
     """The threshold baseline as a table row: inference in threshold mode on ``split``, the same scoring as the
     networks, and an MLflow run named ``threshold`` in ``experiment`` holding its metrics and reports."""
-    import mlflow
+    from .metrics import evaluate_predictions
 
-    from .metrics import evaluate_predictions, metric_names
-
-    out = Path(output_root) / experiment / BASELINE
+    out = Path(output_root) / experiment / THRESHOLD
     predictions = out / "predictions"
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", f"{config_dir}/inference.json",
                     "--mode", "threshold", "--input", datalist, "--split", split, "--output_dir", str(predictions),
                     "--overwrite", "true", "--montage", "false"], check=True)
-    prefix = {"validation": "val", "training": "train"}.get(split, split)
     reports = out / split
-    _, summary = evaluate_predictions(datalist, predictions, split=split, output_dir=reports, pattern="{id}/label.nii.gz", title=BASELINE)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(experiment_id, run_name=BASELINE)
+    _, summary = evaluate_predictions(datalist, predictions, split=split, output_dir=reports, pattern="{id}/label.nii.gz", title=THRESHOLD)
     thresholds = ThresholdSegmentation()  # the inference config's defaults are the module's
-    for key, value in {"variant": "threshold", "core_rcbf": thresholds.core_rcbf, "hypoperfused_tmax": thresholds.hypoperfused_tmax,
-                       "normal_tmax": thresholds.normal_tmax}.items():
-        client.log_param(run.info.run_id, key, value)
-    for key, value in metric_names(summary, prefix).items():
-        client.log_metric(run.info.run_id, key, float(value))
-    client.log_artifacts(run.info.run_id, str(reports), artifact_path=split)
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    params = {"variant": "threshold", "core_rcbf": thresholds.core_rcbf, "hypoperfused_tmax": thresholds.hypoperfused_tmax,
+              "normal_tmax": thresholds.normal_tmax}
+    return log_baseline_run(experiment, THRESHOLD, params, summary, reports, split, tracking_uri)
+
+
+def run_voxel_baseline(
+    experiment: str, datalist: str, output_root: str, tracking_uri: str, config_dir: str = "bundle/configs",
+    split: str = "validation", seed: int = 0,
+) -> str:
+    """The voxel-wise tissue-outcome baseline (:mod:`scripts.voxel_baseline`) as a table row: fitted on the
+    training split, its predictions on ``split`` scored like the networks', an MLflow run named ``voxel``."""
+    from .voxel_baseline import FEATURES, evaluate_voxel_baseline, fit_voxel_baseline
+
+    out = Path(output_root) / experiment / VOXEL
+    summary = evaluate_voxel_baseline(datalist, fit_voxel_baseline(datalist, out, seed=seed), split, out)
+    params = {"variant": "voxel", "features": ",".join(FEATURES), "seed": seed}
+    return log_baseline_run(experiment, VOXEL, params, summary, out / split, split, tracking_uri)
 
 
 def build_tables(
@@ -139,7 +165,7 @@ def build_tables(
             continue
         runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FINISHED"}
         markdown, rows = [], []
-        for name in [cell_name(*cell) for cell in GRIDS[grid]] + [BASELINE]:
+        for name in [cell_name(*cell) for cell in GRIDS[grid]] + [THRESHOLD, VOXEL]:
             run = runs.get(name)
             if run is None:
                 continue

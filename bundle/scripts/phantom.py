@@ -7,7 +7,7 @@ All fields are arrays of shape ``(X, Y, Z)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -127,13 +127,19 @@ def head_anatomy(grid: Grid, rng: np.random.Generator) -> Anatomy:
 
 @dataclass
 class Lesion:
-    """Ischemic state by construction and the perfusion changes it implies, relative to healthy tissue."""
+    """Ischemic state and the perfusion changes it implies, relative to healthy tissue.
+
+    ``delay`` replaces the healthy arrival delay in lesion voxels, or adds to it everywhere when
+    ``extra_delay``; ``latent`` holds what a lesion model knows and no map shows (tissue fate models).
+    """
 
     state: np.ndarray
     rcbf: np.ndarray
     rcbv: np.ndarray
     delay: np.ndarray
     affected_left: bool | None
+    extra_delay: bool = False
+    latent: dict = field(default_factory=dict)
 
 
 def _grade(severity: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -177,6 +183,9 @@ def brain_tissue(anatomy: Anatomy) -> np.ndarray:
 def lvo_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Lesion:
     """Territory-sized lesion of a proximal occlusion: core inside penumbra, benign-oligaemia rim.
 
+    The ``separable`` lesion model: each class has its own range of delay (Tmax) and relative CBF, so the
+    RAPID thresholds recover the labels by construction (kept to compare with :mod:`scripts.fate`).
+
     MCA occlusions (80 %) or ICA occlusions (MCA + ACA territories); severity falls off from a deep
     centre in the affected hemisphere, perturbed by smooth noise.
     """
@@ -203,7 +212,7 @@ def lvo_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Lesion
 
 
 def distal_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Lesion:
-    """One to three small distal lesions (Non-LVO): mostly penumbra, a small core or none."""
+    """One to three small distal lesions (Non-LVO): mostly penumbra, a small core or none (``separable``)."""
     u, w, z = anatomy.coords
     brain = brain_tissue(anatomy)
     candidates = np.argwhere(brain & (anatomy.brain_radius > 0.45) & (anatomy.brain_radius < 0.92))

@@ -13,11 +13,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from . import fate
 from . import phantom as ph
 from .perfusion import parabolic_peak
 from .tracer import ArterialInput, TissueCurveTable, disperse
 
 GROUPS = ("LVO", "Non-LVO", "WIS")
+LESION_MODELS = {
+    "fate": {"LVO": fate.fate_lvo_lesion, "Non-LVO": fate.fate_distal_lesion},
+    "separable": {"LVO": ph.lvo_lesion, "Non-LVO": ph.distal_lesion},
+}
+"""Lesion models: ``fate`` (labels are the tissue's latent fate, :mod:`scripts.fate`; the default) and
+``separable`` (the former construction, one map separates each class, :func:`scripts.phantom.lvo_lesion`)."""
 REFERENCE_PIXEL_MM = 0.43664551
 REFERENCE_SLICE_MM = 5.0
 
@@ -63,17 +70,19 @@ def simulate_study(
     noise_hu: float = 8.0,
     n_frames: int = 60,
     frame_interval: float = 1.0,
+    lesion_model: str = "fate",
 ) -> Study:
-    """Simulate one study of ``group`` (``"LVO"``, ``"Non-LVO"`` or ``"WIS"``) on ``grid``."""
+    """Simulate one study of ``group`` (``"LVO"``, ``"Non-LVO"`` or ``"WIS"``) on ``grid`` with a lesion of
+    ``lesion_model`` (see :data:`LESION_MODELS`)."""
     if group not in GROUPS:
         raise ValueError(f"group must be one of {GROUPS}, got {group!r}.")
+    if lesion_model not in LESION_MODELS:
+        raise ValueError(f"lesion_model must be one of {tuple(LESION_MODELS)}, got {lesion_model!r}.")
     anatomy = ph.head_anatomy(grid, rng)
-    if group == "LVO":
-        lesion = ph.lvo_lesion(anatomy, grid, rng)
-    elif group == "Non-LVO":
-        lesion = ph.distal_lesion(anatomy, grid, rng)
-    else:
+    if group == "WIS":
         lesion = ph.no_lesion(anatomy)
+    else:
+        lesion = LESION_MODELS[lesion_model][group](anatomy, grid, rng)
     tissue, shape = anatomy.tissue, anatomy.tissue.shape
     brain = ph.brain_tissue(anatomy)
     sigma = (5.0 / grid.pixel_mm, 5.0 / grid.pixel_mm, 0.7)
@@ -86,7 +95,8 @@ def simulate_study(
     cbf = np.where(brain, cbf0 * lesion.rcbf, 0.0)
     cbv = np.where(brain, cbv0 * lesion.rcbv, 0.0)
     mtt = np.where(brain, 60.0 * cbv / np.maximum(cbf, 1e-6), 0.0)
-    delay = np.where(brain, np.where(lesion.state == ph.HEALTHY, delay0, lesion.delay), 0.0)
+    lesion_delay = delay0 + lesion.delay if lesion.extra_delay else np.where(lesion.state == ph.HEALTHY, delay0, lesion.delay)
+    delay = np.where(brain, lesion_delay, 0.0)
 
     aif = random_arterial_input(rng)
     times = np.arange(n_frames) * frame_interval
@@ -135,7 +145,12 @@ def simulate_study(
         "tmax": delay.astype(np.float32),
         "ttp": ttp,
     }
-    meta = {"affected_side": None if lesion.affected_left is None else ("left" if lesion.affected_left else "right")}
+    meta = {"affected_side": None if lesion.affected_left is None else ("left" if lesion.affected_left else "right"),
+            "lesion_model": lesion_model if group != "WIS" else None}
+    meta.update({key: value for key, value in lesion.latent.items() if np.ndim(value) == 0})
+    if lesion.latent:  # the fate model's true relative flow now and during ischaemia (for its oracle)
+        truth["rcbf"] = np.where(brain, lesion.rcbf, 0.0).astype(np.float32)
+        truth["rcbf_ischaemic"] = np.where(brain, lesion.latent["rcbf_ischaemic"], 0.0).astype(np.float32)
     return Study(
         ctp=ctp,
         frame_interval=float(frame_interval),
