@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
 from scripts.data import GROUPS, load_datalist, load_map  # noqa: E402
-from scripts.fate import oracle_labels  # noqa: E402
+from scripts.fate import best_single_map_dice, oracle_labels  # noqa: E402
 from scripts.metrics import lesion_metrics  # noqa: E402
 from scripts.thresholds import threshold_labels  # noqa: E402
 from scripts.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
@@ -56,24 +56,6 @@ def table(title: str, rows: dict[str, list[dict]]) -> None:
             dv = [np.mean([r[f"adv_ml_{c}"] for r in sel]) for c in CLASSES]
             print(f"| {method} | {group} | {len(sel)} | " + " | ".join(f"{d:.2f}" for d in dice) + " | "
                   + " | ".join(f"{v:.1f}" for v in dv) + " |")
-
-
-def best_single_map_dice(samples: dict[str, list[np.ndarray]], labels: list[np.ndarray]) -> dict[tuple[str, str], float]:
-    """Best pooled Dice of ``map < t`` or ``map > t`` (t over the map's percentiles) per (map, class)."""
-    label = np.concatenate(labels)
-    out = {}
-    for name, parts in samples.items():
-        values = np.concatenate(parts)
-        cuts = np.unique(np.percentile(values, np.linspace(0.5, 99.5, 199)))
-        for cls, target in (("core", label == 2), ("penumbra", label == 1)):
-            best = 0.0
-            n_true = int(target.sum())
-            for cut in cuts:
-                for pred in (values < cut, values > cut):
-                    inter = int((pred & target).sum())
-                    best = max(best, 2.0 * inter / max(int(pred.sum()) + n_true, 1))
-            out[(name, cls)] = best
-    return out
 
 
 def main() -> None:
@@ -104,7 +86,8 @@ def main() -> None:
         if "rcbf_true" in item:
             ischaemia = item.get("fate", {}).get("ischaemia_h", 0.0)
             predictions["oracle (true maps + latent)"] = oracle_labels(
-                truth(root, item, "rcbf_true"), truth(root, item, "rcbf_ischaemic_true"), ischaemia)
+                truth(root, item, "rcbf_true"), truth(root, item, "rcbf_ischaemic_true"), ischaemia,
+                float(np.prod(spacing)) / 1000.0)
         elif "fate" in everyone[-1] or any("rcbf_true" in i for i in everyone):  # WIS: no occlusion, no lesion
             predictions["oracle (true maps + latent)"] = np.zeros_like(label)
         for method, pred in predictions.items():

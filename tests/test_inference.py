@@ -86,9 +86,10 @@ def test_threshold_labels_follow_the_documented_rules():
 
 
 def test_threshold_baseline_recovers_a_known_lesion_from_raw_ctp(tmp_path):
-    """A clean synthetic LVO study given as a raw 4D series only: maps are computed, thresholds find the lesion."""
+    """A clean synthetic LVO study given as a raw 4D series only: maps are computed, thresholds find the lesion
+    (the ``separable`` lesion model, whose classes the thresholds separate by construction)."""
     datalist = generate_cohort(tmp_path / "clean", n_patients=3, size=96, slices=2, n_frames=50, noise_hu=1.0, seed=5,
-                               save_ctp=True, workers=1)
+                               save_ctp=True, workers=1, lesion_model="separable")
     content = json.loads(datalist.read_text())
     item = next(i for split in ("training", "validation", "test") for i in content[split] if i["group"] == "LVO")
     patient = tmp_path / "raw" / item["id"]

@@ -12,7 +12,7 @@ GRID = ph.Grid(size=96, slices=4)
 
 @pytest.fixture(scope="module")
 def lvo():
-    return simulate_study("LVO", GRID, np.random.default_rng(11), noise_hu=0.0)
+    return simulate_study("LVO", GRID, np.random.default_rng(11), noise_hu=0.0, lesion_model="separable")
 
 
 def test_same_seed_same_study_other_seed_other_study():

@@ -156,7 +156,7 @@ def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
         again = run_grid("exp3", str(tiny_cohort), str(tmp_path / "runs"), uri, overrides)  # all finished: skipped
     finally:
         os.chdir(cwd)
-    assert names == again == ["SF_G-PMs-N", "EF_G-PMs-N", "EFI_G-PMs-N", "threshold"]
+    assert names == again == ["SF_G-PMs-N", "EF_G-PMs-N", "EFI_G-PMs-N", "threshold", "voxel"]
     assert not list((tmp_path / "runs" / "exp3").glob("*/checkpoints/last*.pt"))  # finished cells keep no resume point
     assert len(list((tmp_path / "runs" / "exp3").glob("*/model/best*.pt"))) == 3
     written = build_tables(("exp3",), uri, str(tmp_path / "tables"))

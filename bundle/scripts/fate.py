@@ -11,7 +11,7 @@ so every class overlaps every other on every single map, and no map threshold re
   17-18 for a permanent occlusion, against a normal of about 50-60). Here a voxel is **core** when its
   ischaemic flow, relative to its own normal, is below ``T(t) = 0.08 + 0.24 (1 - exp(-t / 4 h))`` (0.19 at 2.5 h, 0.32 for a permanent occlusion) for
   the time ``t`` it has been ischaemic (onset to imaging, or to reperfusion), give or take a tissue
-  vulnerability (thresholds scaled by 1 +- 3 %, fine and coarse texture: boundary uncertainty).
+  vulnerability (thresholds scaled by 1 +- 2 %, fine and coarse texture: boundary uncertainty).
 * **Penumbra** is the living tissue that will die if flow is not restored: relative flow below the
   permanent-occlusion threshold ``PENUMBRA_RCBF`` (0.40, ~ Jones' 17-18 ml and Astrup's electrical
   failure), above the time-dependent one. Hypoperfused tissue above it is **benign oligaemia**
@@ -35,6 +35,7 @@ class, is :func:`scripts.phantom.lvo_lesion` / ``distal_lesion`` (``lesion_model
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from . import phantom as ph
 
@@ -47,8 +48,11 @@ KNEE = 0.45
 FLOOR_RCBF = (0.12, 0.34)
 """Deepest relative flow with the poorest and the best collaterals."""
 
-VULNERABILITY = 0.03
+VULNERABILITY = 0.02
 """Relative spread (SD) of the voxels' infarction and penumbra thresholds: uncertain lesion boundaries."""
+
+MIN_CORE_ML = 0.1
+"""Core islands smaller than this are not drawn as core (below what a reader outlines): they count as penumbra."""
 
 REPERFUSION_PROBABILITY = {"LVO": 0.25, "Non-LVO": 0.35}
 """Fraction of patients imaged after an early partial reperfusion."""
@@ -103,6 +107,7 @@ def _fate_lesion(
     # tissue vulnerability: each voxel's thresholds scaled by 1 +- VULNERABILITY (fine and coarse texture)
     vulnerability = 1.0 + VULNERABILITY * (0.8 * ph.smooth_field(shape, fine, rng) + 0.6 * ph.smooth_field(shape, coarse, rng))
     core = hypoperfused & (rcbf_ischaemic < infarction_threshold(latent["ischaemia_h"]) * vulnerability)
+    core = drop_small_components(core, MIN_CORE_ML / (np.prod(grid.spacing) / 1000.0))
     rcbf = rcbf_ischaemic.copy()
     if latent["reperfused"]:
         extent = np.clip(latent["reperfusion_extent"] * (1.0 + 0.15 * ph.smooth_field(shape, coarse, rng)), 0.0, 1.0)
@@ -158,11 +163,43 @@ def fate_distal_lesion(anatomy: ph.Anatomy, grid: ph.Grid, rng: np.random.Genera
     return _fate_lesion(severity, hypoperfused, grid, rng, draw_patient("Non-LVO", rng), max_delay=(6.0, 10.0))
 
 
-def oracle_labels(rcbf: np.ndarray, rcbf_ischaemic: np.ndarray, ischaemia_h: float) -> np.ndarray:
+def drop_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
+    """``mask`` without its 3D connected components of fewer than ``min_voxels`` voxels."""
+    components, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(components.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[components]
+
+
+def oracle_labels(rcbf: np.ndarray, rcbf_ischaemic: np.ndarray, ischaemia_h: float, voxel_ml: float) -> np.ndarray:
     """The fate rule applied to the true relative flow (now and during ischaemia) and the patient's latent
     ischaemia time, without the tissue vulnerability: what the labels are, minus boundary uncertainty.
 
     Not available to any model (it needs the latent parameters); it shows the labels are physiology."""
     core = (rcbf_ischaemic > 0) & (rcbf_ischaemic < infarction_threshold(ischaemia_h))
+    core = drop_small_components(core, MIN_CORE_ML / voxel_ml)
     penumbra = ~core & (rcbf > 0) & (rcbf < PENUMBRA_RCBF)
     return np.where(core, 2, np.where(penumbra, 1, 0)).astype(np.uint8)
+
+
+def best_single_map_dice(samples: dict[str, list[np.ndarray]], labels: list[np.ndarray]) -> dict[tuple[str, str], float]:
+    """Best pooled Dice of ``map < t`` or ``map > t`` per (map, class): how well one map's threshold reads
+    the labels. ``samples`` maps a name to per-patient voxel values, ``labels`` the same voxels' labels;
+    ``t`` runs over the pooled values' 0.5 ... 99.5th percentiles."""
+    label = np.concatenate(labels)
+    out = {}
+    for name, parts in samples.items():
+        values = np.concatenate(parts)
+        cuts = np.unique(np.percentile(values, np.linspace(0.5, 99.5, 199)))
+        for cls, target in (("core", label == 2), ("penumbra", label == 1)):
+            best = 0.0
+            n_true = int(target.sum())
+            for cut in cuts:
+                for pred in (values < cut, values > cut):
+                    inter = int((pred & target).sum())
+                    best = max(best, 2.0 * inter / max(int(pred.sum()) + n_true, 1))
+            out[(name, cls)] = best
+    return out

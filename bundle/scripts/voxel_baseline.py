@@ -101,8 +101,11 @@ class VoxelOutcomeModel:
         path = Path(path)
         if not path.is_file():
             raise CTPDataError(f"{path}: voxel baseline model not found; run its 'fitting' workflow first.")
-        with open(path, "rb") as handle:
-            model = pickle.load(handle)
+        try:
+            with open(path, "rb") as handle:
+                model = pickle.load(handle)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
+            raise CTPDataError(f"{path}: not a readable voxel baseline model ({err}).") from None
         if not isinstance(model, VoxelOutcomeModel):
             raise CTPDataError(f"{path}: not a voxel baseline model.")
         return model
