@@ -101,3 +101,22 @@ def test_voxel_baseline_fits_predicts_and_round_trips(tiny_cohort, tmp_path):
     (tmp_path / "bad.pkl").write_bytes(b"not a model")
     with pytest.raises(CTPDataError, match="bad.pkl: not a readable voxel baseline model"):
         VoxelOutcomeModel.load(tmp_path / "bad.pkl")
+
+
+def test_voxel_baseline_workflows_fit_then_score(tiny_cohort, tmp_path):
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    common = ["--config_file", "bundle/configs/voxel_baseline.json", "--datalist", str(tiny_cohort), "--output_dir",
+              str(tmp_path / "voxel"), "--max_voxels", "20000"]
+    for workflow in ("fitting", "evaluating"):
+        subprocess.run([sys.executable, "-m", "monai.bundle", "run", workflow, *common], cwd=root, check=True,
+                       capture_output=True)
+    summary = list(csv.DictReader(open(tmp_path / "voxel" / "test" / "metrics_summary.csv")))
+    assert {row["class"] for row in summary} >= {"penumbra", "core"}
+    missing = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "evaluating", *common[:-4],
+                              "--output_dir", str(tmp_path / "none")], cwd=root, capture_output=True, text=True)
+    assert missing.returncode == 1 and "voxel baseline model not found" in missing.stderr.strip().splitlines()[-1]
