@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -83,3 +84,34 @@ def test_bad_configuration_and_shapes_are_rejected():
         FocalTverskyLoss(form="pixel")
     with pytest.raises(ValueError, match="2 channels but 3 class weights"):
         FocalTverskyLoss()(torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 4, 4))
+
+
+def test_default_training_loss_does_not_reward_whole_brain_penumbra():
+    """The seed-0 collapse of the former default: with class weights (0.1, 50, 440) in the class form, labelling
+    the whole brain penumbra (the true core kept) cost 5 % of missing the lesion, and penumbra over a
+    lesion-free slice 0.03 %: a plateau next to the optimum. The default weights make both cost a third or more."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config("bundle/configs/train.json")
+    loss = FocalTverskyLoss(class_weights=parser.get_parsed_content("class_weights"), form=parser["loss_form"],
+                            alpha=parser["alpha"], beta=parser["beta"], gamma=parser["gamma"])
+    yy, xx = np.mgrid[:64, :64]
+    brain = (yy - 32) ** 2 + (xx - 32) ** 2 < 28**2
+    label = np.where(brain & (xx > 36), 1, 0) + np.where(brain & (xx > 50), 1, 0)  # penumbra with a core inside
+
+    def cost(pred: np.ndarray, target: np.ndarray) -> float:
+        logits = torch.full((1, 3, 64, 64), -10.0).scatter_(1, torch.as_tensor(pred)[None, None].long(), 10.0)
+        return float(loss(logits, torch.as_tensor(target)[None, None]))
+
+    whole = np.where(label == 2, 2, np.where(brain, 1, 0))
+    missed, healthy = np.zeros_like(label), np.zeros_like(label)
+
+    def relative_costs() -> tuple[float, float]:
+        """Whole-brain penumbra on a lesion slice, and penumbra on a lesion-free slice, over missing the lesion."""
+        return cost(whole, label) / cost(missed, label), cost(np.where(brain, 1, 0), healthy) / cost(missed, label)
+
+    assert cost(label, label) < 0.01
+    assert min(relative_costs()) > 0.3
+    loss = FocalTverskyLoss(class_weights=(0.1, 50.0, 440.0), form="class")  # the former default: a plateau
+    assert relative_costs()[0] < 0.1 and relative_costs()[1] < 0.01
