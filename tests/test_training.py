@@ -211,3 +211,23 @@ def test_multi_gpu_config_drops_the_logging_handlers_on_other_ranks():
     assert train_handlers[-1] == "MLFlowHandler" and "MLFlowHandler" not in train_handlers[:-1]
     assert val_handlers[0] == "StatsHandler" and all(h != "StatsHandler" for h in val_handlers[1:])
     assert "@rank == 0" in parser["validate#evaluator#val_handlers"] and "[:1]" in parser["validate#evaluator#val_handlers"]
+
+
+def test_training_batches_ignore_extra_datalist_keys(tiny_cohort):
+    """Items may carry extra keys (true maps, latent parameters) that differ between patients: a batch of a
+    lesion patient and a WIS patient must still collate (only the keys training uses are kept)."""
+    from monai.bundle import ConfigParser
+    from monai.data import list_data_collate
+    from monai.transforms import Compose
+
+    from scripts.data import load_datalist
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundle/configs/train.json"))
+    preprocessing = Compose(parser.get_parsed_content("preprocessing"))
+    items = [i for split in load_datalist(tiny_cohort).values() for i in split]
+    wis = next(i for i in items if i["group"] == "WIS")
+    lesion = next(i for i in items if i["group"] == "LVO")
+    assert set(lesion) != set(wis)  # e.g. the fate model's parameters and true relative flow
+    batch = list_data_collate([preprocessing(dict(lesion)), preprocessing(dict(wis))])
+    assert batch["image"].shape[0] == 2 and list(batch["group"]) == ["LVO", "WIS"]
