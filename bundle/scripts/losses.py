@@ -27,6 +27,12 @@ class FocalTverskyLoss(_Loss):
     with smoothing ``s`` (so a class absent from both costs nothing), loss = ``sum_c w_c (1 - TI_c)^(1/gamma) /
     sum_c w_c``.
 
+    ``batch=True`` (class form only) sums each class's soft counts over the whole batch before the index,
+    as nnU-Net's batch Dice does for 2D training: a lesion-free slice's false alarms then count against the
+    batch's lesion voxels, instead of costing as much as missing a whole lesion (the per-image index of an
+    absent class is ``s / (beta FP + s)``, about 0 for a handful of false voxels), which drives 2D training
+    towards empty predictions. Per-sample weights then weigh each image's counts.
+
     Per-sample weights multiply each image's loss before the batch mean (Keras ``sample_weight``
     semantics). With ``sample_weighting="label"`` (the original code) an image's weight is the mean class
     weight of its label's pixels; for Non-LVO images (``non_lvo`` true, given in training only) the
@@ -45,6 +51,7 @@ class FocalTverskyLoss(_Loss):
         reduction: ``"mean"`` (sum of weighted losses / batch size), ``"sum"`` or ``"none"``.
         epsilon: added to the image-form denominator (the original's ``K.epsilon()``).
         smooth: added to numerator and denominator of each class's TI in the class form.
+        batch: class form: one TI per class over the whole batch (see above) instead of per image.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class FocalTverskyLoss(_Loss):
         reduction: str = "mean",
         epsilon: float = 1e-7,
         smooth: float = 1.0,
+        batch: bool = False,
     ) -> None:
         super().__init__(reduction=reduction)
         if gamma <= 0:
@@ -71,6 +79,8 @@ class FocalTverskyLoss(_Loss):
             raise ValueError(f"form must be 'image' or 'class', got {form!r}.")
         if sample_weighting not in ("label", "none"):
             raise ValueError(f"sample_weighting must be 'label' or 'none', got {sample_weighting!r}.")
+        if batch and form != "class":
+            raise ValueError("batch=True needs form='class' (the image form is one index per image by definition).")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
         self.gamma, self.alpha, self.beta = float(gamma), float(alpha), float(beta)
@@ -78,6 +88,7 @@ class FocalTverskyLoss(_Loss):
         self.form, self.sample_weighting = form, sample_weighting
         self.non_lvo_factor = float(non_lvo_factor)
         self.softmax, self.to_onehot_y, self.epsilon, self.smooth = softmax, to_onehot_y, float(epsilon), float(smooth)
+        self.batch = bool(batch)
         self.batch_non_lvo: Optional[torch.Tensor] = None  # set per training batch by scripts.training.NonLVOPenalty
 
     def label_sample_weights(self, onehot: torch.Tensor, non_lvo: Optional[torch.Tensor]) -> torch.Tensor:
@@ -116,6 +127,18 @@ class FocalTverskyLoss(_Loss):
         fn = (onehot * (1 - probs)).sum(dims)
         fp = ((1 - onehot) * probs).sum(dims)
         w = self.class_weights.to(probs)
+        if self.batch:
+            weights = torch.ones(probs.shape[0], dtype=probs.dtype, device=probs.device)
+            if self.sample_weighting == "label":
+                weights = self.label_sample_weights(onehot, non_lvo)
+            elif non_lvo is not None:
+                weights = torch.where(non_lvo.reshape(-1).bool(), self.non_lvo_factor, 1.0).to(probs)
+            if sample_weight is not None:
+                weights = weights * sample_weight.reshape(-1).to(probs)
+            tp, fn, fp = ((weights[:, None] * counts).sum(0) for counts in (tp, fn, fp))
+            ti = (tp + self.smooth) / (tp + self.alpha * fn + self.beta * fp + self.smooth)
+            loss = (w * (1 - ti).clamp_min(self.epsilon) ** (1 / self.gamma)).sum() / w.sum()
+            return loss if self.reduction != "none" else loss.reshape(1)
         if self.form == "image":
             ti = (w * tp).sum(1) / ((w * (tp + self.alpha * fn + self.beta * fp)).sum(1) + self.epsilon)
             loss = (1 - ti).clamp_min(self.epsilon) ** (1 / self.gamma)
