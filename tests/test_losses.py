@@ -115,3 +115,26 @@ def test_default_training_loss_does_not_reward_whole_brain_penumbra():
     assert min(relative_costs()) > 0.3
     loss = FocalTverskyLoss(class_weights=(0.1, 50.0, 440.0), form="class")  # the former default: a plateau
     assert relative_costs()[0] < 0.1 and relative_costs()[1] < 0.01
+
+
+def test_batch_index_counts_false_alarms_against_the_batch():
+    """batch=True: a lesion-free image's few false voxels cost in proportion to the batch's lesion, not as
+    much as missing a whole lesion (the per-image index of an absent class is s / (beta FP + s))."""
+    lesion = torch.zeros(1, 1, 1, 100, dtype=torch.long)
+    lesion[..., :40] = 1
+    clean = torch.zeros(1, 1, 1, 100, dtype=torch.long)
+    target = torch.cat([lesion, clean])
+    pred = torch.cat([lesion, clean])
+    pred[1, ..., :5] = 1  # five false penumbra voxels on the lesion-free image
+    logits = torch.full((2, 3, 1, 100), -10.0).scatter_(1, pred, 10.0)
+    kwargs = dict(class_weights=(1.0, 1.0, 1.0), form="class", sample_weighting="none")
+    per_image = FocalTverskyLoss(**kwargs)(logits, target)
+    batch = FocalTverskyLoss(batch=True, **kwargs)(logits, target)
+    missed = FocalTverskyLoss(batch=True, **kwargs)(torch.full((2, 3, 1, 100), -10.0).scatter_(
+        1, torch.zeros_like(target), 10.0), target)
+    assert batch < 0.5 * per_image and batch < 0.2 * missed
+    # the same counts as one image holding both halves: the batch index is the pooled index
+    pooled = FocalTverskyLoss(**kwargs)(logits.permute(1, 2, 0, 3).reshape(1, 3, 1, 200), target.permute(1, 2, 0, 3).reshape(1, 1, 1, 200))
+    assert float(batch) == pytest.approx(float(pooled), rel=1e-5)
+    with pytest.raises(ValueError, match="batch=True needs form='class'"):
+        FocalTverskyLoss(batch=True, form="image")
