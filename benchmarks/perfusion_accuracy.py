@@ -44,7 +44,7 @@ def main() -> None:
     for noise in args.noise:
         errors: dict[str, dict[str, list]] = {name: {"cbf": [], "cbv": [], "rise": [], "argmax": []} for name in CLASSES}
         for i in range(args.studies):
-            study = simulate_study("LVO", grid, np.random.default_rng([1234, i]), noise_hu=noise)
+            study = simulate_study("LVO", grid, np.random.default_rng([1234, i]), noise_hu=noise, lesion_model="separable")
             rise = compute_perfusion_maps(study.ctp, study.frame_interval, grid.spacing[:2])
             argmax = compute_perfusion_maps(study.ctp, study.frame_interval, grid.spacing[:2], tmax_method="argmax")
             for name, select in CLASSES.items():

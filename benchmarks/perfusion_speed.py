@@ -30,7 +30,8 @@ def main() -> None:
     args = parser.parse_args()
     grid = Grid(size=args.size, slices=args.slices)
     start = time.perf_counter()
-    study = simulate_study("LVO", grid, np.random.default_rng(0), noise_hu=args.noise, n_frames=args.frames)
+    study = simulate_study("LVO", grid, np.random.default_rng(0), noise_hu=args.noise, n_frames=args.frames,
+                           lesion_model="separable")
     simulate_s = time.perf_counter() - start
     times = []
     for _ in range(args.repeats):

@@ -76,7 +76,7 @@ def test_argmax_tmax_reads_later_than_rise_tmax():
 
 
 def test_automatic_aif_comes_from_unaffected_arteries_and_maps_track_truth():
-    study = simulate_study("LVO", ph.Grid(size=96, slices=4), np.random.default_rng(5), noise_hu=0.0)
+    study = simulate_study("LVO", ph.Grid(size=96, slices=4), np.random.default_rng(5), noise_hu=0.0, lesion_model="separable")
     ctp = study.ctp
     soft = (ctp[..., 0] > -20) & (ctp[..., 0] < 150)
     _, voxels, info = select_arterial_input(ctp, ctp[..., :3].mean(axis=-1), soft, study.frame_interval)
