@@ -129,17 +129,7 @@ def _fate_lesion(
 
 def fate_lvo_lesion(anatomy: ph.Anatomy, grid: ph.Grid, rng: np.random.Generator) -> ph.Lesion:
     """Proximal occlusion: MCA (80 %) or ICA (MCA + ACA) territory, deepest around a deep centre."""
-    u, w, z = anatomy.coords
-    left = bool(rng.random() < 0.5)
-    side = anatomy.left if left else ~anatomy.left
-    territories = [ph.MCA] if rng.random() < 0.8 else [ph.MCA, ph.ACA]
-    allowed = side & np.isin(anatomy.territory, territories)
-    sign = 1.0 if left else -1.0
-    z_mid = grid.first_slice_mm + grid.slices * grid.slice_thickness / 2
-    centre = (sign * rng.uniform(30, 40), rng.uniform(-10, 15), z_mid + rng.uniform(-10, 10))
-    radii = (rng.uniform(50, 70), rng.uniform(65, 90), rng.uniform(35, 55))
-    dist = np.sqrt(sum(((c - c0) / r) ** 2 for c, c0, r in zip((u, w, z), centre, radii)))
-    severity = 1.0 - dist + 0.12 * ph.smooth_field(u.shape, (8.0 / grid.pixel_mm, 8.0 / grid.pixel_mm, 1.0), rng)
+    severity, allowed, left = ph.proximal_severity(anatomy, grid, rng, ((50, 70), (65, 90), (35, 55)))
     hypoperfused = allowed & ph.brain_tissue(anatomy) & (severity > rng.uniform(0.05, 0.25))
     lesion = _fate_lesion(severity, hypoperfused, grid, rng, draw_patient("LVO", rng), max_delay=(8.0, 14.0))
     lesion.affected_left = left
@@ -148,17 +138,8 @@ def fate_lvo_lesion(anatomy: ph.Anatomy, grid: ph.Grid, rng: np.random.Generator
 
 def fate_distal_lesion(anatomy: ph.Anatomy, grid: ph.Grid, rng: np.random.Generator) -> ph.Lesion:
     """One to three distal occlusions (Non-LVO): small, shallower and shorter-delay lesions."""
-    u, w, z = anatomy.coords
     brain = ph.brain_tissue(anatomy)
-    candidates = np.argwhere(brain & (anatomy.brain_radius > 0.45) & (anatomy.brain_radius < 0.92))
-    severity = np.full(u.shape, -np.inf)
-    for _ in range(int(rng.integers(1, 4))):
-        i, j, k = candidates[rng.integers(len(candidates))]
-        radius = rng.uniform(15, 30)
-        radii = (radius, radius * rng.uniform(0.7, 1.3), rng.uniform(6, 12))
-        dist = np.sqrt(sum(((c - c[i, j, k]) / r) ** 2 for c, r in zip((u, w, z), radii)))
-        severity = np.maximum(severity, 1.0 - dist)
-    severity = severity + 0.08 * ph.smooth_field(u.shape, (4.0 / grid.pixel_mm, 4.0 / grid.pixel_mm, 1.0), rng)
+    severity = ph.distal_severity(anatomy, grid, rng, radius_mm=(15, 30), depth_mm=(6, 12))
     hypoperfused = brain & (severity > -0.2)
     return _fate_lesion(severity, hypoperfused, grid, rng, draw_patient("Non-LVO", rng), max_delay=(6.0, 10.0))
 

@@ -180,14 +180,14 @@ def brain_tissue(anatomy: Anatomy) -> np.ndarray:
     return (anatomy.tissue == GM) | (anatomy.tissue == WM)
 
 
-def lvo_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Lesion:
-    """Territory-sized lesion of a proximal occlusion: core inside penumbra, benign-oligaemia rim.
+def proximal_severity(
+    anatomy: Anatomy, grid: Grid, rng: np.random.Generator, radii_mm: tuple[tuple[float, float], ...]
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Severity of a proximal occlusion: 1 at a deep centre of the affected hemisphere, falling off over an
+    ellipsoid whose semi-axes are drawn from ``radii_mm`` ranges, perturbed by smooth noise.
 
-    The ``separable`` lesion model: each class has its own range of delay (Tmax) and relative CBF, so the
-    RAPID thresholds recover the labels by construction (kept to compare with :mod:`scripts.fate`).
-
-    MCA occlusions (80 %) or ICA occlusions (MCA + ACA territories); severity falls off from a deep
-    centre in the affected hemisphere, perturbed by smooth noise.
+    Returns the severity, the occluded territory (MCA 80 %, else MCA + ACA, on the affected side) and
+    whether the left side is affected.
     """
     u, w, z = anatomy.coords
     left = bool(rng.random() < 0.5)
@@ -197,10 +197,42 @@ def lvo_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Lesion
     sign = 1.0 if left else -1.0
     z_mid = grid.first_slice_mm + grid.slices * grid.slice_thickness / 2
     centre = (sign * rng.uniform(30, 40), rng.uniform(-10, 15), z_mid + rng.uniform(-10, 10))
-    radii = (rng.uniform(45, 65), rng.uniform(60, 85), rng.uniform(30, 50))
+    radii = tuple(rng.uniform(lo, hi) for lo, hi in radii_mm)
     dist = np.sqrt(sum(((c - c0) / r) ** 2 for c, c0, r in zip((u, w, z), centre, radii)))
     noise = smooth_field(u.shape, (8.0 / grid.pixel_mm, 8.0 / grid.pixel_mm, 1.0), rng)
-    severity = 1.0 - dist + 0.12 * noise
+    return 1.0 - dist + 0.12 * noise, allowed, left
+
+
+def distal_severity(
+    anatomy: Anatomy, grid: Grid, rng: np.random.Generator, radius_mm: tuple[float, float], depth_mm: tuple[float, float]
+) -> np.ndarray:
+    """Severity of one to three distal occlusions: the maximum of ellipsoidal fall-offs (in-plane radius
+    from ``radius_mm``, half-height from ``depth_mm``) around random points of the outer brain, plus smooth
+    noise."""
+    u, w, z = anatomy.coords
+    candidates = np.argwhere(brain_tissue(anatomy) & (anatomy.brain_radius > 0.45) & (anatomy.brain_radius < 0.92))
+    severity = np.full(u.shape, -np.inf)
+    for _ in range(int(rng.integers(1, 4))):
+        i, j, k = candidates[rng.integers(len(candidates))]
+        radius = rng.uniform(*radius_mm)
+        radii = (radius, radius * rng.uniform(0.7, 1.3), rng.uniform(*depth_mm))
+        dist = np.sqrt(sum(((c - c[i, j, k]) / r) ** 2 for c, r in zip((u, w, z), radii)))
+        severity = np.maximum(severity, 1.0 - dist)
+    noise = smooth_field(u.shape, (4.0 / grid.pixel_mm, 4.0 / grid.pixel_mm, 1.0), rng)
+    return severity + 0.08 * noise
+
+
+def lvo_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Lesion:
+    """Territory-sized lesion of a proximal occlusion: core inside penumbra, benign-oligaemia rim.
+
+    The ``separable`` lesion model: each class has its own range of delay (Tmax) and relative CBF, so the
+    RAPID thresholds recover the labels by construction (kept to compare with :mod:`scripts.fate`).
+
+    MCA occlusions (80 %) or ICA occlusions (MCA + ACA territories); severity falls off from a deep
+    centre in the affected hemisphere, perturbed by smooth noise.
+    """
+    severity, allowed, left = proximal_severity(anatomy, grid, rng, ((45, 65), (60, 85), (30, 50)))
+    side = anatomy.left if left else ~anatomy.left
     brain = brain_tissue(anatomy)
     s_pen = rng.uniform(0.35, 0.55)
     hypo = allowed & brain & (severity > s_pen)
@@ -213,17 +245,7 @@ def lvo_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Lesion
 
 def distal_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Lesion:
     """One to three small distal lesions (Non-LVO): mostly penumbra, a small core or none (``separable``)."""
-    u, w, z = anatomy.coords
     brain = brain_tissue(anatomy)
-    candidates = np.argwhere(brain & (anatomy.brain_radius > 0.45) & (anatomy.brain_radius < 0.92))
-    severity = np.full(u.shape, -np.inf)
-    for _ in range(int(rng.integers(1, 4))):
-        i, j, k = candidates[rng.integers(len(candidates))]
-        radius = rng.uniform(10, 22)
-        radii = (radius, radius * rng.uniform(0.7, 1.3), rng.uniform(4, 9))
-        dist = np.sqrt(sum(((c - c[i, j, k]) / r) ** 2 for c, r in zip((u, w, z), radii)))
-        severity = np.maximum(severity, 1.0 - dist)
-    noise = smooth_field(u.shape, (4.0 / grid.pixel_mm, 4.0 / grid.pixel_mm, 1.0), rng)
-    severity = severity + 0.08 * noise
+    severity = distal_severity(anatomy, grid, rng, radius_mm=(10, 22), depth_mm=(4, 9))
     s_core = rng.uniform(0.45, 0.75) if rng.random() < 0.7 else 2.0
     return _lesion_from_severity(severity, brain, brain, 0.0, s_core, rim=0.4)
