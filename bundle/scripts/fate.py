@@ -9,9 +9,10 @@ so every class overlaps every other on every single map, and no map threshold re
 * **Infarction depends on flow and time** (Jones et al., J Neurosurg 1981: in awake monkeys the flow
   below which tissue dies rises with the duration of ischaemia, about 10-12 ml/100 g/min for 2-3 h and
   17-18 for a permanent occlusion, against a normal of about 50-60). Here a voxel is **core** when its
-  ischaemic flow, relative to its own normal, is below ``T(t) = 0.08 + 0.24 (1 - exp(-t / 4 h))`` (0.19 at 2.5 h, 0.32 for a permanent occlusion) for
-  the time ``t`` it has been ischaemic (onset to imaging, or to reperfusion), give or take a tissue
-  vulnerability (thresholds scaled by 1 +- 2 %, fine and coarse texture: boundary uncertainty).
+  ischaemic flow, relative to its own normal, is below ``T(t) = 0.08 + 0.24 (1 - exp(-t / 4 h))`` (0.19 at
+  2.5 h, 0.32 for a permanent occlusion) for the time ``t`` it has been ischaemic (onset to imaging, or to
+  reperfusion), give or take a tissue vulnerability (thresholds scaled by 1 +- 2 %, fine and coarse
+  texture: boundary uncertainty); core islands under ``MIN_CORE_ML`` are not drawn.
 * **Penumbra** is the living tissue that will die if flow is not restored: relative flow below the
   permanent-occlusion threshold ``PENUMBRA_RCBF`` (0.40, ~ Jones' 17-18 ml and Astrup's electrical
   failure), above the time-dependent one. Hypoperfused tissue above it is **benign oligaemia**
@@ -52,7 +53,8 @@ VULNERABILITY = 0.02
 """Relative spread (SD) of the voxels' infarction and penumbra thresholds: uncertain lesion boundaries."""
 
 MIN_CORE_ML = 0.1
-"""Core islands smaller than this are not drawn as core (below what a reader outlines): they count as penumbra."""
+"""Core islands smaller than this are not drawn as core (below what a reader outlines); their voxels follow
+the living-tissue rule (penumbra below ``PENUMBRA_RCBF``)."""
 
 REPERFUSION_PROBABILITY = {"LVO": 0.25, "Non-LVO": 0.35}
 """Fraction of patients imaged after an early partial reperfusion."""
