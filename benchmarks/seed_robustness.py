@@ -52,8 +52,7 @@ def network_rows(datalist: str, inputs: str, seed: int, root: Path, uri: str) ->
         bundle("evaluating", "--config_file", "['bundle/configs/train.json','bundle/configs/evaluate.json']", *args,
                "--split", "test")
     with open(report) as handle:
-        return [{k: (float(v) if k not in ("id", "group") and v not in ("", "True", "False") else v) for k, v in r.items()}
-                for r in csv.DictReader(handle)]
+        return list(csv.DictReader(handle))  # values as written ("nan" where undefined); read with float()
 
 
 def baseline_rows(splits: dict, seed: int | None) -> list[dict]:

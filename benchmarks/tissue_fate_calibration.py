@@ -69,6 +69,7 @@ def main() -> None:
     everyone = [i for split in splits.values() for i in split]
     if not everyone or "cbf_true" not in everyone[0]:
         raise SystemExit(f"{path}: not a synthetic cohort (no true maps).")
+    fate_cohort = any("rcbf_true" in item for item in everyone)  # WIS patients have no fate maps
     rows: dict[str, list[dict]] = defaultdict(list)
     by_id: dict[str, dict[str, dict]] = defaultdict(dict)
     counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3, dtype=np.int64))
@@ -88,7 +89,7 @@ def main() -> None:
             predictions["oracle (true maps + latent)"] = oracle_labels(
                 truth(root, item, "rcbf_true"), truth(root, item, "rcbf_ischaemic_true"), ischaemia,
                 float(np.prod(spacing)) / 1000.0)
-        elif "fate" in everyone[-1] or any("rcbf_true" in i for i in everyone):  # WIS: no occlusion, no lesion
+        elif fate_cohort:  # WIS: no occlusion, no lesion
             predictions["oracle (true maps + latent)"] = np.zeros_like(label)
         for method, pred in predictions.items():
             row = {"id": item["id"], "group": item["group"], **lesion_metrics(pred, label, spacing)}
@@ -98,8 +99,7 @@ def main() -> None:
             lesion_labels.append(label[true_brain])
             for name in TRUE_MAPS:
                 samples[name].append(truth(root, item, f"{name}_true")[true_brain])
-    print(f"cohort: {path} ({len(everyone)} patients; lesion model "
-          f"{'fate' if 'rcbf_true' in everyone[0] else 'separable'})")
+    print(f"cohort: {path} ({len(everyone)} patients; lesion model {'fate' if fate_cohort else 'separable'})")
     table("All patients: the threshold baseline and the oracle", rows)
 
     best = best_single_map_dice(samples, lesion_labels)

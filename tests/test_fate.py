@@ -43,7 +43,7 @@ def test_every_class_overlaps_every_other_on_tmax_and_rcbf(studies):
 def test_oracle_with_latent_parameters_recovers_the_labels(studies):
     scores = {"core": [], "penumbra": []}
     for s in studies:
-        oracle = fate.oracle_labels(s.truth["rcbf"], s.truth["rcbf_ischaemic"], s.meta["ischaemia_h"],
+        oracle = fate.oracle_labels(s.truth["rcbf"], s.truth["rcbf_ischaemic"], s.meta["fate"]["ischaemia_h"],
                                     float(np.prod(GRID.spacing)) / 1000.0)
         metrics = lesion_metrics(oracle, s.label, GRID.spacing)
         for cls, value in ((2, "core"), (1, "penumbra")):
@@ -55,7 +55,7 @@ def test_oracle_with_latent_parameters_recovers_the_labels(studies):
 def test_lvo_lesions_are_contiguous(studies):
     checked = 0
     for (group, _), s in zip(PATIENTS, studies):
-        if group != "LVO" or s.meta["reperfused"]:  # after reperfusion only the (patchier) core is left
+        if group != "LVO" or s.meta["fate"]["reperfused"]:  # after reperfusion only the (patchier) core is left
             continue
         checked += 1
         lesion = s.label > 0

@@ -37,7 +37,6 @@ GROUP_CODES = {"LVO": "01", "Non-LVO": "02", "WIS": "03"}
 SPLIT_FRACTIONS = {"training": 0.58, "validation": 0.20, "test": 0.22}
 NIHSS_RANGES = {"LVO": (10, 20), "Non-LVO": (2, 8), "WIS": (0, 4)}
 HYPOPERFUSED_FRACTION_SCALE = {"LVO": 0.25, "Non-LVO": 0.04}
-FATE_KEYS = ("onset_h", "collateral", "reperfused", "ischaemia_h", "reperfusion_extent")
 
 
 def group_counts(n_patients: int) -> dict[str, int]:
@@ -118,9 +117,9 @@ def simulate_patient(task: dict) -> dict:
         item["ctp"] = f"{pid}/ctp.nii.gz"
     brain = (study.tissue == 3) | (study.tissue == 4)
     hypoperfused = float((study.label > 0).sum() / max(brain.sum(), 1))
-    item["nihss"] = draw_nihss(group, hypoperfused, rng, study.meta.get("collateral"))
-    latent = {key: study.meta[key] for key in FATE_KEYS if key in study.meta}
-    if latent:  # the tissue-fate model's hidden parameters (for its oracle; no model may read them)
+    latent = study.meta.get("fate")  # the fate model's hidden parameters (for its oracle; no model may read them)
+    item["nihss"] = draw_nihss(group, hypoperfused, rng, None if latent is None else latent["collateral"])
+    if latent is not None:
         item["fate"] = {key: round(v, 4) if isinstance(v, float) else v for key, v in latent.items()}
     item["noise_hu"] = round(noise, 3)
     item["aif_voxels"] = maps.info.get("aif_voxels")

@@ -147,8 +147,8 @@ def simulate_study(
     }
     meta = {"affected_side": None if lesion.affected_left is None else ("left" if lesion.affected_left else "right"),
             "lesion_model": lesion_model if group != "WIS" else None}
-    meta.update({key: value for key, value in lesion.latent.items() if np.ndim(value) == 0})
-    if lesion.latent:  # the fate model's true relative flow now and during ischaemia (for its oracle)
+    if lesion.latent:  # the fate model's parameters, and its true relative flow now and during ischaemia (for its oracle)
+        meta["fate"] = {key: value for key, value in lesion.latent.items() if np.ndim(value) == 0}
         truth["rcbf"] = np.where(brain, lesion.rcbf, 0.0).astype(np.float32)
         truth["rcbf_ischaemic"] = np.where(brain, lesion.latent["rcbf_ischaemic"], 0.0).astype(np.float32)
     return Study(
