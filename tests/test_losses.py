@@ -138,3 +138,28 @@ def test_batch_index_counts_false_alarms_against_the_batch():
     assert float(batch) == pytest.approx(float(pooled), rel=1e-5)
     with pytest.raises(ValueError, match="batch=True needs form='class'"):
         FocalTverskyLoss(batch=True, form="image")
+
+
+def test_cross_entropy_term_keeps_a_gradient_where_the_tversky_index_has_saturated():
+    """The empty-prediction trap of 2D training from random encoders: once the lesion logits sit far below the
+    healthy one everywhere, the Tversky index's gradient on a missed lesion pixel vanishes (p (1 - p) ~ 0);
+    the added cross-entropy keeps it near -1 / pixels. Its value is torch's cross-entropy."""
+    label = target(TRUTH)
+    logits = torch.zeros(1, 3, 1, 10)
+    logits[:, 0] = 12.0  # "healthy" everywhere, lesion probabilities ~ 6e-6
+    kwargs = dict(class_weights=(1.0, 1.0, 1.0), form="class", batch=True, sample_weighting="none")
+
+    def lesion_pixel_grad(ce_weight: float) -> float:
+        x = logits.clone().requires_grad_(True)
+        FocalTverskyLoss(ce_weight=ce_weight, **kwargs)(x, label).backward()
+        return float(x.grad[0, 1, 0, TRUTH == 1].mean())
+
+    assert abs(lesion_pixel_grad(0.0)) < 1e-4
+    assert lesion_pixel_grad(1.0) < -0.09  # ~ -(1 - p) / 10 pixels
+    tversky = FocalTverskyLoss(**kwargs)(logits, label)
+    ce = torch.nn.functional.cross_entropy(logits, label[:, 0])
+    assert float(FocalTverskyLoss(ce_weight=0.5, **kwargs)(logits, label)) == pytest.approx(float(tversky + 0.5 * ce), rel=1e-5)
+    per_image = FocalTverskyLoss(ce_weight=0.5, form="class", sample_weighting="none")(logits, label)
+    assert float(per_image) == pytest.approx(float(FocalTverskyLoss(form="class", sample_weighting="none")(logits, label) + 0.5 * ce), rel=1e-5)
+    with pytest.raises(ValueError, match="ce_weight"):
+        FocalTverskyLoss(ce_weight=-1.0)

@@ -9,7 +9,8 @@ from ignite.engine import Engine
 from monai.data import MetaTensor
 
 from scripts.data import CTPDataError, load_datalist, save_nifti
-from scripts.metrics import LesionMetrics, evaluate_predictions, lesion_metrics, metric_names, patient_row, summarise
+from scripts.metrics import (LesionMetrics, evaluate_predictions, lesion_metrics, metric_names, patient_row,
+                             selection_metric, summarise)
 
 SPACING = (0.5, 1.0, 5.0)  # anisotropic: 2.5 mm^3 voxels
 
@@ -124,8 +125,11 @@ def test_ignite_metric_reports_design_names():
     engine = Engine(lambda e, batch: batch)
     metric = LesionMetrics(split="val")
     metric.attach(engine, "lesion")
+    selection_metric(metric).attach(engine, "val_dice_lesion")
     state = engine.run(outputs, max_epochs=1)
     assert state.metrics["val_dice_penumbra_LVO"] == pytest.approx(0.5)
+    # the model-selection score: penumbra 0.5 and core (both empty) 1.0 of the LVO patient; WIS left out
+    assert state.metrics["val_dice_lesion"] == pytest.approx(0.75)
     assert state.metrics["val_hd_penumbra_LVO"] == pytest.approx(1.0)
     assert state.metrics["val_dice_penumbra_WIS"] == 1.0
     assert [r["id"] for r in metric.rows] == ["p1", "p2"]

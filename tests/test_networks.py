@@ -1,4 +1,6 @@
+import re
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +200,63 @@ def test_a_tiny_batch_is_overfit():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_input_map_changes_the_output(variant):
+    """A network that dropped a map, or fed one map to every encoder, would not react to that map alone."""
+    net = create_network(variant, "PMs+M").eval()
+    image, _ = inputs_for("PMs+M")
+    with torch.no_grad():
+        base = net(image)
+        for channel, name in enumerate(net.maps):
+            changed = image.clone()
+            changed[:, channel] = changed[:, channel].flip(-1)  # same values, another layout
+            assert (net(changed) - base).abs().max() > 1e-5, name
+
+
+def test_slow_fusion_gives_each_map_its_encoder_and_every_skip_reaches_the_decoder():
+    """SF: changing map i moves encoder i's features and no other's; zeroing one encoder's features at one
+    level (each of the five skips and the bottleneck) changes the logits."""
+    net = create_network("SF", "PMs").eval()
+    image, _ = inputs_for("PMs")
+    features: dict[int, tuple] = {}
+    hooks = [enc.register_forward_hook(lambda m, i, out, k=k: features.__setitem__(k, out)) for k, enc in enumerate(net.encoders)]
+    with torch.no_grad():
+        base = net(image)
+        reference = dict(features)
+        for channel in range(len(net.maps)):
+            changed = image.clone()
+            changed[:, channel] = changed[:, channel].flip(-1)
+            net(changed)
+            moved = [k for k in features if not torch.equal(features[k][1], reference[k][1])]
+            assert moved == [channel], net.maps[channel]
+    for hook in hooks:
+        hook.remove()
+
+    def zero_level(level: int):
+        def hook(module, inputs, out):
+            skips, bottom = list(out[0]), out[1]
+            if level == len(skips):
+                return skips, torch.zeros_like(bottom)
+            skips[level] = torch.zeros_like(skips[level])
+            return skips, bottom
+        return hook
+
+    with torch.no_grad():
+        for k, encoder in enumerate(net.encoders):
+            for level in range(6):  # skips at strides 1, 2, 4, 8, 16, then the bottleneck
+                hook = encoder.register_forward_hook(zero_level(level))
+                assert (net(image) - base).abs().max() > 1e-6, (net.maps[k], level)
+                hook.remove()
+
+
+def test_parameter_counts_match_the_model_card():
+    """The model card's table ``| SF | PMs+N | 85,296,219 | 58,858,752 |`` is what the code builds."""
+    card = (Path(__file__).resolve().parents[1] / "bundle" / "docs" / "README.md").read_text()
+    rows = re.findall(r"^\| (SF|EF|EFI) \| (PMs[+MN]*) \| ([\d,]+) \| ([\d,]+) \|$", card, flags=re.M)
+    assert len(rows) == 9
+    for variant, inputs, total, encoders in rows:
+        net = create_network(variant, inputs)
+        assert sum(p.numel() for p in net.parameters()) == int(total.replace(",", "")), (variant, inputs)
+        assert sum(p.numel() for e in net.encoders for p in e.parameters()) == int(encoders.replace(",", "")), (variant, inputs)

@@ -79,7 +79,8 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
         assert key in params, key
     assert params["pretrained"] == "True" and params["finetuning"] == "gradual"
     metrics = run.data.metrics
-    for key in ("train_loss", "val_loss", "val_dice_penumbra_LVO", "val_dv_ml_core_all", "test_dice_hypoperfused_all"):
+    for key in ("train_loss", "val_loss", "val_dice_lesion", "val_dice_penumbra_LVO", "val_dv_ml_core_all",
+                "test_dice_hypoperfused_all", "test_dice_lesion", "test_loss"):
         assert key in metrics and metrics[key] == metrics[key], key
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert len(history) >= 2

@@ -33,6 +33,12 @@ class FocalTverskyLoss(_Loss):
     absent class is ``s / (beta FP + s)``, about 0 for a handful of false voxels), which drives 2D training
     towards empty predictions. Per-sample weights then weigh each image's counts.
 
+    ``ce_weight`` > 0 adds that multiple of the cross-entropy (mean over pixels, per image; the same per-sample
+    weights), as nnU-Net adds CE to its Dice loss. The Tversky index alone saturates: once the softmax has
+    pushed a lesion class near 0 everywhere (which the healthy class's index rewards early in training from
+    random encoders), its gradient ``p (1 - p) dTI/dp`` vanishes and the run stays empty; the cross-entropy's
+    logit gradient ``p - y`` does not vanish on missed lesion pixels. 0 (the paper's loss) by default.
+
     Per-sample weights multiply each image's loss before the batch mean (Keras ``sample_weight``
     semantics). With ``sample_weighting="label"`` (the original code) an image's weight is the mean class
     weight of its label's pixels; for Non-LVO images (``non_lvo`` true, given in training only) the
@@ -52,6 +58,7 @@ class FocalTverskyLoss(_Loss):
         epsilon: added to the image-form denominator (the original's ``K.epsilon()``).
         smooth: added to numerator and denominator of each class's TI in the class form.
         batch: class form: one TI per class over the whole batch (see above) instead of per image.
+        ce_weight: weight of the added cross-entropy term (0: none).
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class FocalTverskyLoss(_Loss):
         epsilon: float = 1e-7,
         smooth: float = 1.0,
         batch: bool = False,
+        ce_weight: float = 0.0,
     ) -> None:
         super().__init__(reduction=reduction)
         if gamma <= 0:
@@ -81,6 +89,8 @@ class FocalTverskyLoss(_Loss):
             raise ValueError(f"sample_weighting must be 'label' or 'none', got {sample_weighting!r}.")
         if batch and form != "class":
             raise ValueError("batch=True needs form='class' (the image form is one index per image by definition).")
+        if ce_weight < 0:
+            raise ValueError(f"ce_weight must be >= 0, got {ce_weight}.")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
         self.gamma, self.alpha, self.beta = float(gamma), float(alpha), float(beta)
@@ -88,7 +98,7 @@ class FocalTverskyLoss(_Loss):
         self.form, self.sample_weighting = form, sample_weighting
         self.non_lvo_factor = float(non_lvo_factor)
         self.softmax, self.to_onehot_y, self.epsilon, self.smooth = softmax, to_onehot_y, float(epsilon), float(smooth)
-        self.batch = bool(batch)
+        self.batch, self.ce_weight = bool(batch), float(ce_weight)
         self.batch_non_lvo: Optional[torch.Tensor] = None  # set per training batch by scripts.training.NonLVOPenalty
 
     def label_sample_weights(self, onehot: torch.Tensor, non_lvo: Optional[torch.Tensor]) -> torch.Tensor:
@@ -123,6 +133,10 @@ class FocalTverskyLoss(_Loss):
         if onehot.shape != probs.shape:
             raise ValueError(f"target {tuple(onehot.shape)} does not match input {tuple(probs.shape)}.")
         dims = tuple(range(2, probs.dim()))
+        ce = 0.0
+        if self.ce_weight > 0:
+            log_probs = torch.log_softmax(input, dim=1) if self.softmax else torch.log(input.clamp_min(self.epsilon))
+            ce = self.ce_weight * -(onehot * log_probs).sum(1).flatten(1).mean(1)
         tp = (onehot * probs).sum(dims)
         fn = (onehot * (1 - probs)).sum(dims)
         fp = ((1 - onehot) * probs).sum(dims)
@@ -138,6 +152,8 @@ class FocalTverskyLoss(_Loss):
             tp, fn, fp = ((weights[:, None] * counts).sum(0) for counts in (tp, fn, fp))
             ti = (tp + self.smooth) / (tp + self.alpha * fn + self.beta * fp + self.smooth)
             loss = (w * (1 - ti).clamp_min(self.epsilon) ** (1 / self.gamma)).sum() / w.sum()
+            if self.ce_weight > 0:
+                loss = loss + (weights * ce).mean()
             return loss if self.reduction != "none" else loss.reshape(1)
         if self.form == "image":
             ti = (w * tp).sum(1) / ((w * (tp + self.alpha * fn + self.beta * fp)).sum(1) + self.epsilon)
@@ -146,6 +162,7 @@ class FocalTverskyLoss(_Loss):
             ti = (tp + self.smooth) / (tp + self.alpha * fn + self.beta * fp + self.smooth)
             per_class = (1 - ti).clamp_min(self.epsilon) ** (1 / self.gamma)
             loss = (w * per_class).sum(1) / w.sum()
+        loss = loss + ce
         if self.sample_weighting == "label":
             loss = loss * self.label_sample_weights(onehot, non_lvo)
         elif non_lvo is not None:

@@ -31,11 +31,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from ignite.metrics import Metric
+from ignite.metrics import Metric, MetricsLambda
 from monai.metrics import compute_hausdorff_distance
 
 from .data import GROUPS, LABEL_VALUES, CTPDataError, load_datalist, save_text
 
+LESION_CLASSES = ("penumbra", "core")
+LESION_GROUPS = ("LVO", "Non-LVO")
 CLASSES: dict[str, tuple[int, ...]] = {"penumbra": (1,), "core": (2,), "hypoperfused": (1, 2)}
 METRICS = ("dice", "hd", "hd95", "dv_ml", "adv_ml")
 SUMMARY_GROUPS = (*GROUPS, "all")
@@ -94,6 +96,23 @@ def summarise(rows: Iterable[Mapping]) -> list[dict]:
 def metric_names(summary: Iterable[Mapping], split: str) -> dict[str, float]:
     """``{<split>_<metric>_<class>_<group>: mean}`` for the defined means (MLflow / Ignite names)."""
     return {f"{split}_{s['metric']}_{s['class']}_{s['group']}": s["mean"] for s in summary if not math.isnan(s["mean"])}
+
+
+def lesion_mean(
+    metrics: Mapping[str, float], split: str, metric: str = "dice", groups: Sequence[str] = LESION_GROUPS
+) -> float:
+    """Mean of ``<split>_<metric>_<class>_<group>`` over penumbra and core and the given groups (NaN entries
+    and missing ones left out; NaN if none is defined). With Dice over LVO and Non-LVO this is the model-selection
+    score of training (``val_dice_lesion``) and the search's ``dice`` objective: unlike the validation loss it is
+    0 for a network that predicts nothing, and WIS patients (no lesion) do not dilute it."""
+    values = [float(metrics.get(f"{split}_{metric}_{c}_{g}", math.nan)) for c in LESION_CLASSES for g in groups]
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def selection_metric(lesion: "LesionMetrics") -> MetricsLambda:
+    """``lesion_mean`` of an attached :class:`LesionMetrics` as a scalar Ignite metric (an evaluator's key metric)."""
+    return MetricsLambda(lambda computed: lesion_mean(computed, lesion.split), lesion)
 
 
 def _csv(rows: Sequence[Mapping]) -> str:

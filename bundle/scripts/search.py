@@ -28,11 +28,11 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from .data import save_json, save_text
+from .metrics import LESION_CLASSES, lesion_mean
 from .training import default_tracking_uri, drop_resume_point, latest_run
 
 logger = logging.getLogger(__name__)
 
-LESION_CLASSES = ("penumbra", "core")
 OBJECTIVES: dict[str, tuple[str, ...]] = {
     "dice": ("maximize",),
     "dice_LVO": ("maximize",),
@@ -47,13 +47,8 @@ def objective_values(metrics: Mapping[str, float], objective: str, split: str = 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}.")
     groups = (objective.split("_", 1)[1],) if objective in ("dice_LVO", "dice_Non-LVO") else ("LVO", "Non-LVO")
-
-    def mean(metric: str) -> float:
-        values = [metrics.get(f"{split}_{metric}_{c}_{g}", math.nan) for c in LESION_CLASSES for g in groups]
-        values = [float(v) for v in values if v == v]
-        return sum(values) / len(values) if values else math.nan
-
-    return (mean("dice"), mean("adv_ml")) if objective == "dice_vs_dv" else (mean("dice"),)
+    dice = lesion_mean(metrics, split, "dice", groups)
+    return (dice, lesion_mean(metrics, split, "adv_ml", groups)) if objective == "dice_vs_dv" else (dice,)
 
 
 def check_search_space(space: Mapping[str, Sequence[float]], tie_beta: bool) -> dict[str, tuple[float, float]]:

@@ -109,12 +109,13 @@ class NonLVOPenalty:
 
 
 class GradualFineTuning:
-    """Staged fine-tuning with early stopping on the validation loss (an Ignite handler).
+    """Staged fine-tuning with early stopping on a validation metric (an Ignite handler).
 
     Stages come from :data:`scripts.networks.FINETUNING_SCHEDULES` (``frozen``: one frozen stage;
     ``gradual``: frozen -> half -> all; ...). Without pretrained encoders (offline, ``pretrained: false``)
     the gradual modes start at ``all``: freezing random weights would only waste the stages. After each validation, when the monitored loss has not
-    improved by ``min_delta`` for ``patience`` validations: if a next stage exists, the best weights are
+    improved by ``min_delta`` for ``patience`` validations (``metric_name``, higher is better unless
+    ``higher_is_better`` is False; the bundle monitors its key metric ``val_dice_lesion``): if a next stage exists, the best weights are
     reloaded, the stage's encoder weights unfrozen, the optimizer reset (state cleared, learning rate reset,
     only trainable parameters) and training goes on; after the last stage the trainer terminates.
     The handler's state is checkpointed with the run (``state_dict``), so a resumed run keeps its stage.
@@ -122,7 +123,7 @@ class GradualFineTuning:
     Args:
         network: a network with ``set_finetuning``.
         optimizer: the trainer's optimizer (reset in place, so checkpoint references stay valid).
-        validator: the evaluator whose ``metric_name`` is monitored (lower is better).
+        validator: the evaluator whose ``metric_name`` is monitored.
         mode: a key of ``FINETUNING_SCHEDULES``.
         patience: validations without improvement before moving on.
         best_checkpoint: callable returning the path of the best checkpoint so far (or None).
@@ -138,7 +139,8 @@ class GradualFineTuning:
         mode: str = "gradual",
         patience: int = 25,
         min_delta: float = 1e-5,
-        metric_name: str = "val_loss",
+        metric_name: str = "val_dice_lesion",
+        higher_is_better: bool = True,
         best_checkpoint: Any = None,
         lr: float | None = None,
         on_stage: Any = None,
@@ -154,9 +156,10 @@ class GradualFineTuning:
             else:
                 logger.warning("finetuning 'frozen' with encoders that are not pretrained: they stay random.")
         self.patience, self.min_delta, self.metric_name = int(patience), float(min_delta), metric_name
+        self.sign = 1.0 if higher_is_better else -1.0
         self.best_checkpoint, self.on_stage = best_checkpoint, on_stage
         self.lr = lr if lr is not None else optimizer.param_groups[0]["lr"]
-        self.stage_index, self.best, self.wait = 0, float("inf"), 0
+        self.stage_index, self.best, self.wait = 0, -float("inf"), 0  # best of sign * metric
         self.transitions: list[tuple[int, str]] = []
         self._wrapped_stage: int | None = None
         self._apply_stage()
@@ -200,12 +203,12 @@ class GradualFineTuning:
                 self.on_stage(self.stage_index, self.stage, engine.state.epoch)
 
     def _after_validation(self, validator: Engine) -> None:
-        value = float(validator.state.metrics[self.metric_name])
-        if _distributed():  # every rank takes the same decision: on the mean of their validation losses
+        value = self.sign * float(validator.state.metrics[self.metric_name])
+        if _distributed():  # every rank takes the same decision: on the mean of their validation metrics
             mean = torch.tensor([value], dtype=torch.float64, device=_device_of(self.network))
             torch.distributed.all_reduce(mean)
             value = float(mean) / torch.distributed.get_world_size()
-        if value < self.best - self.min_delta:
+        if value > self.best + self.min_delta:
             self.best, self.wait = value, 0
             return
         self.wait += 1
