@@ -163,3 +163,32 @@ def test_cross_entropy_term_keeps_a_gradient_where_the_tversky_index_has_saturat
     assert float(per_image) == pytest.approx(float(FocalTverskyLoss(form="class", sample_weighting="none")(logits, label) + 0.5 * ce), rel=1e-5)
     with pytest.raises(ValueError, match="ce_weight"):
         FocalTverskyLoss(ce_weight=-1.0)
+
+
+def test_soft_predictions_match_monai_tversky_and_an_independent_formula():
+    """Soft probabilities, where a wrong soft-count formula would show: the class form with gamma 1 is MONAI's
+    TverskyLoss with alpha and beta swapped (per image and over the batch); the image form and the focal
+    exponent match a NumPy transcription of the original Keras code."""
+    from monai.losses import TverskyLoss
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 3, 6, 7, generator=generator) * 2
+    labels = torch.randint(0, 3, (3, 1, 6, 7), generator=generator)
+    for batch in (False, True):
+        ours = FocalTverskyLoss(gamma=1.0, alpha=0.7, beta=0.3, class_weights=(1.0, 1.0, 1.0), form="class",
+                                sample_weighting="none", smooth=1.0, batch=batch)(logits, labels)
+        monai = TverskyLoss(alpha=0.3, beta=0.7, softmax=True, to_onehot_y=True, smooth_nr=1.0, smooth_dr=1.0,
+                            batch=batch)(logits, labels)
+        assert float(ours) == pytest.approx(float(monai), rel=1e-5), batch
+
+    p = torch.softmax(logits, 1).numpy().astype(np.float64)
+    y = np.eye(3)[labels[:, 0].numpy()].transpose(0, 3, 1, 2)
+    w = np.array([0.1, 50.0, 440.0]).reshape(1, 3, 1, 1)
+    expected = []
+    for i in range(3):  # Keras: K.sum over pixels and classes of the class-weighted counts, per image
+        tp = (w * y * p)[i].sum()
+        fn = (w * y * (1 - p))[i].sum()
+        fp = (w * (1 - y) * p)[i].sum()
+        expected.append((1 - tp / (tp + 0.7 * fn + 0.3 * fp + 1e-7)) ** 0.75)
+    ours = FocalTverskyLoss(form="image", sample_weighting="none", reduction="none")(logits, labels)
+    assert ours.numpy() == pytest.approx(np.array(expected), rel=1e-5)

@@ -173,7 +173,7 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
     weights = tmp_path / "vgg16.pth"
     torch.save({f"features.{k}": v for k, v in vgg16_layers().state_dict().items()}, weights)
     args = tiny_overrides(tiny_cohort, out, uri, "--max_epochs", "4", "--patience", "1", "--finetuning", "gradual",
-                          "--min_delta", "1000", "--batch_size", "1")
+                          "--min_delta", "1000", "--batch_size", "1", "--dist_backend", "gloo")  # CPU even beside a GPU
     args[args.index("--pretrained") + 1] = str(weights)
     # each rank saves its final weights: DDP (rebuilt at every stage) must have kept them identical
     args += ["--finalize", "['$torch.save(@network_def.state_dict(), @output_dir + \"/rank\" + str(@rank) + \".pt\")', "
@@ -232,3 +232,93 @@ def test_training_batches_ignore_extra_datalist_keys(tiny_cohort):
     assert set(lesion) != set(wis)  # e.g. the fate model's parameters and true relative flow
     batch = list_data_collate([preprocessing(dict(lesion)), preprocessing(dict(wis))])
     assert batch["image"].shape[0] == 2 and list(batch["group"]) == ["LVO", "WIS"]
+
+
+def test_non_lvo_penalty_scales_only_non_lvo_samples_and_clipping_bounds_every_gradient():
+    """Through a real SupervisedTrainer: the same image costs ``non_lvo_factor`` times more when its batch says
+    Non-LVO, the flags are cleared after each iteration (validation unaffected), and with a loss scaled to give
+    large gradients every parameter's gradient stays within the clip value."""
+    from ignite.engine import Events
+    from monai.engines import SupervisedTrainer
+
+    from scripts.losses import FocalTverskyLoss
+    from scripts.training import ClipGradientValues, NonLVOPenalty
+
+    torch.manual_seed(0)
+    network = torch.nn.Conv2d(2, 3, 3, padding=1)
+    loss = FocalTverskyLoss(class_weights=(1.0, 1.0, 1.0), form="class", sample_weighting="none", non_lvo_factor=6.0)
+    image, label = torch.randn(1, 2, 8, 8), torch.randint(0, 3, (1, 1, 8, 8))
+    batches = [{"image": image, "label": label, "group": [group]} for group in ("LVO", "Non-LVO", "WIS")]
+    losses, grads = [], []
+    trainer = SupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=batches, network=network,
+                                optimizer=torch.optim.SGD(network.parameters(), lr=0.0),
+                                loss_function=lambda pred, y: 1000.0 * loss(pred, y))
+    NonLVOPenalty(loss).attach(trainer)
+    ClipGradientValues(0.01).attach(trainer)
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def record(engine):
+        losses.append(float(engine.state.output[0]["loss"]))
+        grads.append(max(float(p.grad.abs().max()) for p in network.parameters()))
+
+    trainer.run()
+    lvo, non_lvo, wis = losses
+    assert non_lvo == pytest.approx(6.0 * lvo, rel=1e-5) and wis == pytest.approx(lvo, rel=1e-5)
+    assert loss.batch_non_lvo is None
+    assert max(grads) <= 0.01 + 1e-9 and max(grads) == pytest.approx(0.01)  # clipped, and the clip was reached
+
+
+DDP_STEP = """
+import sys
+import torch, torch.distributed as dist
+from scripts.training import ClipGradientValues
+dist.init_process_group("gloo")
+rank, out = dist.get_rank(), sys.argv[1]
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
+image, label = torch.randn(4, 2, 8, 8), torch.randint(0, 3, (4, 8, 8))
+ddp = torch.nn.parallel.DistributedDataParallel(net)
+optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+ClipGradientValues(CLIP).register(optimizer)
+part = slice(2 * rank, 2 * rank + 2)
+torch.nn.functional.cross_entropy(ddp(image[part]), label[part]).backward()
+optimizer.step()
+if rank == 0:
+    torch.save(net.state_dict(), out)
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_update_equals_one_process_on_the_whole_batch(tmp_path):
+    """Two gloo processes with 2 samples each make the same SGD update as one process with all 4 samples,
+    clipping included (applied after DDP has averaged the gradients). The clip value is set between the
+    per-process and the averaged gradient sizes, so clipping each process's gradient first would differ."""
+    from scripts.training import ClipGradientValues
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
+    image, label = torch.randn(4, 2, 8, 8), torch.randint(0, 3, (4, 8, 8))
+    grads = []
+    for part in (slice(0, 2), slice(2, 4), slice(0, 4)):
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(net(image[part]), label[part]).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    clip = float(grads[2].abs().quantile(0.75))  # a quarter of the averaged gradient is clipped
+    assert float(torch.maximum(grads[0].abs(), grads[1].abs()).max()) > clip
+    per_process_first = (grads[0].clamp(-clip, clip) + grads[1].clamp(-clip, clip)) / 2
+    assert not torch.allclose(per_process_first, grads[2].clamp(-clip, clip), atol=1e-6)  # the order matters
+
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    ClipGradientValues(clip).register(optimizer)
+    net.zero_grad()
+    torch.nn.functional.cross_entropy(net(image), label).backward()
+    optimizer.step()
+    script = tmp_path / "ddp_step.py"
+    script.write_text(DDP_STEP.replace("CLIP", repr(clip)))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), str(tmp_path / "ddp.pt")], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "bundle")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    difference = max(float((ddp[k] - v).abs().max()) for k, v in net.state_dict().items())
+    assert difference < 1e-6, difference

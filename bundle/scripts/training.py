@@ -78,12 +78,33 @@ def check_training_inputs(
             raise CTPDataError(f"{datalist}: split '{split}' is empty; training needs patients in {', '.join(splits)}.")
 
 
-def clip_gradient_values(network: torch.nn.Module, clip_value: float) -> torch.nn.Module:
-    """Clip every gradient element to [-clip_value, clip_value] (Keras ``clipvalue``, the original's 0.5)."""
-    if clip_value > 0:
-        for p in network.parameters():
-            p.register_hook(lambda grad: grad.clamp(-clip_value, clip_value))
-    return network
+class ClipGradientValues:
+    """Clip every gradient element to [-clip_value, clip_value] (Keras ``clipvalue``, the original's 0.5), an
+    Ignite handler for a MONAI trainer.
+
+    The clipping runs as a step pre-hook of the trainer's optimizer (``torch.nn.utils.clip_grad_value_`` on
+    the parameters of its current groups), i.e. after backward and, under DDP, after the gradients have been
+    averaged across processes: the same update as one process clipping its whole-batch gradient. Stage changes
+    that rebuild the optimizer's parameter groups are followed. ``clip_value`` <= 0 disables it.
+    """
+
+    def __init__(self, clip_value: float) -> None:
+        self.clip_value = float(clip_value)
+        self._hooked: set[int] = set()
+
+    def attach(self, engine: Engine) -> None:
+        # MONAI sets engine.optimizer after attaching the handlers
+        engine.add_event_handler(Events.STARTED, lambda e: self.register(e.optimizer))
+
+    def register(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip before every ``optimizer.step()`` (once per optimizer)."""
+        if self.clip_value > 0 and id(optimizer) not in self._hooked:
+            optimizer.register_step_pre_hook(self._clip)
+            self._hooked.add(id(optimizer))
+
+    def _clip(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_value_(params, self.clip_value)
 
 
 class NonLVOPenalty:
@@ -113,7 +134,7 @@ class GradualFineTuning:
 
     Stages come from :data:`scripts.networks.FINETUNING_SCHEDULES` (``frozen``: one frozen stage;
     ``gradual``: frozen -> half -> all; ...). Without pretrained encoders (offline, ``pretrained: false``)
-    the gradual modes start at ``all``: freezing random weights would only waste the stages. After each validation, when the monitored loss has not
+    the gradual modes start at ``all``: freezing random weights would only waste the stages. After each validation, when the monitored metric has not
     improved by ``min_delta`` for ``patience`` validations (``metric_name``, higher is better unless
     ``higher_is_better`` is False; the bundle monitors its key metric ``val_dice_lesion``): if a next stage exists, the best weights are
     reloaded, the stage's encoder weights unfrozen, the optimizer reset (state cleared, learning rate reset,
