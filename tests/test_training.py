@@ -52,12 +52,17 @@ def trained(tiny_cohort, tmp_path_factory):
     torch.manual_seed(0)
     torch.save({f"features.{k}": v for k, v in vgg16_layers().state_dict().items()}, weights)
     # min_delta 1000: only the first validation counts as an improvement, so every later one moves a stage
-    args = tiny_overrides(tiny_cohort, out, uri, "--max_epochs", "6", "--patience", "1", "--finetuning", "gradual",
-                          "--min_delta", "1000")
-    args[args.index("--pretrained") + 1] = str(weights)
+
+    def args_for(output_dir: Path) -> list[str]:
+        args = tiny_overrides(tiny_cohort, output_dir, uri, "--max_epochs", "6", "--patience", "1", "--finetuning",
+                              "gradual", "--min_delta", "1000")
+        args[args.index("--pretrained") + 1] = str(weights)
+        return args
+
+    args = args_for(out)
     train = bundle("training", "bundle/configs/train.json", *args)
     evaluation = bundle("evaluating", CONFIGS, *args)
-    return {"out": out, "uri": uri, "train": train, "eval": evaluation}
+    return {"out": out, "uri": uri, "train": train, "eval": evaluation, "args": args_for}
 
 
 def test_training_writes_checkpoints_and_reports(trained):
@@ -103,24 +108,48 @@ def test_stage_transitions_happen_in_order(trained):
     assert trained_epochs(last) == 4  # no improvement in the last stage: early stopping, not epoch 6
 
 
-def test_killed_run_resumes_to_the_same_final_epoch(tiny_cohort, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = tmp_path / "killed"
-    args = tiny_overrides(tiny_cohort, out, uri, "--max_epochs", "5", "--patience", "50", "--finetuning", "frozen")
+def metric_history(uri: str, name: str, metric: str) -> list[tuple[int, float]]:
+    """A run's (step, value) history of one metric, each step once (a step logged again after a resume
+    with the same value counts once)."""
+    client, runs = runs_named(uri, name)
+    return sorted({(m.step, round(m.value, 6)) for m in client.get_metric_history(runs[0].info.run_id, metric)})
+
+
+def kill_after_epoch(args: list[str], out: Path, epoch: int) -> None:
+    """Start a training and SIGKILL it as soon as the resume point of ``epoch`` is on disk."""
     process = bundle("training", "bundle/configs/train.json", *args, wait=False)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list((out / "checkpoints").glob("last*epoch=2.pt")):
-        time.sleep(0.5)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not list((out / "checkpoints").glob(f"last*epoch={epoch}.pt")):
+        time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert list((out / "checkpoints").glob("last*epoch=2.pt")), "no epoch-2 checkpoint before the kill"
+    assert list((out / "checkpoints").glob(f"last*epoch={epoch}.pt")), f"no epoch-{epoch} resume point before the kill"
+
+
+@pytest.mark.parametrize("epoch", [1, 2], ids=["epoch_boundary", "after_stage_change"])
+def test_killed_run_resumes_exactly(trained, tiny_cohort, tmp_path, epoch):
+    """The ``trained`` run (gradual, stage changes after epochs 2 and 3, early stop after 4) killed with
+    SIGKILL after epoch 1 (frozen stage, Adam state in use) or after epoch 2 (just moved to ``half``, best
+    weights reloaded, optimizer reset), then resumed: same final weights, same best model and the same
+    MLflow history as the uninterrupted run, in one MLflow run."""
+    out = tmp_path / f"killed{epoch}"
+    args = trained["args"](out)
+    kill_after_epoch(args, out, epoch)
     resumed = bundle("training", "bundle/configs/train.json", *args, "--resume", "true", check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     last = sorted((out / "checkpoints").glob("last*.pt"))
-    assert [p.name for p in last] == ["last_checkpoint_epoch=5.pt"]
-    assert trained_epochs(torch.load(last[0], weights_only=False)) == 5
-    _, runs = runs_named(uri, "killed")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was reused and closed
+    assert [p.name for p in last] == ["last_checkpoint_epoch=4.pt"]
+    final = torch.load(last[0], weights_only=False)
+    reference = torch.load(next((trained["out"] / "checkpoints").glob("last*.pt")), weights_only=False)
+    difference = max(float((final["network"][k].float() - v.float()).abs().max()) for k, v in reference["network"].items())
+    print(f"resumed after epoch {epoch}: max |weight difference| to the uninterrupted run {difference:.2e}")
+    assert difference < 1e-5
+    assert final["finetuning"] == reference["finetuning"] and final["best_model"] == reference["best_model"]
+    assert [p.name for p in (out / "model").iterdir()] == [p.name for p in (trained["out"] / "model").iterdir()]
+    for metric in ("train_loss", "val_loss", "val_dice_lesion", "finetuning_stage"):
+        assert metric_history(trained["uri"], f"killed{epoch}", metric) == metric_history(trained["uri"], "gradual", metric), metric
+    _, runs = runs_named(trained["uri"], f"killed{epoch}")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was reopened and closed
     refused = bundle("training", "bundle/configs/train.json", *args, check=False)  # no --resume: keep the run
     assert refused.returncode == 1 and "already has checkpoints; pass --resume true" in refused.stderr
 

@@ -1,5 +1,6 @@
 """What MONAI's engines lack for this bundle's training: staged fine-tuning with early stopping, the
-Non-LVO loss penalty fed from the batch, gradient value clipping, resume helpers, checks before training.
+Non-LVO loss penalty fed from the batch, gradient value clipping, per-epoch seeding and a best-model saver
+with state (for exact resume), resume helpers, checks before training.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
 
 from .data import CTPDataError, load_datalist
 from .losses import FocalTverskyLoss
@@ -105,6 +107,41 @@ class ClipGradientValues:
     def _clip(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_value_(params, self.clip_value)
+
+
+class EpochSeeding:
+    """Reseed every random number generator a training epoch draws from at the start of each epoch, from
+    ``seed`` and the epoch number (an Ignite handler; what Ignite's ``DeterministicEngine`` does per iteration).
+
+    ``monai.utils.set_determinism(seed + epoch)`` seeds Python's, NumPy's and torch's global generators
+    (dropout masks, the DataLoader's shuffling, its workers' seeds) and ``monai.data.utils.set_rnd`` the own
+    generator of every random transform of ``dataset`` (slice sampling, flips). An epoch's randomness is then
+    a function of (seed, epoch) alone, so a run resumed from the checkpoint of epoch k draws in epoch k + 1
+    exactly what an uninterrupted run draws, without storing generator states.
+    """
+
+    def __init__(self, seed: int, dataset: Any) -> None:
+        self.seed, self.dataset = int(seed), dataset
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from monai.data.utils import set_rnd
+        from monai.utils import set_determinism
+
+        epoch_seed = self.seed + 1000 * engine.state.epoch  # distinct for every (seed < 1000, epoch)
+        set_determinism(seed=epoch_seed)
+        set_rnd(self.dataset, epoch_seed)
+
+
+class BestModelSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (best model by the key metric) that also gives its state, so the resume
+    point holds which best model was kept and its score: a resumed run replaces it only with a better one
+    (a fresh saver would write a second ``best_*`` file at its first validation, however bad)."""
+
+    def state_dict(self) -> dict:
+        return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
 
 
 class NonLVOPenalty:
