@@ -118,3 +118,22 @@ def test_workflow_user_errors_print_one_line_not_a_traceback(tmp_path):
     )
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1] == "error: ctp: no 4D series given; pass --ctp path/to/ctp.nii.gz."
+
+
+def test_default_cohort_size_groups_and_split_are_what_the_docs_say():
+    """The model card's "30 patients (15 LVO, 12 Non-LVO, 3 WIS) ... split 17 / 6 / 7" and the README's 15/12/3,
+    from the generator's own defaults (no simulation needed)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / "synthetic.json"))
+    n, seed = parser["n_patients"], parser["seed"]
+    counts = cohort.group_counts(n)
+    ids = {g: [f"{g}{i}" for i in range(c)] for g, c in counts.items()}
+    sizes = {name: len(v) for name, v in cohort.split_patients(ids, seed).items()}
+    card = (Path(__file__).resolve().parents[1] / "bundle" / "docs" / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"{n} patients ({counts['LVO']} LVO, {counts['Non-LVO']} Non-LVO, {counts['WIS']} WIS)" in card
+    assert f"split {sizes['training']} / {sizes['validation']} / {sizes['test']}" in card
+    assert f"({n} patients by default: {counts['LVO']}/{counts['Non-LVO']}/{counts['WIS']})" in readme
+    assert (sizes["training"], sizes["validation"], sizes["test"]) == (17, 6, 7)  # the datalist generated here

@@ -251,3 +251,60 @@ def test_default_checkpoint_prefers_the_bundle_model(tmp_path):
     (tmp_path / "bundle" / "models").mkdir(parents=True)
     (tmp_path / "bundle" / "models" / "model.pt").write_bytes(b"")
     assert default_checkpoint(tmp_path / "bundle", run) == str(tmp_path / "bundle" / "models" / "model.pt")
+
+
+def test_failed_writes_leave_no_partial_patient_and_overwrite_is_atomic(tmp_path, monkeypatch):
+    """SaveStudyOutputsd under run_inference: a failure while writing (the montage, simulated) or inside the
+    network leaves no patient folder and no ``.partial``; ``overwrite`` replaces a finished patient in one
+    rename, and a failure during an overwrite leaves the finished outputs as they were."""
+    from scripts import inference
+
+    source = _patient(tmp_path / "P1")
+    study = {"id": "P1", "nihss": torch.tensor([4.0]), **{k: str(source / f"{k}.nii.gz") for k in ("cbf", "cbv", "ttp", "tmax", "mip")}}
+    label = torch.zeros(1, 32, 32, 2, dtype=torch.uint8)
+    label[0, 4:12, 4:12] = 1
+    out = tmp_path / "out"
+
+    class Engine:  # what run_inference needs of MONAI's evaluator: run(), which writes through the transform
+        def __init__(self, step):
+            self.step = step
+
+        def run(self):
+            self.step()
+
+    def write(overwrite: bool, pred: torch.Tensor = label):
+        return lambda: inference.SaveStudyOutputsd(out, overwrite=overwrite)({"pred": pred, "study": study})
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    real_montage = inference.save_montage
+    monkeypatch.setattr(inference, "save_montage", broken)
+    with pytest.raises(OSError, match="disk full"):
+        inference.run_inference(Engine(write(False)), out)
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing half-written
+
+    def network_fails():
+        raise RuntimeError("out of memory (simulated)")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        inference.run_inference(Engine(network_fails), out)
+    assert sorted(p.name for p in out.iterdir()) == []
+
+    monkeypatch.setattr(inference, "save_montage", real_montage)
+    assert inference.run_inference(Engine(write(False)), out) == ["P1"]
+    first = json.loads((out / "P1" / "report.json").read_text())
+    with pytest.raises(FileExistsError, match="outputs already exist"):
+        inference.run_inference(Engine(write(False)), out)
+    bigger = label.clone()
+    bigger[0, 4:20, 4:20] = 1
+    monkeypatch.setattr(inference, "save_montage", broken)
+    with pytest.raises(OSError, match="disk full"):
+        inference.run_inference(Engine(write(True, bigger)), out)
+    assert sorted(p.name for p in out.iterdir()) == ["P1"]
+    assert json.loads((out / "P1" / "report.json").read_text()) == first  # the finished outputs kept
+    monkeypatch.setattr(inference, "save_montage", real_montage)
+    assert inference.run_inference(Engine(write(True, bigger)), out) == ["P1"]
+    assert sorted(p.name for p in out.iterdir()) == ["P1"]  # replaced, no .old or .partial left
+    second = json.loads((out / "P1" / "report.json").read_text())
+    assert second != first and nib.load(out / "P1" / "label.nii.gz").get_fdata().sum() == bigger.sum().item()
