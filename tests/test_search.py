@@ -89,3 +89,41 @@ def test_objectives_from_metric_names():
     assert objective_values(metrics, "dice_LVO") == pytest.approx((0.7,))
     assert objective_values(metrics, "dice_Non-LVO") == pytest.approx((0.3,))
     assert objective_values(metrics, "dice_vs_dv") == pytest.approx((0.5, 4.0))
+
+
+def test_a_killed_workers_trial_is_retried_and_resumes_its_training(tiny_cohort, tmp_path, in_root):
+    """A worker running ``searching`` is killed with SIGKILL once its trial has saved epoch 1. After three
+    missed heartbeats the storage fails the trial and re-enqueues it (Optuna's RetryFailedTrialCallback); the
+    next worker runs the retry with the same parameters in the same folder and MLflow run, resumed from
+    epoch 1 (each epoch logged once), and the study holds exactly ``n_trials`` counted trials."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    storage, uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = {**TINY_TRAINING, "max_epochs": 3, "patience": 5}
+    command = [sys.executable, "-m", "monai.bundle", "run", "searching", "--config_file", "bundle/configs/search.json",
+               "--datalist", str(tiny_cohort), "--storage", storage, "--tracking_uri", uri, "--output_root",
+               str(tmp_path / "runs"), "--n_trials", "1", "--pruner", "none", "--heartbeat_interval", "1",
+               "--training_overrides", repr(overrides)]
+    worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "runs" / "exp1" / "exp1_trial_000" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and worker.poll() is None and not list(checkpoints.glob("last*epoch=1.pt")):
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    _, stderr = worker.communicate()
+    assert list(checkpoints.glob("last*epoch=1.pt")), stderr[-3000:]
+    time.sleep(4)  # more than three heartbeat intervals: the killed trial is stale
+    summary = study(tiny_cohort, tmp_path, 1, pruner="none", heartbeat_interval=1, training_overrides=overrides)
+    assert (summary["complete"], summary["failed"], summary["retried"]) == (1, 1, 1)
+    trials = optuna.load_study(study_name="exp1", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and trials[1].params == trials[0].params
+    assert not (tmp_path / "runs" / "exp1" / "exp1_trial_001").exists()  # the retry used trial 0's folder
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("exp1")
+    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'exp1_trial_000'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss"))
+    assert history == [1, 2, 3]  # resumed after epoch 1, not restarted (that would log epoch 1 twice)

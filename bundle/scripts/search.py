@@ -70,14 +70,19 @@ def check_search_space(space: Mapping[str, Sequence[float]], tie_beta: bool) -> 
     return checked
 
 
-def open_storage(url: str):
-    """An Optuna RDB storage with heartbeats (trials of a killed worker are failed, not left running)."""
+def open_storage(url: str, heartbeat_interval: int = 60):
+    """An Optuna RDB storage with heartbeats: a trial whose worker died (no heartbeat for three intervals) is
+    failed and enqueued once more with the same parameters (Optuna's ``RetryFailedTrialCallback``); the
+    retry resumes the killed trial's training from its last checkpoint (see :func:`run_study`)."""
     import optuna
 
     if url.startswith("sqlite:///"):  # a new SQLite file needs its folder
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=int(heartbeat_interval), grace_period=3 * int(heartbeat_interval),
+            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        )
     except Exception as err:  # SQLAlchemy raises many types for bad URLs, missing drivers, refused connections
         raise ValueError(f"{url}: cannot open the Optuna storage ({type(err).__name__}: {str(err).splitlines()[0]}).") from err
 
@@ -170,8 +175,13 @@ def run_study(
     experiment_name: str = "exp1",
     seed: int = 0,
     config_dir: str = "bundle/configs",
+    heartbeat_interval: int = 60,
 ) -> dict[str, Any]:
     """Run (or continue) the study until it holds ``n_trials`` finished trials; return a summary.
+
+    A trial whose worker was killed is failed by the storage's heartbeat after ``3 * heartbeat_interval``
+    seconds and retried once by the next worker that starts a trial: same parameters, same output folder and
+    MLflow run, training resumed from its last checkpoint. It counts once towards ``n_trials``.
 
     Writes ``<output_root>/<study_name>/best_params.json`` (a config override file for training:
     ``--config_file "['bundle/configs/train.json','.../best_params.json']"``) and the Exp-1 tables.
@@ -191,8 +201,7 @@ def run_study(
     check_training_inputs(datalist, "SF", "PMs+N", "gradual", "cpu")
     url = storage or "sqlite:///" + os.path.abspath("mlruns/optuna.db")
     uri = default_tracking_uri(tracking_uri)
-    storage_ = open_storage(url)
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    storage_ = open_storage(url, heartbeat_interval)
     existing = _trial_count(storage_, study_name)
     study = optuna.create_study(
         study_name=study_name, storage=storage_, load_if_exists=True, directions=list(directions),
@@ -215,7 +224,7 @@ def run_study(
         client.log_param(parent.info.run_id, "tie_beta", tie_beta)
     parent_id = parent.info.run_id
     client.update_run(parent_id, status="RUNNING")
-    done = len(study.get_trials(deepcopy=False, states=finished))
+    done = finished_trials(study)
     overrides = {"max_epochs": 4, "patience": 1, **dict(training_overrides or {})}
     root = Path(output_root) / study_name
 
@@ -223,9 +232,13 @@ def run_study(
         params = {name: trial.suggest_float(name, low, high) for name, (low, high) in space.items()}
         if tie_beta:
             params["beta"] = 1.0 - params["alpha"]
-        name = f"{study_name}_trial_{trial.number:03d}"
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        retry_of = optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
+        name = f"{study_name}_trial_{trial.number if retry_of is None else retry_of:03d}"
         settings = {"datalist": datalist, "output_dir": str(root / name), "tracking_uri": uri,
-                    "experiment_name": experiment_name, **overrides, **params}
+                    "experiment_name": experiment_name, **overrides, **params, "resume": retry_of is not None}
+        if retry_of is not None:
+            logger.info("trial %d retries trial %d (its worker died): resuming %s", trial.number, retry_of, name)
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.3f}" for k, v in params.items()))
         state, values = "FAILED", None
         try:
@@ -261,15 +274,28 @@ def run_study(
                 if run.info.status == "RUNNING" or state != "FINISHED":
                     client.set_terminated(run.info.run_id, status=state)
 
+    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:  # also other workers' trials
+        if finished_trials(study) >= int(n_trials):
+            study.stop()
+
     remaining = int(n_trials) - done
     if remaining > 0:
-        study.optimize(trial_objective, n_trials=remaining, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(int(n_trials), states=finished)])
+        study.optimize(trial_objective, n_trials=remaining, catch=(Exception,), callbacks=[stop_when_done])
     else:
         logger.info("study %s already holds %d finished trials: nothing to run", study_name, done)
     summary = summarise_study(study, root, client, experiment_name, parent_id)
     client.set_terminated(parent_id)
     return summary
+
+
+def finished_trials(study: Any) -> int:
+    """Trials that count towards ``n_trials``: complete, pruned or failed, where a failed trial being retried
+    (a killed worker's, see :func:`open_storage`) counts once, through its retry."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    retries = sum(1 for t in trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) is not None)
+    return sum(1 for t in trials if t.state.is_finished()) - retries
 
 
 def summarise_study(study: Any, root: Path, client: Any, experiment_name: str, parent_id: str) -> dict[str, Any]:
@@ -282,6 +308,7 @@ def summarise_study(study: Any, root: Path, client: Any, experiment_name: str, p
         "complete": states.count(optuna.trial.TrialState.COMPLETE),
         "pruned": states.count(optuna.trial.TrialState.PRUNED),
         "failed": states.count(optuna.trial.TrialState.FAIL),
+        "retried": sum(1 for t in study.trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) is not None),
     }
     best = study.best_trials if len(study.directions) > 1 else ([study.best_trial] if summary["complete"] else [])
     if best:
