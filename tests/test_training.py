@@ -351,3 +351,69 @@ def test_ddp_update_equals_one_process_on_the_whole_batch(tmp_path):
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     difference = max(float((ddp[k] - v).abs().max()) for k, v in net.state_dict().items())
     assert difference < 1e-6, difference
+
+
+def test_staged_fine_tuning_moves_on_a_real_plateau_reloads_the_best_weights_and_stops(tmp_path):
+    """GradualFineTuning on a scripted validation score (higher is better, patience 2): the stage changes
+    after two validations without improvement (not forced), the best weights are reloaded, the optimizer is
+    reset (state cleared, learning rate back to its value, only trainable parameters), and after the last
+    stage training stops after ``patience`` validations without improvement."""
+    from ignite.engine import Engine, Events
+
+    from scripts.training import GradualFineTuning
+
+    class Tiny(torch.nn.Module):
+        pretrained = True
+
+        def __init__(self):
+            super().__init__()
+            self.encoders = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+            self.decoder = torch.nn.Linear(2, 1)
+
+        def set_finetuning(self, stage):
+            for p in self.encoders.parameters():
+                p.requires_grad_(stage != "frozen")
+
+    torch.manual_seed(0)
+    net = Tiny()
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=0.01)
+    scores = iter([0.1, 0.3, 0.3, 0.29, 0.35, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2])
+    best_path = tmp_path / "best.pt"
+    validator = Engine(lambda e, b: None)
+    handler = GradualFineTuning(net, optimizer, validator, mode="gradual_full", patience=2, lr=0.01,
+                                best_checkpoint=lambda: str(best_path))
+    seen = {}
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        net.decoder(net.encoders[0](torch.ones(1, 2))).sum().backward()
+        optimizer.step()
+
+    trainer = Engine(step)
+    trainer.network = net  # what MONAI's trainer exposes (the handler rewraps it under DDP)
+
+    @validator.on(Events.COMPLETED)
+    def score(engine):  # registered before the handler's own COMPLETED callback: the score is set first
+        engine.state.metrics["val_dice_lesion"] = next(scores)
+        if engine.state.metrics["val_dice_lesion"] > handler.best:  # the best model saver's job
+            torch.save({"network": net.state_dict()}, best_path)
+            seen.setdefault("best_weights", []).append({k: v.clone() for k, v in net.state_dict().items()})
+
+    handler.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: validator.run([0]))
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def after_validation(engine):
+        if engine.state.epoch == 4:  # the plateau (0.3, 0.29 after 0.3) moved the run to stage "all"
+            seen["weights"] = {k: v.clone() for k, v in net.state_dict().items()}
+            seen["state"], seen["lr"] = len(optimizer.state), optimizer.param_groups[0]["lr"]
+            seen["params"] = len(optimizer.param_groups[0]["params"])
+        if engine.state.epoch == 2:
+            optimizer.param_groups[0]["lr"] = 0.5  # changed mid-stage: the stage change must reset it
+
+    trainer.run([0], max_epochs=20)
+    assert handler.transitions == [(1, "frozen"), (4, "all")]
+    epoch2 = seen["best_weights"][1]  # saved at epochs 1, 2 and 5
+    assert all(torch.equal(seen["weights"][k], v) for k, v in epoch2.items())  # reloaded epoch 2's weights
+    assert (seen["state"], seen["lr"], seen["params"]) == (0, 0.01, 4)  # 4 tensors: encoder and decoder
+    assert trainer.state.epoch == 7  # best 0.35 at epoch 5, then 2 validations without improvement: stop
