@@ -29,7 +29,7 @@ def bundle(run_id: str, config: str, *overrides: str, check: bool = True, wait: 
 
 def tiny_overrides(datalist: Path, out: Path, uri: str, *extra: str) -> list[str]:
     return ["--datalist", str(datalist), "--output_dir", str(out), "--tracking_uri", uri, "--pretrained", "false",
-            "--roi_size", "[64,64]", "--slices_per_volume", "1", *extra]
+            "--roi_size", "[64,64]", "--slices_per_volume", "1", "--min_epochs", "0", *extra]
 
 
 def trained_epochs(checkpoint: dict) -> int:

@@ -187,6 +187,8 @@ class GradualFineTuning:
         best_checkpoint: callable returning the path of the best checkpoint so far (or None).
         lr: learning rate to reset to at each stage.
         on_stage: optional callable ``(stage_index, stage_name, epoch)`` (e.g. to log to MLflow).
+        min_epochs: validations before this epoch never count as "no improvement" (a warm-up: from random
+            encoders the first epochs predict nothing on validation while the loss is still falling fast).
     """
 
     def __init__(
@@ -199,6 +201,7 @@ class GradualFineTuning:
         min_delta: float = 1e-5,
         metric_name: str = "val_dice_lesion",
         higher_is_better: bool = True,
+        min_epochs: int = 0,
         best_checkpoint: Any = None,
         lr: float | None = None,
         on_stage: Any = None,
@@ -215,6 +218,7 @@ class GradualFineTuning:
                 logger.warning("finetuning 'frozen' with encoders that are not pretrained: they stay random.")
         self.patience, self.min_delta, self.metric_name = int(patience), float(min_delta), metric_name
         self.sign = 1.0 if higher_is_better else -1.0
+        self.min_epochs = int(min_epochs)
         self.best_checkpoint, self.on_stage = best_checkpoint, on_stage
         self.lr = lr if lr is not None else optimizer.param_groups[0]["lr"]
         self.stage_index, self.best, self.wait = 0, -float("inf"), 0  # best of sign * metric
@@ -268,6 +272,8 @@ class GradualFineTuning:
             value = float(mean) / torch.distributed.get_world_size()
         if value > self.best + self.min_delta:
             self.best, self.wait = value, 0
+            return
+        if self.trainer.state.epoch < self.min_epochs:  # warm-up: not yet judged a plateau
             return
         self.wait += 1
         if self.wait < self.patience:
