@@ -237,7 +237,7 @@ def test_multi_gpu_config_drops_the_logging_handlers_on_other_ranks():
     parser = ConfigParser()
     parser.read_config([str(ROOT / "bundle/configs/train.json"), str(ROOT / "bundle/configs/multi_gpu_train.json")])
     train_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["train#handlers"]]
-    val_handlers = [h["_target_"] for h in parser["validate#handlers"]]
+    val_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["validate#handlers"]]
     assert train_handlers[-1] == "MLFlowHandler" and "MLFlowHandler" not in train_handlers[:-1]
     assert val_handlers[0] == "StatsHandler" and all(h != "StatsHandler" for h in val_handlers[1:])
     assert "@rank == 0" in parser["validate#evaluator#val_handlers"] and "[:1]" in parser["validate#evaluator#val_handlers"]
