@@ -152,8 +152,7 @@ class FocalTverskyLoss(_Loss):
             tp, fn, fp = ((weights[:, None] * counts).sum(0) for counts in (tp, fn, fp))
             ti = (tp + self.smooth) / (tp + self.alpha * fn + self.beta * fp + self.smooth)
             loss = (w * (1 - ti).clamp_min(self.epsilon) ** (1 / self.gamma)).sum() / w.sum()
-            if self.ce_weight > 0:
-                loss = loss + (weights * ce).mean()
+            loss = loss + (weights * ce).mean()  # ce is 0.0 without the term
             return loss if self.reduction != "none" else loss.reshape(1)
         if self.form == "image":
             ti = (w * tp).sum(1) / ((w * (tp + self.alpha * fn + self.beta * fp)).sum(1) + self.epsilon)

@@ -103,8 +103,9 @@ def lesion_mean(
 ) -> float:
     """Mean of ``<split>_<metric>_<class>_<group>`` over penumbra and core and the given groups (NaN entries
     and missing ones left out; NaN if none is defined). With Dice over LVO and Non-LVO this is the model-selection
-    score of training (``val_dice_lesion``) and the search's ``dice`` objective: unlike the validation loss it is
-    0 for a network that predicts nothing, and WIS patients (no lesion) do not dilute it."""
+    score of training (``val_dice_lesion``) and the search's ``dice`` objective: unlike the validation loss it
+    ranks a network that predicts nothing low (Dice 0 on every patient who has the class), and WIS patients
+    (no lesion) do not dilute it."""
     values = [float(metrics.get(f"{split}_{metric}_{c}_{g}", math.nan)) for c in LESION_CLASSES for g in groups]
     values = [v for v in values if not math.isnan(v)]
     return sum(values) / len(values) if values else math.nan
