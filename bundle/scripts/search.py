@@ -291,11 +291,15 @@ def run_study(
 def finished_trials(study: Any) -> int:
     """Trials that count towards ``n_trials``: complete, pruned or failed, where a failed trial being retried
     (a killed worker's, see :func:`open_storage`) counts once, through its retry."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished()) - retried_trials(study)
+
+
+def retried_trials(study: Any) -> int:
+    """Trials that retry a killed worker's trial."""
     import optuna
 
-    trials = study.get_trials(deepcopy=False)
-    retries = sum(1 for t in trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) is not None)
-    return sum(1 for t in trials if t.state.is_finished()) - retries
+    retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number
+    return sum(1 for t in study.get_trials(deepcopy=False) if retried(t) is not None)
 
 
 def summarise_study(study: Any, root: Path, client: Any, experiment_name: str, parent_id: str) -> dict[str, Any]:
@@ -308,7 +312,7 @@ def summarise_study(study: Any, root: Path, client: Any, experiment_name: str, p
         "complete": states.count(optuna.trial.TrialState.COMPLETE),
         "pruned": states.count(optuna.trial.TrialState.PRUNED),
         "failed": states.count(optuna.trial.TrialState.FAIL),
-        "retried": sum(1 for t in study.trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) is not None),
+        "retried": retried_trials(study),
     }
     best = study.best_trials if len(study.directions) > 1 else ([study.best_trial] if summary["complete"] else [])
     if best:
