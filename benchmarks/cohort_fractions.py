@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.data import GROUPS, load_datalist  # noqa: E402
+from scripts.io import GROUPS, load_datalist  # noqa: E402
 
 
 def main() -> None:

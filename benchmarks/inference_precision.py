@@ -24,17 +24,41 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 
-from scripts.data import load_datalist  # noqa: E402
-from scripts.metrics import evaluate_predictions, lesion_metrics  # noqa: E402
+from scripts.io import load_datalist  # noqa: E402
+from scripts.learning.metrics import evaluate_predictions, lesion_metrics  # noqa: E402
 
 CLASSES = ("penumbra", "core", "hypoperfused")
 
 
 def run(datalist: str, split: str, checkpoint: str, inputs: str, out: Path, *extra: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "bundle/configs/inference.json",
-                    "--input", datalist, "--split", split, "--checkpoint", checkpoint, "--inputs", inputs,
-                    "--output_dir", str(out), "--montage", "false", *extra], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "inference",
+            "--config_file",
+            "bundle/configs/inference.json",
+            "--input",
+            datalist,
+            "--split",
+            split,
+            "--checkpoint",
+            checkpoint,
+            "--inputs",
+            inputs,
+            "--output_dir",
+            str(out),
+            "--montage",
+            "false",
+            *extra,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
@@ -47,9 +71,20 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fp32, bf16 = Path(tmp) / "fp32", Path(tmp) / "bf16"
-        seconds = {"fp32": run(args.datalist, args.split, args.checkpoint, args.inputs, fp32),
-                   "bf16 + channels_last": run(args.datalist, args.split, args.checkpoint, args.inputs, bf16,
-                                               "--precision", "bf16", "--channels_last", "true")}
+        seconds = {
+            "fp32": run(args.datalist, args.split, args.checkpoint, args.inputs, fp32),
+            "bf16 + channels_last": run(
+                args.datalist,
+                args.split,
+                args.checkpoint,
+                args.inputs,
+                bf16,
+                "--precision",
+                "bf16",
+                "--channels_last",
+                "true",
+            ),
+        }
         items = load_datalist(args.datalist, splits=(args.split,))[args.split]
         agreement = {c: [] for c in CLASSES}
         largest_dv = {c: 0.0 for c in CLASSES}
@@ -60,9 +95,11 @@ def main() -> None:
                 if not np.isnan(scores[f"dice_{c}"]):
                     agreement[c].append(scores[f"dice_{c}"])
                 largest_dv[c] = max(largest_dv[c], abs(scores[f"dv_ml_{c}"]))
-        print(f"{len(items)} patients ({args.split}); wall time of the whole command: "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
-              + f" (ratio {seconds['fp32'] / seconds['bf16 + channels_last']:.2f})")
+        print(
+            f"{len(items)} patients ({args.split}); wall time of the whole command: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+            + f" (ratio {seconds['fp32'] / seconds['bf16 + channels_last']:.2f})"
+        )
         print("| class | Dice(bf16, fp32) mean | min | largest |ΔV| (ml) |")
         print("|---|---|---|---|")
         for c in CLASSES:
@@ -71,8 +108,10 @@ def main() -> None:
         for name, folder in (("fp32", fp32), ("bf16 + channels_last", bf16)):
             _, summary = evaluate_predictions(args.datalist, folder, split=args.split, pattern="{id}/label.nii.gz")
             dice = {(s["class"], s["group"]): s["mean"] for s in summary if s["metric"] == "dice"}
-            print(f"{name}: Dice vs truth penumbra/core LVO {dice[('penumbra', 'LVO')]:.3f}/{dice[('core', 'LVO')]:.3f}, "
-                  f"Non-LVO {dice[('penumbra', 'Non-LVO')]:.3f}/{dice[('core', 'Non-LVO')]:.3f}")
+            print(
+                f"{name}: Dice vs truth penumbra/core LVO {dice[('penumbra', 'LVO')]:.3f}/{dice[('core', 'LVO')]:.3f}, "
+                f"Non-LVO {dice[('penumbra', 'Non-LVO')]:.3f}/{dice[('core', 'Non-LVO')]:.3f}"
+            )
 
 
 if __name__ == "__main__":

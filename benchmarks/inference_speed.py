@@ -1,7 +1,8 @@
 """Benchmark: end-to-end inference per study, maps -> report and raw 4D CTP -> report, with a stage breakdown.
 
 Builds the components from ``bundle/configs/inference.json`` (the same pre-processing, inferer, network and
-post-processing as ``python -m monai.bundle run inference``) and times, per study: checks/maps (input checks, and the maps when the input is a raw 4D series),
+post-processing as ``python -m monai.bundle run inference``) and times, per study: checks/maps (input checks,
+and the maps when the input is a raw 4D series),
 load (pre-processing: reading NIfTI, brain mask, stacking, padding), network (slice inferer), post-processing
 (softmax, argmax, brain mask, inversion) and report (label NIfTI, report JSON, PNG montage). The network is
 SF(PMs+N) with untrained weights: speed does not depend on the weights. Sizes: the default 128x128x8 study
@@ -27,16 +28,28 @@ sys.path.insert(0, str(ROOT / "bundle"))
 from monai.bundle import ConfigParser  # noqa: E402
 from monai.data import decollate_batch, list_data_collate  # noqa: E402
 
-from scripts.cohort import simulate_patient  # noqa: E402
-from scripts.networks import create_network  # noqa: E402
+from scripts.learning.networks import create_network  # noqa: E402
+from scripts.simulation.cohort import simulate_patient  # noqa: E402
 
 STAGES = ("checks/maps", "load", "network", "post-processing", "report")
 
 
 def make_study(root: Path, size: int, slices: int) -> Path:
     """One simulated LVO patient with its raw 4D series and its maps; returns the patient folder."""
-    task = {"group": "LVO", "id": f"bench_{size}", "root": str(root), "seed": 0, "index": 0, "size": size, "slices": slices,
-            "slice_thickness": 5.0, "noise_hu": 8.0, "n_frames": 60, "frame_interval": 1.0, "save_ctp": True}
+    task = {
+        "group": "LVO",
+        "id": f"bench_{size}",
+        "root": str(root),
+        "seed": 0,
+        "index": 0,
+        "size": size,
+        "slices": slices,
+        "slice_thickness": 5.0,
+        "noise_hu": 8.0,
+        "n_frames": 60,
+        "frame_interval": 1.0,
+        "save_ctp": True,
+    }
     simulate_patient(task)
     return root / task["id"]
 
@@ -44,12 +57,24 @@ def make_study(root: Path, size: int, slices: int) -> Path:
 def components(patient: Path, output_dir: Path, mode: str, checkpoint: Path, fast: bool = False) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundle/configs/inference.json"))
-    parser.update({"input": str(patient), "output_dir": str(output_dir), "mode": mode, "checkpoint": str(checkpoint),
-                   "nihss": 12, "overwrite": True, "precision": "bf16" if fast else "fp32", "channels_last": fast})
+    parser.update(
+        {
+            "input": str(patient),
+            "output_dir": str(output_dir),
+            "mode": mode,
+            "checkpoint": str(checkpoint),
+            "nihss": 12,
+            "overwrite": True,
+            "precision": "bf16" if fast else "fp32",
+            "channels_last": fast,
+        }
+    )
     return parser
 
 
-def time_study(patient: Path, raw: bool, mode: str, checkpoint: Path, work: Path, fast: bool = False) -> dict[str, float]:
+def time_study(
+    patient: Path, raw: bool, mode: str, checkpoint: Path, work: Path, fast: bool = False
+) -> dict[str, float]:
     """Seconds per stage for one study; from the raw series the maps are computed first."""
     source = patient
     if raw:  # a folder with only the raw series
@@ -58,7 +83,10 @@ def time_study(patient: Path, raw: bool, mode: str, checkpoint: Path, work: Path
         (source / "ctp.nii.gz").write_bytes((patient / "ctp.nii.gz").read_bytes())
     parser = components(source, work / ("out_raw" if raw else "out_maps"), mode, checkpoint, fast)
     network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
-    preprocessing, postprocessing = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("postprocessing")
+    preprocessing, postprocessing = (
+        parser.get_parsed_content("preprocessing"),
+        parser.get_parsed_content("postprocessing"),
+    )
     prepare_batch = parser.get_parsed_content("prepare_batch")
     times = {}
     start = time.perf_counter()
@@ -96,7 +124,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     precision = "bf16 + channels_last" if args.fast else "fp32"
-    print(f"CPU threads: {torch.get_num_threads()}, mode: {args.mode}, {precision}, median of {args.repeats} runs (seconds)")
+    print(
+        f"CPU threads: {torch.get_num_threads()}, mode: {args.mode}, {precision}, "
+        f"median of {args.repeats} runs (seconds)"
+    )
     header = f"| study | input | {' | '.join(STAGES)} | total | target |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -108,12 +139,18 @@ def main() -> None:
             size, slices = (int(v) for v in spec.lower().split("x"))
             patient = make_study(work / "cohort", size, slices)
             for raw in (False, True):
-                runs = [time_study(patient, raw, args.mode, checkpoint, work / f"run{r}", args.fast) for r in range(args.repeats)]
+                runs = [
+                    time_study(patient, raw, args.mode, checkpoint, work / f"run{r}", args.fast)
+                    for r in range(args.repeats)
+                ]
                 median = {s: float(np.median([r[s] for r in runs])) for s in STAGES}
                 total = sum(median.values())
                 target = f"{total / 30:.2f} of 30 s" if size >= 512 and raw else ""
                 cells = " | ".join(f"{median[s]:.2f}" for s in STAGES)
-                print(f"| {size}x{size}x{slices} | {'raw 4D' if raw else 'maps'} | {cells} | {total:.2f} | {target} |", flush=True)
+                print(
+                    f"| {size}x{size}x{slices} | {'raw 4D' if raw else 'maps'} | {cells} | {total:.2f} | {target} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 
-from scripts.data import load_datalist, load_map, save_json, save_nifti  # noqa: E402
-from scripts.metrics import lesion_metrics  # noqa: E402
-from scripts.voxel_baseline import load_patient  # noqa: E402
+from scripts.io import load_datalist, load_map, save_json, save_nifti  # noqa: E402
+from scripts.learning.metrics import lesion_metrics  # noqa: E402
+from scripts.learning.voxel_baseline import load_patient  # noqa: E402
 
 ABLATIONS = ("none", "cbf", "cbv", "ttp", "tmax")
 
@@ -58,17 +58,43 @@ def main() -> None:
         for name in ABLATIONS:
             folder = Path(tmp) / name
             datalist = ablated_datalist(items, name, folder)
-            subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
-                            "bundle/configs/inference.json", "--input", str(datalist), "--split", "test",
-                            "--checkpoint", args.checkpoint, "--inputs", args.inputs, "--output_dir",
-                            str(folder / "out"), "--montage", "false"], check=True, cwd=ROOT,
-                           stdout=subprocess.DEVNULL)
-            predictions[name] = {i["id"]: load_map(folder / "out" / i["id"] / "label.nii.gz")[0].astype(np.uint8)
-                                 for i in items}
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "monai.bundle",
+                    "run",
+                    "inference",
+                    "--config_file",
+                    "bundle/configs/inference.json",
+                    "--input",
+                    str(datalist),
+                    "--split",
+                    "test",
+                    "--checkpoint",
+                    args.checkpoint,
+                    "--inputs",
+                    args.inputs,
+                    "--output_dir",
+                    str(folder / "out"),
+                    "--montage",
+                    "false",
+                ],
+                check=True,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+            )
+            predictions[name] = {
+                i["id"]: load_map(folder / "out" / i["id"] / "label.nii.gz")[0].astype(np.uint8) for i in items
+            }
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    print(f"checkpoint: {args.checkpoint}; {len(items)} {args.split} patients; map replaced by its normal-tissue median")
-    print("\n| ablated map | core ml | penumbra ml | Dice core vs label | Dice penumbra vs label | "
-          "Dice core vs unablated | Dice penumbra vs unablated |")
+    print(
+        f"checkpoint: {args.checkpoint}; {len(items)} {args.split} patients; map replaced by its normal-tissue median"
+    )
+    print(
+        "\n| ablated map | core ml | penumbra ml | Dice core vs label | Dice penumbra vs label | "
+        "Dice core vs unablated | Dice penumbra vs unablated |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in ABLATIONS:
         rows, same = [], []
@@ -77,11 +103,20 @@ def main() -> None:
             same.append(lesion_metrics(pred, predictions["none"][pid], spacing))
         core = np.mean([(p == 2).sum() * voxel_ml for p in predictions[name].values()])
         pen = np.mean([(p == 1).sum() * voxel_ml for p in predictions[name].values()])
-        print(f"| {name} | {core:.1f} | {pen:.1f} | {np.mean([r['dice_core'] for r in rows]):.2f} | "
-              f"{np.mean([r['dice_penumbra'] for r in rows]):.2f} | {np.mean([s['dice_core'] for s in same]):.2f} | "
-              f"{np.mean([s['dice_penumbra'] for s in same]):.2f} |")
-    print(json.dumps({"note": "labels' mean volumes (ml)", "core": float(np.mean([(v == 2).sum() * voxel_ml for v in labels.values()])),
-                      "penumbra": float(np.mean([(v == 1).sum() * voxel_ml for v in labels.values()]))}))
+        print(
+            f"| {name} | {core:.1f} | {pen:.1f} | {np.mean([r['dice_core'] for r in rows]):.2f} | "
+            f"{np.mean([r['dice_penumbra'] for r in rows]):.2f} | {np.mean([s['dice_core'] for s in same]):.2f} | "
+            f"{np.mean([s['dice_penumbra'] for s in same]):.2f} |"
+        )
+    print(
+        json.dumps(
+            {
+                "note": "labels' mean volumes (ml)",
+                "core": float(np.mean([(v == 2).sum() * voxel_ml for v in labels.values()])),
+                "penumbra": float(np.mean([(v == 1).sum() * voxel_ml for v in labels.values()])),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Wall time of each step of the README's main command on the default cohort (install not timed).
 
-Runs generation, training, evaluation and inference (test split) with the bundle's defaults into a temporary directory (data,
+Runs generation, training, evaluation and inference (test split) with the bundle's defaults into a temporary
+directory (data,
 run and MLflow store there) and prints each step's wall time and the final validation and test Dice.
 Run: python benchmarks/main_command.py [--only-generation]
 """
@@ -31,15 +32,36 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data, run, uri = f"{tmp}/synthetic", f"{tmp}/runs/default", f"sqlite:///{tmp}/mlflow.db"
-        total = step("generating", ["generating", "--config_file", "bundle/configs/synthetic.json", "--output_dir", data])
+        total = step(
+            "generating", ["generating", "--config_file", "bundle/configs/synthetic.json", "--output_dir", data]
+        )
         if not args.only_generation:
             common = ["--datalist", f"{data}/datalist.json", "--output_dir", run, "--tracking_uri", uri]
             total += step("training", ["training", "--config_file", "bundle/configs/train.json", *common])
-            total += step("evaluating", ["evaluating", "--config_file",
-                                         "['bundle/configs/train.json','bundle/configs/evaluate.json']", *common])
+            total += step(
+                "evaluating",
+                [
+                    "evaluating",
+                    "--config_file",
+                    "['bundle/configs/train.json','bundle/configs/evaluate.json']",
+                    *common,
+                ],
+            )
             best = next(Path(run, "model").glob("best*.pt"))
-            total += step("inference", ["inference", "--config_file", "bundle/configs/inference.json", "--input",
-                                        f"{data}/datalist.json", "--checkpoint", str(best), "--output_dir", f"{tmp}/inference"])
+            total += step(
+                "inference",
+                [
+                    "inference",
+                    "--config_file",
+                    "bundle/configs/inference.json",
+                    "--input",
+                    f"{data}/datalist.json",
+                    "--checkpoint",
+                    str(best),
+                    "--output_dir",
+                    f"{tmp}/inference",
+                ],
+            )
             import mlflow
 
             client = mlflow.MlflowClient(uri)
@@ -47,8 +69,10 @@ def main() -> None:
             metrics = client.search_runs([experiment.experiment_id])[0].data.metrics
             for split in ("val", "test"):
                 for group in ("LVO", "Non-LVO", "WIS", "all"):
-                    values = [f"{c} {metrics.get(f'{split}_dice_{c}_{group}', float('nan')):.2f}"
-                              for c in ("penumbra", "core", "hypoperfused")]
+                    values = [
+                        f"{c} {metrics.get(f'{split}_dice_{c}_{group}', float('nan')):.2f}"
+                        for c in ("penumbra", "core", "hypoperfused")
+                    ]
                     print(f"{split} Dice {group}: " + ", ".join(values))
         print(f"total: {total:.1f} s")
 

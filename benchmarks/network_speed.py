@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.networks import create_network  # noqa: E402
+from scripts.learning.networks import create_network  # noqa: E402
 
 BATCH = 2
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,7 +64,11 @@ def count_macs(net: nn.Module, image: torch.Tensor, nihss: torch.Tensor) -> int:
         elif isinstance(module, nn.Linear):
             total += output.numel() * module.in_features
 
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in net.modules()
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear))
+    ]
     conv3d_hooks = [m for m in net.modules() if m.__class__.__name__ == "InflatedConv3d"]
 
     def inflated_hook(module, inputs, output):
@@ -120,8 +124,13 @@ def one(variant: str, size: int, repeats: int) -> dict:
     else:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
     return {
-        "variant": variant, "size": size, "forward_ms_per_slice": 1000 * forward_s / BATCH, "step_ms": 1000 * step_s,
-        "peak_gb": peak_gb, "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "gmacs": macs / 1e9,
+        "variant": variant,
+        "size": size,
+        "forward_ms_per_slice": 1000 * forward_s / BATCH,
+        "step_ms": 1000 * step_s,
+        "peak_gb": peak_gb,
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "gmacs": macs / 1e9,
         "gflops": 2 * macs * BATCH / forward_s / 1e9,
     }
 
@@ -146,7 +155,7 @@ def cpu_options(size: int, repeats: int) -> list[tuple[str, float, float]]:
         model = net
         x = image.contiguous(memory_format=layout)
 
-        def run():
+        def run(model=model, x=x, bf16=bf16, grad_ctx=grad_ctx):
             autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if bf16 else nullcontext()
             with grad_ctx(), autocast:
                 model(x, nihss)
@@ -168,27 +177,40 @@ def main() -> None:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.repeats)))
         return
     peak = matmul_peak_gflops()
-    print(f"device: {DEVICE}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, inputs PMs+N")
+    print(
+        f"device: {DEVICE}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, inputs PMs+N"
+    )
     print(f"fp32 matmul peak (4096^2): {peak:.1f} GFLOP/s")
-    print("| model | size | forward ms/slice | fwd+bwd ms/step | peak memory GB | params M | GMACs/slice | GFLOP/s | ratio to matmul peak |")
+    print(
+        "| model | size | forward ms/slice | fwd+bwd ms/step | peak memory GB | params M | GMACs/slice | GFLOP/s "
+        "| ratio to matmul peak |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for variant in args.variants:
             child = subprocess.run(
                 [sys.executable, __file__, "--one", variant, str(size), "--repeats", str(args.repeats)],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             r = json.loads(child.stdout.strip().splitlines()[-1])
-            print(f"| {variant} | {size} | {r['forward_ms_per_slice']:.0f} | {r['step_ms']:.0f} | {r['peak_gb']:.2f} | "
-                  f"{r['params_m']:.1f} | {r['gmacs']:.1f} | {r['gflops']:.1f} | {r['gflops'] / peak:.2f} |", flush=True)
+            print(
+                f"| {variant} | {size} | {r['forward_ms_per_slice']:.0f} | {r['step_ms']:.0f} | {r['peak_gb']:.2f} | "
+                f"{r['params_m']:.1f} | {r['gmacs']:.1f} | {r['gflops']:.1f} | {r['gflops'] / peak:.2f} |",
+                flush=True,
+            )
     if not args.skip_options:
         size = max(args.sizes)
         print(f"\nSF forward at {size}^2, batch {BATCH}, ms per slice:")
         base = None
         for name, ms, gflops in cpu_options(size, args.repeats):
             base = base or ms
-            print(f"- {name}: {ms:.0f} ms, {gflops:.0f} GFLOP/s = {gflops / peak:.2f} of the fp32 matmul peak "
-                  f"({base / ms:.2f}x vs no_grad)", flush=True)
+            print(
+                f"- {name}: {ms:.0f} ms, {gflops:.0f} GFLOP/s = {gflops / peak:.2f} of the fp32 matmul peak "
+                f"({base / ms:.2f}x vs no_grad)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts import phantom as ph  # noqa: E402
-from scripts.perfusion import compute_perfusion_maps  # noqa: E402
-from scripts.simulate import simulate_study  # noqa: E402
+from scripts.perfusion.deconvolution import compute_perfusion_maps  # noqa: E402
+from scripts.simulation import phantom as ph  # noqa: E402
+from scripts.simulation.simulate import simulate_study  # noqa: E402
 
 CLASSES = {
     "healthy GM": lambda s: (s.tissue == ph.GM) & (s.state == ph.HEALTHY),
@@ -39,12 +39,19 @@ def main() -> None:
     args = parser.parse_args()
     grid = ph.Grid(size=args.size, slices=args.slices)
     print(f"grid {args.size}x{args.size}x{args.slices}, {args.studies} LVO studies per noise level, 60 frames at 1 s")
-    print("| noise HU (voxel HU) | class | voxels | CBF median abs rel err | CBV median abs rel err | Tmax MAE s (rise) | Tmax MAE s (argmax) |")
+    print(
+        "| noise HU (voxel HU) | class | voxels | CBF median abs rel err | CBV median abs rel err "
+        "| Tmax MAE s (rise) | Tmax MAE s (argmax) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for noise in args.noise:
-        errors: dict[str, dict[str, list]] = {name: {"cbf": [], "cbv": [], "rise": [], "argmax": []} for name in CLASSES}
+        errors: dict[str, dict[str, list]] = {
+            name: {"cbf": [], "cbv": [], "rise": [], "argmax": []} for name in CLASSES
+        }
         for i in range(args.studies):
-            study = simulate_study("LVO", grid, np.random.default_rng([1234, i]), noise_hu=noise, lesion_model="separable")
+            study = simulate_study(
+                "LVO", grid, np.random.default_rng([1234, i]), noise_hu=noise, lesion_model="separable"
+            )
             rise = compute_perfusion_maps(study.ctp, study.frame_interval, grid.spacing[:2])
             argmax = compute_perfusion_maps(study.ctp, study.frame_interval, grid.spacing[:2], tmax_method="argmax")
             for name, select in CLASSES.items():

@@ -1,6 +1,6 @@
 """Perfusion maps on the independent Kudo-style digital phantom: methods x noise x frame interval.
 
-The phantom (``scripts.perfusion_phantom``) is not the cohort simulator: Parker's population AIF with its
+The phantom (``scripts.perfusion.digital_phantom``) is not the cohort simulator: Parker's population AIF with its
 plateau, box / exponential / linear residues convolved on a 0.01 s grid, integer HU. For each frame interval
 and noise level this prints, per method, the tiles' CBF and CBV relative errors and Tmax errors (each tile's
 median over its ROI; then median and worst over tiles), and the Spearman rank correlation of CBF with truth.
@@ -27,8 +27,8 @@ from scipy import ndimage, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.perfusion import compute_perfusion_maps  # noqa: E402
-from scripts.perfusion_phantom import PhantomDesign, make_phantom, tile_errors  # noqa: E402
+from scripts.perfusion.deconvolution import compute_perfusion_maps  # noqa: E402
+from scripts.perfusion.digital_phantom import PhantomDesign, make_phantom, tile_errors  # noqa: E402
 
 RHO, K_H = 1.04, 0.73  # the phantom's convention
 WU_LADDER = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
@@ -67,9 +67,11 @@ def reference_maps(phantom, aif: np.ndarray, truncation: float | None) -> dict[s
             take = todo & (oi < 0.035)
             k[take], todo = trial[take], todo & ~take
     out = {}
-    for key, values in (("cbf", (K_H / RHO) * k.max(axis=1) * 6000.0),
-                        ("cbv", (K_H / RHO) * k.sum(axis=1) * dt * 100.0),
-                        ("tmax", k[:, :n_t].argmax(axis=1) * dt)):
+    for key, values in (
+        ("cbf", (K_H / RHO) * k.max(axis=1) * 6000.0),
+        ("cbv", (K_H / RHO) * k.sum(axis=1) * dt * 100.0),
+        ("tmax", k[:, :n_t].argmax(axis=1) * dt),
+    ):
         full = np.zeros(phantom.roi.shape)
         full[phantom.roi] = values
         out[key] = full
@@ -104,9 +106,11 @@ def summary_row(ph, err: dict[str, np.ndarray], maps: dict) -> str:
     cells = [pct(np.median(err["cbf"][sel])) for sel in (mtt < 4, (mtt >= 4) & (mtt <= 8), mtt >= 12)]
     worst = err["cbf"][mtt >= 4][np.argmax(np.abs(err["cbf"][mtt >= 4]))]
     rho = stats.spearmanr(cbf_truth, cbf_est).statistic
-    return (f"{' | '.join(cells)} | {pct(worst)} | {np.median(np.abs(err['cbv'])):.0%} | "
-            f"{pct(err['cbv'][np.argmax(np.abs(err['cbv']))])} | {np.mean(np.abs(err['tmax'])):.2f} | "
-            f"{np.max(np.abs(err['tmax'])):.1f} | {rho:.3f}")
+    return (
+        f"{' | '.join(cells)} | {pct(worst)} | {np.median(np.abs(err['cbv'])):.0%} | "
+        f"{pct(err['cbv'][np.argmax(np.abs(err['cbv']))])} | {np.mean(np.abs(err['tmax'])):.2f} | "
+        f"{np.max(np.abs(err['tmax'])):.1f} | {rho:.3f}"
+    )
 
 
 def targets(ph, err: dict[str, np.ndarray], label: str) -> None:
@@ -121,16 +125,20 @@ def targets(ph, err: dict[str, np.ndarray], label: str) -> None:
         cbv_ok = np.abs(err["cbv"][sel]) <= 0.10
         cbv_ok2 = np.abs(err["cbv"][sel & (cbv >= 2) & (mtt <= 12)]) <= 0.10
         tmax_ok = np.abs(err["tmax"][sel]) <= 1.0
-        print(f"- {shape}: CBF within 15 % (MTT >= 4 s) {cbf_ok.sum()}/{cbf_ok.size}; CBV within 10 % "
-              f"{cbv_ok.sum()}/{cbv_ok.size} (CBV >= 2 and MTT <= 12 s: {cbv_ok2.sum()}/{cbv_ok2.size}); "
-              f"Tmax within 1 s {tmax_ok.sum()}/{tmax_ok.size}")
+        print(
+            f"- {shape}: CBF within 15 % (MTT >= 4 s) {cbf_ok.sum()}/{cbf_ok.size}; CBV within 10 % "
+            f"{cbv_ok.sum()}/{cbv_ok.size} (CBV >= 2 and MTT <= 12 s: {cbv_ok2.sum()}/{cbv_ok2.size}); "
+            f"Tmax within 1 s {tmax_ok.sum()}/{tmax_ok.size}"
+        )
     # delay insensitivity: per (section, MTT column), CBF across the delays relative to their mean
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(ph.tiles):
         groups.setdefault((t["slice"], t["mtt"]), []).append(i)
     spread = [np.ptp(1 + err["cbf"][idx]) / np.mean(1 + err["cbf"][idx]) / 2 for idx in groups.values()]
-    print(f"- delay insensitivity (CBF across 0-5 s delays within +-10 % of its mean): "
-          f"{sum(s <= 0.10 for s in spread)}/{len(spread)} tile rows; median half-range {np.median(spread):.1%}")
+    print(
+        f"- delay insensitivity (CBF across 0-5 s delays within +-10 % of its mean): "
+        f"{sum(s <= 0.10 for s in spread)}/{len(spread)} tile rows; median half-range {np.median(spread):.1%}"
+    )
 
 
 def main() -> None:
@@ -140,17 +148,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     design = PhantomDesign()
-    print(f"Kudo-style phantom: {len(design.shapes)} residue shapes x {len(design.cbv)} CBV sections, "
-          f"{len(design.mtt_s)} MTT x {len(design.delays_s)} delays per section, {design.duration_s:g} s, "
-          f"1 mm pixels, integer HU, noise seed {args.seed}")
-    print("Per tile: median over its ROI; columns: median CBF error over tiles with MTT 3.4 s / 4-8 s / 12-24 s, "
-          "worst CBF error over MTT >= 4 s, median |CBV error| and the worst, Tmax MAE and worst (s), "
-          "Spearman of tile CBF with truth.")
+    print(
+        f"Kudo-style phantom: {len(design.shapes)} residue shapes x {len(design.cbv)} CBV sections, "
+        f"{len(design.mtt_s)} MTT x {len(design.delays_s)} delays per section, {design.duration_s:g} s, "
+        f"1 mm pixels, integer HU, noise seed {args.seed}"
+    )
+    print(
+        "Per tile: median over its ROI; columns: median CBF error over tiles with MTT 3.4 s / 4-8 s / 12-24 s, "
+        "worst CBF error over MTT >= 4 s, median |CBV error| and the worst, Tmax MAE and worst (s), "
+        "Spearman of tile CBF with truth."
+    )
     noise_free: dict[float, dict] = {}
     for interval in args.intervals:
         print(f"\n### frame interval {interval:g} s\n")
-        print("| noise HU | method | CBF MTT 3.4 | CBF MTT 4-8 | CBF MTT 12-24 | CBF worst (MTT>=4) | |CBV| median | "
-              "CBV worst | Tmax MAE s | Tmax worst s | Spearman CBF |")
+        print(
+            "| noise HU | method | CBF MTT 3.4 | CBF MTT 4-8 | CBF MTT 12-24 | CBF worst (MTT>=4) | |CBV| median | "
+            "CBV worst | Tmax MAE s | Tmax worst s | Spearman CBF |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for noise in args.noise:
             ph = make_phantom(design, noise_hu=noise, frame_interval=interval, seed=args.seed)
@@ -162,19 +176,28 @@ def main() -> None:
                 if name.endswith("auto AIF") and noise == args.noise[0]:
                     info = maps["info"]
                     true_peak = ph.frame_times[np.argmax(ph.aif)]
-                    aif_quality = (interval, info["aif_peak_s"], true_peak, info["aif_area_hu_s"],
-                                   float(ph.aif.sum() * interval))
+                    aif_quality = (
+                        interval,
+                        info["aif_peak_s"],
+                        true_peak,
+                        info["aif_area_hu_s"],
+                        float(ph.aif.sum() * interval),
+                    )
             default, bsvd = errors["bundle oSVD (default), true AIF"]["cbf"], errors["ref bSVD 0.1"]["cbf"]
             worse = np.abs(default) > np.abs(bsvd) + 0.05
             better = np.abs(default) < np.abs(bsvd) - 0.05
-            print(f"| {noise:g} | default vs ref bSVD 0.1 | tiles where default's |CBF error| exceeds bSVD 0.1's "
-                  f"by > 5 points: {worse.sum()}/{worse.size}; is below it by > 5 points: {better.sum()}/{better.size}"
-                  " | | | | | | | | |")
+            print(
+                f"| {noise:g} | default vs ref bSVD 0.1 | tiles where default's |CBF error| exceeds bSVD 0.1's "
+                f"by > 5 points: {worse.sum()}/{worse.size}; is below it by > 5 points: {better.sum()}/{better.size}"
+                " | | | | | | | | |"
+            )
             if noise == 0:
                 noise_free[interval] = (ph, errors)
-        print(f"\nAutomatic AIF at {aif_quality[0]:g} s: peak {aif_quality[1]:.2f} s (true {aif_quality[2]:.2f} s "
-              f"sampled), area {aif_quality[3]:.0f} HU s (true {aif_quality[4]:.0f}, "
-              f"{aif_quality[3] / aif_quality[4] - 1:+.1%})")
+        print(
+            f"\nAutomatic AIF at {aif_quality[0]:g} s: peak {aif_quality[1]:.2f} s (true {aif_quality[2]:.2f} s "
+            f"sampled), area {aif_quality[3]:.0f} HU s (true {aif_quality[4]:.0f}, "
+            f"{aif_quality[3] / aif_quality[4] - 1:+.1%})"
+        )
     for interval, (ph, errors) in noise_free.items():
         for name in ("bundle oSVD (default), true AIF", "bundle oSVD (default), auto AIF", "ref bSVD 0.1"):
             targets(ph, errors[name], f"{name}, {interval:g} s")
@@ -186,8 +209,10 @@ def main() -> None:
     start = time.perf_counter()
     got = compute_perfusion_maps(uneven.ctp, None, uneven.spacing[:2], aif=uneven.aif, frame_times=uneven_times)
     seconds = time.perf_counter() - start
-    print(f"\nUneven sampling ({uneven_times.size} frames: 1 s to 30 s, then 2 s; {seconds:.1f} s) against even 1 s, "
-          "median over ROI voxels of |uneven / even - 1|:")
+    print(
+        f"\nUneven sampling ({uneven_times.size} frames: 1 s to 30 s, then 2 s; {seconds:.1f} s) against even 1 s, "
+        "median over ROI voxels of |uneven / even - 1|:"
+    )
     for key in ("cbf", "cbv", "tmax"):
         a, b = got.as_dict()[key][even.roi], ref.as_dict()[key][even.roi]
         print(f"- {key}: {np.median(np.abs(a / np.maximum(b, 1e-6) - 1)):.1%}")

@@ -15,9 +15,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.perfusion import compute_perfusion_maps  # noqa: E402
-from scripts.phantom import Grid  # noqa: E402
-from scripts.simulate import simulate_study  # noqa: E402
+from scripts.perfusion.deconvolution import compute_perfusion_maps  # noqa: E402
+from scripts.simulation.phantom import Grid  # noqa: E402
+from scripts.simulation.simulate import simulate_study  # noqa: E402
 
 
 def main() -> None:
@@ -30,8 +30,9 @@ def main() -> None:
     args = parser.parse_args()
     grid = Grid(size=args.size, slices=args.slices)
     start = time.perf_counter()
-    study = simulate_study("LVO", grid, np.random.default_rng(0), noise_hu=args.noise, n_frames=args.frames,
-                           lesion_model="separable")
+    study = simulate_study(
+        "LVO", grid, np.random.default_rng(0), noise_hu=args.noise, n_frames=args.frames, lesion_model="separable"
+    )
     simulate_s = time.perf_counter() - start
     times = []
     for _ in range(args.repeats):
@@ -42,8 +43,13 @@ def main() -> None:
     median = float(np.median(times))
     print(f"study: {args.size}x{args.size}x{args.slices} slices x {args.frames} frames, noise {args.noise} HU")
     print(f"simulation (4D series): {simulate_s:.2f} s")
-    print(f"perfusion maps: median {median:.2f} s over {args.repeats} runs (min {min(times):.2f}, max {max(times):.2f})")
-    print(f"throughput: {voxels / median / 1e6:.2f} M voxels/s, {voxels * args.frames / median / 1e6:.1f} M voxel-frames/s")
+    print(
+        f"perfusion maps: median {median:.2f} s over {args.repeats} runs (min {min(times):.2f}, max {max(times):.2f})"
+    )
+    print(
+        f"throughput: {voxels / median / 1e6:.2f} M voxels/s, "
+        f"{voxels * args.frames / median / 1e6:.1f} M voxel-frames/s"
+    )
     print(f"parenchyma voxels deconvolved: {int(maps.tissue.sum())} ({maps.tissue.mean():.0%} of the volume)")
     print(f"target < 10 s: {'met' if median < 10 else 'NOT met'} (ratio {median / 10:.2f})")
 

@@ -26,10 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 
-from scripts.data import GROUPS, load_datalist, load_map  # noqa: E402
-from scripts.metrics import patient_row  # noqa: E402
-from scripts.thresholds import threshold_labels  # noqa: E402
-from scripts.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
+from scripts.io import GROUPS, load_datalist, load_map  # noqa: E402
+from scripts.learning.metrics import patient_row  # noqa: E402
+from scripts.learning.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
+from scripts.perfusion.thresholds import threshold_labels  # noqa: E402
 
 CLASSES = ("penumbra", "core")
 METRICS = (("dice", "Dice"), ("hd95", "HD95 mm"), ("adv_ml", "|dV| ml"))
@@ -44,13 +44,37 @@ def network_rows(datalist: str, inputs: str, seed: int, root: Path, uri: str) ->
     out = root / f"SF_G-{inputs.replace('+', '-')}-seed{seed}"
     report = out / "test" / "metrics_per_patient.csv"
     if not report.is_file():
-        args = ["--datalist", datalist, "--output_dir", str(out), "--seed", str(seed), "--inputs", inputs,
-                "--tracking_uri", uri, "--experiment_name", "seeds"]
+        args = [
+            "--datalist",
+            datalist,
+            "--output_dir",
+            str(out),
+            "--seed",
+            str(seed),
+            "--inputs",
+            inputs,
+            "--tracking_uri",
+            uri,
+            "--experiment_name",
+            "seeds",
+        ]
         if not (out / "model").is_dir() or (out / "checkpoints").is_dir():
-            bundle("training", "--config_file", "bundle/configs/train.json", *args,
-                   "--resume", "true" if (out / "checkpoints").is_dir() else "false")
-        bundle("evaluating", "--config_file", "['bundle/configs/train.json','bundle/configs/evaluate.json']", *args,
-               "--split", "test")
+            bundle(
+                "training",
+                "--config_file",
+                "bundle/configs/train.json",
+                *args,
+                "--resume",
+                "true" if (out / "checkpoints").is_dir() else "false",
+            )
+        bundle(
+            "evaluating",
+            "--config_file",
+            "['bundle/configs/train.json','bundle/configs/evaluate.json']",
+            *args,
+            "--split",
+            "test",
+        )
     with open(report) as handle:
         return list(csv.DictReader(handle))  # values as written ("nan" where undefined); read with float()
 
@@ -63,7 +87,11 @@ def baseline_rows(splits: dict, seed: int | None) -> list[dict]:
         maps, brain, _ = load_patient(item)
         label, _ = load_map(item["label"])
         spacing = nib.load(item["label"]).header.get_zooms()[:3]
-        pred = threshold_labels(maps["cbf"], maps["tmax"], brain) if model is None else model.predict(maps, brain, item["nihss"])
+        pred = (
+            threshold_labels(maps["cbf"], maps["tmax"], brain)
+            if model is None
+            else model.predict(maps, brain, item["nihss"])
+        )
         rows.append(patient_row(item["id"], item["group"], pred, label.astype(np.uint8), spacing))
     return rows
 
@@ -100,7 +128,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--inputs", nargs="+", default=["PMs+N", "PMs"])
     parser.add_argument("--output_root", default="runs/seeds")
-    parser.add_argument("--tracking_uri", default=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlruns/mlflow.db'}")
+    parser.add_argument(
+        "--tracking_uri", default=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlruns/mlflow.db'}"
+    )
     args = parser.parse_args()
     datalist = str(Path(args.datalist).resolve())
     splits = load_datalist(datalist)
@@ -124,7 +154,9 @@ def main() -> None:
                 cells = []
                 for metric, _ in METRICS:
                     values = np.array([s[(metric, cls, group)] for s in seeds])
-                    cells.append(f"{np.nanmean(values):.2f} ± {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.2f}")
+                    cells.append(
+                        f"{np.nanmean(values):.2f} ± {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.2f}"
+                    )
                 dice = " / ".join(f"{s[('dice', cls, group)]:.2f}" for s in seeds)
                 print(f"| {method} | {cls} | {group} | " + " | ".join(cells) + f" | {dice} |")
     print()

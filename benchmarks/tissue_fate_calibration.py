@@ -7,7 +7,7 @@ On a generated cohort (its estimated maps, labels and, for the tissue-fate model
    the patient's latent ischaemia time; no model can have these), Dice / |dV| per class and group;
 2. the best one-sided threshold of each single true map (pooled over lesion patients) per class;
 3. the test split: threshold, the voxel-wise tissue-outcome baseline fitted on the training split
-   (:mod:`scripts.voxel_baseline`), and the oracle;
+   (:mod:`scripts.learning.voxel_baseline`), and the oracle;
 4. class fractions against the paper's 93.1 / 6.2 / 0.7 %.
 
 Real-world targets (ISLES 2018, CTP against DWI; the issue's calibration band): threshold core Dice
@@ -27,11 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.data import GROUPS, load_datalist, load_map  # noqa: E402
-from scripts.fate import best_single_map_dice, oracle_labels  # noqa: E402
-from scripts.metrics import lesion_metrics  # noqa: E402
-from scripts.thresholds import threshold_labels  # noqa: E402
-from scripts.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
+from scripts.io import GROUPS, load_datalist, load_map  # noqa: E402
+from scripts.learning.metrics import lesion_metrics  # noqa: E402
+from scripts.learning.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
+from scripts.perfusion.thresholds import threshold_labels  # noqa: E402
+from scripts.simulation.fate import best_single_map_dice, oracle_labels  # noqa: E402
 
 CLASSES = ("core", "penumbra", "hypoperfused")
 TRUE_MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
@@ -44,8 +44,13 @@ def truth(root: Path, item: dict, key: str) -> np.ndarray:
 def table(title: str, rows: dict[str, list[dict]]) -> None:
     """Mean Dice and mean |dV| (ml) per method x group x class."""
     print(f"\n### {title}\n")
-    print("| method | group | n | " + " | ".join(f"Dice {c}" for c in CLASSES) + " | "
-          + " | ".join(f"|dV| {c} ml" for c in CLASSES) + " |")
+    print(
+        "| method | group | n | "
+        + " | ".join(f"Dice {c}" for c in CLASSES)
+        + " | "
+        + " | ".join(f"|dV| {c} ml" for c in CLASSES)
+        + " |"
+    )
     print("|---|---|---|" + "---|" * (2 * len(CLASSES)))
     for method, patient_rows in rows.items():
         for group in (*GROUPS, "all"):
@@ -54,8 +59,13 @@ def table(title: str, rows: dict[str, list[dict]]) -> None:
                 continue
             dice = [np.mean([r[f"dice_{c}"] for r in sel]) for c in CLASSES]
             dv = [np.mean([r[f"adv_ml_{c}"] for r in sel]) for c in CLASSES]
-            print(f"| {method} | {group} | {len(sel)} | " + " | ".join(f"{d:.2f}" for d in dice) + " | "
-                  + " | ".join(f"{v:.1f}" for v in dv) + " |")
+            print(
+                f"| {method} | {group} | {len(sel)} | "
+                + " | ".join(f"{d:.2f}" for d in dice)
+                + " | "
+                + " | ".join(f"{v:.1f}" for v in dv)
+                + " |"
+            )
 
 
 def main() -> None:
@@ -87,8 +97,11 @@ def main() -> None:
         if "rcbf_true" in item:
             ischaemia = item.get("fate", {}).get("ischaemia_h", 0.0)
             predictions["oracle (true maps + latent)"] = oracle_labels(
-                truth(root, item, "rcbf_true"), truth(root, item, "rcbf_ischaemic_true"), ischaemia,
-                float(np.prod(spacing)) / 1000.0)
+                truth(root, item, "rcbf_true"),
+                truth(root, item, "rcbf_ischaemic_true"),
+                ischaemia,
+                float(np.prod(spacing)) / 1000.0,
+            )
         elif fate_cohort:  # WIS: no occlusion, no lesion
             predictions["oracle (true maps + latent)"] = np.zeros_like(label)
         for method, pred in predictions.items():
@@ -119,7 +132,8 @@ def main() -> None:
             spacing = nib.load(item["label"]).header.get_zooms()[:3]
             pred = model.predict(maps, brain, item["nihss"])
             test_rows.setdefault("voxel baseline (fitted on training)", []).append(
-                {"id": item["id"], "group": item["group"], **lesion_metrics(pred, label.astype(np.uint8), spacing)})
+                {"id": item["id"], "group": item["group"], **lesion_metrics(pred, label.astype(np.uint8), spacing)}
+            )
     table("Test split: threshold, voxel baseline, oracle", test_rows)
 
     print("\n### Class fractions (% of brain voxels)\n")

@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.data import SPLITS, load_datalist, save_nifti  # noqa: E402
-from scripts.metrics import evaluate_predictions, markdown_table, summarise  # noqa: E402
+from scripts.io import SPLITS, load_datalist, save_nifti  # noqa: E402
+from scripts.learning.metrics import evaluate_predictions, markdown_table, summarise  # noqa: E402
 
 
 def shifted(label: np.ndarray, shift: int) -> np.ndarray:
@@ -48,8 +48,10 @@ def main() -> None:
     print(markdown_table(summary, title=f"label shifted {args.shift} px"))
     for s in summary:
         if s["metric"] in ("dice", "hd95") and s["group"] != "all" and (s["n_undefined"] or s.get("n_both_empty")):
-            print(f"- {s['group']} {s['class']} {s['metric']}: {s['n']} defined, {s['n_undefined']} undefined"
-                  + (f", {s['n_both_empty']} both empty (Dice 1)" if "n_both_empty" in s else ""))
+            print(
+                f"- {s['group']} {s['class']} {s['metric']}: {s['n']} defined, {s['n_undefined']} undefined"
+                + (f", {s['n_both_empty']} both empty (Dice 1)" if "n_both_empty" in s else "")
+            )
 
 
 if __name__ == "__main__":

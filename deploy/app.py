@@ -24,8 +24,9 @@ from pathlib import Path
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 
 
-def run_bundle_inference(input_path: str | os.PathLike, output_dir: str | os.PathLike, model: str | os.PathLike | None = None,
-                         **overrides) -> list[str]:
+def run_bundle_inference(
+    input_path: str | os.PathLike, output_dir: str | os.PathLike, model: str | os.PathLike | None = None, **overrides
+) -> list[str]:
     """Run the bundle's inference workflow on ``input_path`` into ``output_dir``; return the finished patient ids."""
     from monai.bundle import ConfigWorkflow
 
@@ -34,8 +35,14 @@ def run_bundle_inference(input_path: str | os.PathLike, output_dir: str | os.Pat
     settings = {"input": str(input_path), "output_dir": str(output_dir), "bundle_root": str(BUNDLE), **overrides}
     if model is not None:
         settings["checkpoint"] = str(model)
-    workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "inference.json"), meta_file=str(BUNDLE / "configs" / "metadata.json"),
-                              logging_file=False, run_id="inference", workflow_type="infer", **settings)
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLE / "configs" / "inference.json"),
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        logging_file=False,
+        run_id="inference",
+        workflow_type="infer",
+        **settings,
+    )
     workflow.initialize()
     done = workflow.run()
     workflow.finalize()
@@ -48,7 +55,15 @@ def create_app():  # pragma: no cover - needs the MONAI Deploy SDK
     class CTPStrokeInferenceOperator(Operator):
         """Reads the input folder given to the app, runs the bundle's inference, writes to the output folder."""
 
-        def __init__(self, fragment: Fragment, *args, input_folder: Path, output_folder: Path, model: Path | None = None, **kwargs):
+        def __init__(
+            self,
+            fragment: Fragment,
+            *args,
+            input_folder: Path,
+            output_folder: Path,
+            model: Path | None = None,
+            **kwargs,
+        ):
             self.input_folder, self.output_folder, self.model = Path(input_folder), Path(output_folder), model
             super().__init__(fragment, *args, **kwargs)
 
@@ -63,9 +78,15 @@ def create_app():  # pragma: no cover - needs the MONAI Deploy SDK
 
         def compose(self) -> None:
             model = next(iter(self.app_context.model_path.glob("*.pt")), None) if self.app_context.model_path else None
-            self.add_operator(CTPStrokeInferenceOperator(self, input_folder=self.app_context.input_path,
-                                                         output_folder=self.app_context.output_path, model=model,
-                                                         name="ctp_stroke_inference"))
+            self.add_operator(
+                CTPStrokeInferenceOperator(
+                    self,
+                    input_folder=self.app_context.input_path,
+                    output_folder=self.app_context.output_path,
+                    model=model,
+                    name="ctp_stroke_inference",
+                )
+            )
 
     return CTPStrokeApp()
 

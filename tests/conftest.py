@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.cohort import generate_cohort
+from scripts.simulation.cohort import generate_cohort
 
 TINY = {"n_patients": 5, "size": 64, "slices": 2, "n_frames": 40, "noise_hu": 6.0, "seed": 3, "workers": 1}
 

@@ -4,9 +4,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MaskIntensityd
 
-from scripts import phantom as ph
-from scripts.brain_mask import BrainMaskFromMIPd, brain_mask_from_mip, otsu_threshold
-from scripts.simulate import simulate_study
+from scripts.perfusion.brain_mask import BrainMaskFromMIPd, brain_mask_from_mip, otsu_threshold
+from scripts.simulation import phantom as ph
+from scripts.simulation.simulate import simulate_study
 
 
 @pytest.fixture(scope="module")

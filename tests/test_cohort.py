@@ -6,11 +6,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
-from scripts import cohort
-from scripts.data import check_patient, load_datalist
-
 from conftest import TINY
+
+from scripts.io import check_patient, load_datalist
+from scripts.simulation import cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,17 +82,46 @@ def test_bundle_workflows_generate_then_compute_maps(tmp_path):
     out = tmp_path / "syn"
     run = [sys.executable, "-m", "monai.bundle", "run"]
     subprocess.run(
-        [*run, "generating", "--config_file", "bundle/configs/synthetic.json", "--output_dir", str(out),
-         "--n_patients", "3", "--size", "32", "--slices", "1", "--n_frames", "20", "--save_ctp", "true",
-         "--workers", "1"],
-        cwd=ROOT, check=True, capture_output=True,
+        [
+            *run,
+            "generating",
+            "--config_file",
+            "bundle/configs/synthetic.json",
+            "--output_dir",
+            str(out),
+            "--n_patients",
+            "3",
+            "--size",
+            "32",
+            "--slices",
+            "1",
+            "--n_frames",
+            "20",
+            "--save_ctp",
+            "true",
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     )
     item = json.loads((out / "datalist.json").read_text())["training"][0]
     maps_dir = tmp_path / "maps"
     subprocess.run(
-        [*run, "computing", "--config_file", "bundle/configs/perfusion.json", "--ctp", str(out / item["ctp"]),
-         "--output_dir", str(maps_dir)],
-        cwd=ROOT, check=True, capture_output=True,
+        [
+            *run,
+            "computing",
+            "--config_file",
+            "bundle/configs/perfusion.json",
+            "--ctp",
+            str(out / item["ctp"]),
+            "--output_dir",
+            str(maps_dir),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     )
     for name in ("cbf", "cbv", "mtt", "ttp", "tmax", "mip"):
         img = nib.load(maps_dir / f"{name}.nii.gz")
@@ -107,14 +135,20 @@ def test_workflow_user_errors_print_one_line_not_a_traceback(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     refused = subprocess.run(
         [*run, "generating", "--config_file", "bundle/configs/synthetic.json", "--output_dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert refused.returncode == 1
-    assert refused.stderr.strip().endswith("output directory is not empty; pass overwrite=True (--overwrite true) to replace it.")
+    assert refused.stderr.strip().endswith(
+        "output directory is not empty; pass overwrite=True (--overwrite true) to replace it."
+    )
     assert "Traceback" not in refused.stderr
     missing = subprocess.run(
         [*run, "computing", "--config_file", "bundle/configs/perfusion.json", "--output_dir", str(tmp_path / "m")],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1] == "error: ctp: no 4D series given; pass --ctp path/to/ctp.nii.gz."

@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.data import CTPDataError, check_patient, load_ctp, load_datalist, save_nifti
-from scripts.maps import compute_maps
+from scripts.io import CTPDataError, check_patient, load_ctp, load_datalist, save_nifti
+from scripts.perfusion.maps import compute_maps
 
 
 @pytest.fixture()

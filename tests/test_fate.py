@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from scripts import fate
-from scripts import phantom as ph
-from scripts.metrics import lesion_metrics
-from scripts.simulate import simulate_study
-from scripts.voxel_baseline import VoxelOutcomeModel
+from scripts.learning.metrics import lesion_metrics
+from scripts.learning.voxel_baseline import VoxelOutcomeModel
+from scripts.simulation import fate
+from scripts.simulation import phantom as ph
+from scripts.simulation.simulate import simulate_study
 
 GRID = ph.Grid(size=96, slices=6)
 PATIENTS = [("LVO", i) for i in range(5)] + [("Non-LVO", i) for i in range(5, 9)]
@@ -32,9 +32,17 @@ def test_no_single_true_map_threshold_reads_the_labels(studies):
 
 
 def test_every_class_overlaps_every_other_on_tmax_and_rcbf(studies):
-    tmax = {c: np.concatenate([s.truth["tmax"][s.state == c] for s in studies]) for c in (ph.OLIGAEMIA, ph.PENUMBRA, ph.CORE)}
-    rcbf = {c: np.concatenate([s.truth["rcbf"][s.state == c] for s in studies]) for c in (ph.OLIGAEMIA, ph.PENUMBRA, ph.CORE)}
-    assert np.percentile(tmax[ph.OLIGAEMIA], 99) > 6.0 > np.percentile(tmax[ph.PENUMBRA], 5)  # Tmax > 6 s is no boundary
+    tmax = {
+        c: np.concatenate([s.truth["tmax"][s.state == c] for s in studies])
+        for c in (ph.OLIGAEMIA, ph.PENUMBRA, ph.CORE)
+    }
+    rcbf = {
+        c: np.concatenate([s.truth["rcbf"][s.state == c] for s in studies])
+        for c in (ph.OLIGAEMIA, ph.PENUMBRA, ph.CORE)
+    }
+    assert (
+        np.percentile(tmax[ph.OLIGAEMIA], 99) > 6.0 > np.percentile(tmax[ph.PENUMBRA], 5)
+    )  # Tmax > 6 s is no boundary
     assert np.percentile(tmax[ph.PENUMBRA], 99) > np.percentile(tmax[ph.CORE], 5)
     assert (rcbf[ph.CORE] > 0.3).mean() > 0.02  # reperfused cores above the 30 % rCBF threshold
     assert np.percentile(rcbf[ph.PENUMBRA], 5) < 0.3
@@ -43,8 +51,12 @@ def test_every_class_overlaps_every_other_on_tmax_and_rcbf(studies):
 def test_oracle_with_latent_parameters_recovers_the_labels(studies):
     scores = {"core": [], "penumbra": []}
     for s in studies:
-        oracle = fate.oracle_labels(s.truth["rcbf"], s.truth["rcbf_ischaemic"], s.meta["fate"]["ischaemia_h"],
-                                    float(np.prod(GRID.spacing)) / 1000.0)
+        oracle = fate.oracle_labels(
+            s.truth["rcbf"],
+            s.truth["rcbf_ischaemic"],
+            s.meta["fate"]["ischaemia_h"],
+            float(np.prod(GRID.spacing)) / 1000.0,
+        )
         metrics = lesion_metrics(oracle, s.label, GRID.spacing)
         for cls, value in ((2, "core"), (1, "penumbra")):
             if (s.label == cls).sum() >= 20:
@@ -86,8 +98,8 @@ def test_separable_model_is_kept_and_models_are_deterministic():
 
 
 def test_voxel_baseline_fits_predicts_and_round_trips(tiny_cohort, tmp_path):
-    from scripts.data import CTPDataError, load_datalist
-    from scripts.voxel_baseline import load_patient
+    from scripts.io import CTPDataError, load_datalist
+    from scripts.learning.voxel_baseline import load_patient
 
     splits = load_datalist(tiny_cohort)
     model = VoxelOutcomeModel(max_voxels=20000, seed=0).fit(splits["training"])
@@ -110,13 +122,35 @@ def test_voxel_baseline_workflows_fit_then_score(tiny_cohort, tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    common = ["--config_file", "bundle/configs/voxel_baseline.json", "--datalist", str(tiny_cohort), "--output_dir",
-              str(tmp_path / "voxel"), "--max_voxels", "20000"]
+    common = [
+        "--config_file",
+        "bundle/configs/voxel_baseline.json",
+        "--datalist",
+        str(tiny_cohort),
+        "--output_dir",
+        str(tmp_path / "voxel"),
+        "--max_voxels",
+        "20000",
+    ]
     for workflow in ("fitting", "evaluating"):
-        subprocess.run([sys.executable, "-m", "monai.bundle", "run", workflow, *common], cwd=root, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "monai.bundle", "run", workflow, *common], cwd=root, check=True, capture_output=True
+        )
     summary = list(csv.DictReader(open(tmp_path / "voxel" / "test" / "metrics_summary.csv")))
     assert {row["class"] for row in summary} >= {"penumbra", "core"}
-    missing = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "evaluating", *common[:-4],
-                              "--output_dir", str(tmp_path / "none")], cwd=root, capture_output=True, text=True)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "evaluating",
+            *common[:-4],
+            "--output_dir",
+            str(tmp_path / "none"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 1 and "voxel baseline model not found" in missing.stderr.strip().splitlines()[-1]

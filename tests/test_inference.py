@@ -12,20 +12,27 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.cohort import generate_cohort
-from scripts.data import CTPDataError, save_nifti
-from scripts.inference import load_model, prepare_studies
-from scripts.metrics import lesion_metrics
-from scripts.networks import create_network
-from scripts.report import clinical_report, imaging_criteria
-from scripts.thresholds import ThresholdSegmentation, threshold_labels
+from scripts.clinical.inference import load_model, prepare_studies
+from scripts.clinical.report import clinical_report, imaging_criteria
+from scripts.io import CTPDataError, save_nifti
+from scripts.learning.metrics import lesion_metrics
+from scripts.learning.networks import create_network
+from scripts.perfusion.thresholds import ThresholdSegmentation, threshold_labels
+from scripts.simulation.cohort import generate_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bundle(run_id: str, *args: str, config: str = "bundle/configs/inference.json", check: bool = True):
-    command = [sys.executable, "-m", "monai.bundle", *(["run", run_id] if run_id != "ckpt_export" else [run_id]),
-               "--config_file", config, *args]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        *(["run", run_id] if run_id != "ckpt_export" else [run_id]),
+        "--config_file",
+        config,
+        *args,
+    ]
     env = {**os.environ, "PYTHONPATH": "bundle"}  # ckpt_export, unlike run, does not put the bundle on the path
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     if check:
@@ -44,8 +51,19 @@ def checkpoint(tmp_path_factory):
 
 def test_network_inference_writes_aligned_label_report_and_png(tiny_cohort, checkpoint, tmp_path):
     out = tmp_path / "inference"
-    bundle("inference", "--input", str(tiny_cohort), "--split", "test", "--checkpoint", str(checkpoint),
-           "--output_dir", str(out), "--save_probabilities", "true")
+    bundle(
+        "inference",
+        "--input",
+        str(tiny_cohort),
+        "--split",
+        "test",
+        "--checkpoint",
+        str(checkpoint),
+        "--output_dir",
+        str(out),
+        "--save_probabilities",
+        "true",
+    )
     items = json.loads(tiny_cohort.read_text())["test"]
     assert sorted(p.name for p in out.iterdir()) == sorted(i["id"] for i in items)  # no .partial left
     for item in items:
@@ -63,7 +81,9 @@ def test_network_inference_writes_aligned_label_report_and_png(tiny_cohort, chec
         assert report["volumes_ml"]["penumbra"] == pytest.approx((values == 1).sum() * voxel, abs=0.01)
         assert report["nihss"] == item["nihss"] and set(report["imaging_criteria_met"]) == {"DEFUSE-3", "EXTEND-IA"}
         assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    again = bundle("inference", "--input", str(tiny_cohort), "--checkpoint", str(checkpoint), "--output_dir", str(out), check=False)
+    again = bundle(
+        "inference", "--input", str(tiny_cohort), "--checkpoint", str(checkpoint), "--output_dir", str(out), check=False
+    )
     assert again.returncode == 1 and "outputs already exist" in again.stderr  # nothing overwritten silently
 
 
@@ -79,7 +99,9 @@ def test_threshold_labels_follow_the_documented_rules():
     label = threshold_labels(cbf, tmax, brain)
     assert label[0, 0, 0] == 2 and label[0, 1, 0] == 1 and label[3, 3, 0] == 0 and label[3, 0, 0] == 0
     assert (label > 0).sum() == 2
-    scores = ThresholdSegmentation()(torch.as_tensor(np.stack([cbf, cbf, cbf, tmax]))[None], brain=torch.as_tensor(brain)[None, None])
+    scores = ThresholdSegmentation()(
+        torch.as_tensor(np.stack([cbf, cbf, cbf, tmax]))[None], brain=torch.as_tensor(brain)[None, None]
+    )
     assert torch.equal(scores.argmax(1)[0], torch.as_tensor(label, dtype=torch.long))
     with pytest.raises(ValueError, match="core_rcbf"):
         ThresholdSegmentation(core_rcbf=30)
@@ -88,8 +110,18 @@ def test_threshold_labels_follow_the_documented_rules():
 def test_threshold_baseline_recovers_a_known_lesion_from_raw_ctp(tmp_path):
     """A clean synthetic LVO study given as a raw 4D series only: maps are computed, thresholds find the lesion
     (the ``separable`` lesion model, whose classes the thresholds separate by construction)."""
-    datalist = generate_cohort(tmp_path / "clean", n_patients=3, size=96, slices=2, n_frames=50, noise_hu=1.0, seed=5,
-                               save_ctp=True, workers=1, lesion_model="separable")
+    datalist = generate_cohort(
+        tmp_path / "clean",
+        n_patients=3,
+        size=96,
+        slices=2,
+        n_frames=50,
+        noise_hu=1.0,
+        seed=5,
+        save_ctp=True,
+        workers=1,
+        lesion_model="separable",
+    )
     content = json.loads(datalist.read_text())
     item = next(i for split in ("training", "validation", "test") for i in content[split] if i["group"] == "LVO")
     patient = tmp_path / "raw" / item["id"]
@@ -162,15 +194,40 @@ def test_bad_inputs_stop_with_the_file_named_and_leave_nothing(tmp_path, checkpo
     with pytest.raises(CTPDataError, match="output folder is not writable"):
         prepare_studies(_patient(tmp_path / "ok"), tmp_path / "a_file" / "out")
     assert not out.exists() or not any(out.iterdir())  # no partial outputs
-    result = bundle("inference", "--input", str(tmp_path / "nan"), "--checkpoint", str(checkpoint), "--nihss", "3",
-                    "--output_dir", str(out), check=False)
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ") and "cbv.nii.gz" in result.stderr
+    result = bundle(
+        "inference",
+        "--input",
+        str(tmp_path / "nan"),
+        "--checkpoint",
+        str(checkpoint),
+        "--nihss",
+        "3",
+        "--output_dir",
+        str(out),
+        check=False,
+    )
+    assert (
+        result.returncode == 1
+        and result.stderr.strip().splitlines()[-1].startswith("error: ")
+        and "cbv.nii.gz" in result.stderr
+    )
 
 
 def test_ckpt_export_gives_torchscript_equal_to_eager(checkpoint, tmp_path):
     ts = tmp_path / "model.ts"
-    bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(checkpoint), "--key_in_ckpt", "network",
-           "--meta_file", "bundle/configs/metadata.json", config="bundle/configs/inference.json")
+    bundle(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        str(checkpoint),
+        "--key_in_ckpt",
+        "network",
+        "--meta_file",
+        "bundle/configs/metadata.json",
+        config="bundle/configs/inference.json",
+    )
     extra = {"metadata.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(ts), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]["num_channels"] == 4
@@ -225,7 +282,7 @@ def test_deploy_app_runs_the_bundle_inference_without_the_sdk(tiny_cohort, tmp_p
 
 
 def test_fast_inference_options_keep_the_output():
-    from scripts.inference import FastInference
+    from scripts.clinical.inference import FastInference
 
     torch.manual_seed(1)
     network = create_network("EF", "PMs+N", pretrained=False).eval()
@@ -235,19 +292,23 @@ def test_fast_inference_options_keep_the_output():
         channels_last = FastInference(network, channels_last=True)(image, nihss)
         bf16 = FastInference(network, precision="bf16")(image, nihss)
     assert torch.allclose(channels_last, reference, atol=1e-4)
-    assert bf16.dtype == torch.float32 and torch.corrcoef(torch.stack([bf16.flatten(), reference.flatten()]))[0, 1] > 0.99
+    assert (
+        bf16.dtype == torch.float32 and torch.corrcoef(torch.stack([bf16.flatten(), reference.flatten()]))[0, 1] > 0.99
+    )
     with pytest.raises(ValueError, match="precision must be one of"):
         FastInference(network, precision="fp8")
 
 
 def test_default_checkpoint_prefers_the_bundle_model(tmp_path):
-    from scripts.inference import default_checkpoint
+    from scripts.clinical.inference import default_checkpoint
 
     run = tmp_path / "runs" / "default"
     assert default_checkpoint(tmp_path / "bundle", run) is None
     (run / "model").mkdir(parents=True)
     (run / "model" / "best_network_key_metric=-0.5.pt").write_bytes(b"")
-    assert default_checkpoint(tmp_path / "bundle", run).endswith("model/best_network_key_metric=-0.5.pt")  # what training writes
+    assert default_checkpoint(tmp_path / "bundle", run).endswith(
+        "model/best_network_key_metric=-0.5.pt"
+    )  # what training writes
     (tmp_path / "bundle" / "models").mkdir(parents=True)
     (tmp_path / "bundle" / "models" / "model.pt").write_bytes(b"")
     assert default_checkpoint(tmp_path / "bundle", run) == str(tmp_path / "bundle" / "models" / "model.pt")
@@ -257,10 +318,14 @@ def test_failed_writes_leave_no_partial_patient_and_overwrite_is_atomic(tmp_path
     """SaveStudyOutputsd under run_inference: a failure while writing (the montage, simulated) or inside the
     network leaves no patient folder and no ``.partial``; ``overwrite`` replaces a finished patient in one
     rename, and a failure during an overwrite leaves the finished outputs as they were."""
-    from scripts import inference
+    from scripts.clinical import inference
 
     source = _patient(tmp_path / "P1")
-    study = {"id": "P1", "nihss": torch.tensor([4.0]), **{k: str(source / f"{k}.nii.gz") for k in ("cbf", "cbv", "ttp", "tmax", "mip")}}
+    study = {
+        "id": "P1",
+        "nihss": torch.tensor([4.0]),
+        **{k: str(source / f"{k}.nii.gz") for k in ("cbf", "cbv", "ttp", "tmax", "mip")},
+    }
     label = torch.zeros(1, 32, 32, 2, dtype=torch.uint8)
     label[0, 4:12, 4:12] = 1
     out = tmp_path / "out"

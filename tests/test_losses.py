@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.losses import FocalTverskyLoss
+from scripts.learning.losses import FocalTverskyLoss
 
 # one row of 10 pixels: truth has 4 penumbra pixels; A misses 2 of them, B adds 2 false alarms
 TRUTH = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
@@ -94,8 +94,13 @@ def test_default_training_loss_does_not_reward_whole_brain_penumbra():
 
     parser = ConfigParser()
     parser.read_config("bundle/configs/train.json")
-    loss = FocalTverskyLoss(class_weights=parser.get_parsed_content("class_weights"), form=parser["loss_form"],
-                            alpha=parser["alpha"], beta=parser["beta"], gamma=parser["gamma"])
+    loss = FocalTverskyLoss(
+        class_weights=parser.get_parsed_content("class_weights"),
+        form=parser["loss_form"],
+        alpha=parser["alpha"],
+        beta=parser["beta"],
+        gamma=parser["gamma"],
+    )
     yy, xx = np.mgrid[:64, :64]
     brain = (yy - 32) ** 2 + (xx - 32) ** 2 < 28**2
     label = np.where(brain & (xx > 36), 1, 0) + np.where(brain & (xx > 50), 1, 0)  # penumbra with a core inside
@@ -130,11 +135,14 @@ def test_batch_index_counts_false_alarms_against_the_batch():
     kwargs = dict(class_weights=(1.0, 1.0, 1.0), form="class", sample_weighting="none")
     per_image = FocalTverskyLoss(**kwargs)(logits, target)
     batch = FocalTverskyLoss(batch=True, **kwargs)(logits, target)
-    missed = FocalTverskyLoss(batch=True, **kwargs)(torch.full((2, 3, 1, 100), -10.0).scatter_(
-        1, torch.zeros_like(target), 10.0), target)
+    missed = FocalTverskyLoss(batch=True, **kwargs)(
+        torch.full((2, 3, 1, 100), -10.0).scatter_(1, torch.zeros_like(target), 10.0), target
+    )
     assert batch < 0.5 * per_image and batch < 0.2 * missed
     # the same counts as one image holding both halves: the batch index is the pooled index
-    pooled = FocalTverskyLoss(**kwargs)(logits.permute(1, 2, 0, 3).reshape(1, 3, 1, 200), target.permute(1, 2, 0, 3).reshape(1, 1, 1, 200))
+    pooled = FocalTverskyLoss(**kwargs)(
+        logits.permute(1, 2, 0, 3).reshape(1, 3, 1, 200), target.permute(1, 2, 0, 3).reshape(1, 1, 1, 200)
+    )
     assert float(batch) == pytest.approx(float(pooled), rel=1e-5)
     with pytest.raises(ValueError, match="batch=True needs form='class'"):
         FocalTverskyLoss(batch=True, form="image")
@@ -158,9 +166,13 @@ def test_cross_entropy_term_keeps_a_gradient_where_the_tversky_index_has_saturat
     assert lesion_pixel_grad(1.0) < -0.09  # ~ -(1 - p) / 10 pixels
     tversky = FocalTverskyLoss(**kwargs)(logits, label)
     ce = torch.nn.functional.cross_entropy(logits, label[:, 0])
-    assert float(FocalTverskyLoss(ce_weight=0.5, **kwargs)(logits, label)) == pytest.approx(float(tversky + 0.5 * ce), rel=1e-5)
+    assert float(FocalTverskyLoss(ce_weight=0.5, **kwargs)(logits, label)) == pytest.approx(
+        float(tversky + 0.5 * ce), rel=1e-5
+    )
     per_image = FocalTverskyLoss(ce_weight=0.5, form="class", sample_weighting="none")(logits, label)
-    assert float(per_image) == pytest.approx(float(FocalTverskyLoss(form="class", sample_weighting="none")(logits, label) + 0.5 * ce), rel=1e-5)
+    assert float(per_image) == pytest.approx(
+        float(FocalTverskyLoss(form="class", sample_weighting="none")(logits, label) + 0.5 * ce), rel=1e-5
+    )
     with pytest.raises(ValueError, match="ce_weight"):
         FocalTverskyLoss(ce_weight=-1.0)
 
@@ -175,10 +187,19 @@ def test_soft_predictions_match_monai_tversky_and_an_independent_formula():
     logits = torch.randn(3, 3, 6, 7, generator=generator) * 2
     labels = torch.randint(0, 3, (3, 1, 6, 7), generator=generator)
     for batch in (False, True):
-        ours = FocalTverskyLoss(gamma=1.0, alpha=0.7, beta=0.3, class_weights=(1.0, 1.0, 1.0), form="class",
-                                sample_weighting="none", smooth=1.0, batch=batch)(logits, labels)
-        monai = TverskyLoss(alpha=0.3, beta=0.7, softmax=True, to_onehot_y=True, smooth_nr=1.0, smooth_dr=1.0,
-                            batch=batch)(logits, labels)
+        ours = FocalTverskyLoss(
+            gamma=1.0,
+            alpha=0.7,
+            beta=0.3,
+            class_weights=(1.0, 1.0, 1.0),
+            form="class",
+            sample_weighting="none",
+            smooth=1.0,
+            batch=batch,
+        )(logits, labels)
+        monai = TverskyLoss(
+            alpha=0.3, beta=0.7, softmax=True, to_onehot_y=True, smooth_nr=1.0, smooth_dr=1.0, batch=batch
+        )(logits, labels)
         assert float(ours) == pytest.approx(float(monai), rel=1e-5), batch
 
     p = torch.softmax(logits, 1).numpy().astype(np.float64)

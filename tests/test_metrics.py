@@ -8,16 +8,23 @@ import torch
 from ignite.engine import Engine
 from monai.data import MetaTensor
 
-from scripts.data import CTPDataError, load_datalist, save_nifti
-from scripts.metrics import (LesionMetrics, evaluate_predictions, lesion_metrics, metric_names, patient_row,
-                             selection_metric, summarise)
+from scripts.io import CTPDataError, load_datalist, save_nifti
+from scripts.learning.metrics import (
+    LesionMetrics,
+    evaluate_predictions,
+    lesion_metrics,
+    metric_names,
+    patient_row,
+    selection_metric,
+    summarise,
+)
 
 SPACING = (0.5, 1.0, 5.0)  # anisotropic: 2.5 mm^3 voxels
 
 
 def box(x=(2, 6), y=(2, 6), z=(1, 3), value=1, shape=(10, 10, 6)) -> np.ndarray:
     vol = np.zeros(shape, np.uint8)
-    vol[x[0]:x[1], y[0]:y[1], z[0]:z[1]] = value
+    vol[x[0] : x[1], y[0] : y[1], z[0] : z[1]] = value
     return vol
 
 
@@ -107,7 +114,9 @@ def test_folder_evaluation_bad_input_names_patient_and_file(tiny_cohort, predict
     with pytest.raises(CTPDataError, match=f"patient {first['id']}: prediction spacing"):
         evaluate_predictions(tiny_cohort, predictions, "test")
     save_nifti(target, np.full(data.shape, 7, np.uint8), img.affine)
-    with pytest.raises(CTPDataError, match=f"patient {first['id']}: .*prediction values must be 0, 1, 2; found \\[7\\]"):
+    with pytest.raises(
+        CTPDataError, match=f"patient {first['id']}: .*prediction values must be 0, 1, 2; found \\[7\\]"
+    ):
         evaluate_predictions(tiny_cohort, predictions, "test")
     target.unlink()
     with pytest.raises(CTPDataError, match=f"patient {first['id']}: prediction file not found: .*{first['id']}.nii.gz"):
@@ -117,10 +126,23 @@ def test_folder_evaluation_bad_input_names_patient_and_file(tiny_cohort, predict
 def test_ignite_metric_reports_design_names():
     affine = np.diag([*SPACING, 1.0])
     outputs = [
-        [{"pred": MetaTensor(torch.from_numpy(box(x=(4, 8)))[None], affine=affine),
-          "label": MetaTensor(torch.from_numpy(box())[None], affine=affine), "group": "LVO", "id": "p1"}],
-        [{"pred": torch.zeros(3, 10, 10, 6).index_fill_(0, torch.tensor([0]), 1.0),
-          "label": torch.zeros(1, 10, 10, 6), "spacing": SPACING, "group": "WIS", "id": "p2"}],
+        [
+            {
+                "pred": MetaTensor(torch.from_numpy(box(x=(4, 8)))[None], affine=affine),
+                "label": MetaTensor(torch.from_numpy(box())[None], affine=affine),
+                "group": "LVO",
+                "id": "p1",
+            }
+        ],
+        [
+            {
+                "pred": torch.zeros(3, 10, 10, 6).index_fill_(0, torch.tensor([0]), 1.0),
+                "label": torch.zeros(1, 10, 10, 6),
+                "spacing": SPACING,
+                "group": "WIS",
+                "id": "p2",
+            }
+        ],
     ]
     engine = Engine(lambda e, batch: batch)
     metric = LesionMetrics(split="val")
@@ -134,7 +156,9 @@ def test_ignite_metric_reports_design_names():
     assert state.metrics["val_dice_penumbra_WIS"] == 1.0
     assert [r["id"] for r in metric.rows] == ["p1", "p2"]
     with pytest.raises(ValueError, match="group"):
-        metric.update({"pred": torch.zeros(1, 2, 2, 2), "label": torch.zeros(1, 2, 2, 2), "spacing": SPACING, "group": "?"})
+        metric.update(
+            {"pred": torch.zeros(1, 2, 2, 2), "label": torch.zeros(1, 2, 2, 2), "spacing": SPACING, "group": "?"}
+        )
 
 
 def test_scoring_workflow_writes_the_reports(tiny_cohort, predictions, tmp_path):
@@ -144,8 +168,23 @@ def test_scoring_workflow_writes_the_reports(tiny_cohort, predictions, tmp_path)
 
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "scoring", "--config_file", "bundle/configs/score.json",
-         "--datalist", str(tiny_cohort), "--predictions", str(predictions), "--output_dir", str(tmp_path / "out")],
-        cwd=root, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "scoring",
+            "--config_file",
+            "bundle/configs/score.json",
+            "--datalist",
+            str(tiny_cohort),
+            "--predictions",
+            str(predictions),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=root,
+        check=True,
+        capture_output=True,
     )
     assert "| model | penumbra |" in (tmp_path / "out" / "metrics_summary.md").read_text()

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripts import vgg
-from scripts.encoding import IMAGENET_MEAN, IMAGENET_STD, PerfusionColourEncoding
-from scripts.networks import INPUT_SETS, VARIANTS, create_network, trainable_parameters
-from scripts.vgg import InflatedVGG16Encoder, VGG16Encoder
+from scripts.learning import vgg
+from scripts.learning.encoding import IMAGENET_MEAN, IMAGENET_STD, PerfusionColourEncoding
+from scripts.learning.networks import INPUT_SETS, VARIANTS, create_network, trainable_parameters
+from scripts.learning.vgg import InflatedVGG16Encoder, VGG16Encoder
 
 SIZE = 64
 
@@ -16,7 +16,9 @@ SIZE = 64
 def inputs_for(inputs: str, batch: int = 1, size: int = SIZE):
     maps, use_nihss = INPUT_SETS[inputs]
     torch.manual_seed(1)
-    image = torch.rand(batch, len(maps), size, size) * torch.tensor([60.0, 5.0, 30.0, 10.0, 100.0][: len(maps)]).view(1, -1, 1, 1)
+    image = torch.rand(batch, len(maps), size, size) * torch.tensor([60.0, 5.0, 30.0, 10.0, 100.0][: len(maps)]).view(
+        1, -1, 1, 1
+    )
     nihss = torch.arange(batch, dtype=torch.float32).view(batch, 1) * 7 + 3 if use_nihss else None
     return image, nihss
 
@@ -163,8 +165,12 @@ def test_monai_verify_net_in_out_passes_on_the_bundle_network():
     from monai.bundle import verify_net_in_out
 
     verify_net_in_out(
-        net_id="network_def", meta_file="bundle/configs/metadata.json", config_file="bundle/configs/network.json",
-        n=1, any=32, extra_forward_args={"nihss": torch.tensor([[10.0]])},
+        net_id="network_def",
+        meta_file="bundle/configs/metadata.json",
+        config_file="bundle/configs/network.json",
+        n=1,
+        any=32,
+        extra_forward_args={"nihss": torch.tensor([[10.0]])},
     )
 
 
@@ -221,7 +227,10 @@ def test_slow_fusion_gives_each_map_its_encoder_and_every_skip_reaches_the_decod
     net = create_network("SF", "PMs").eval()
     image, _ = inputs_for("PMs")
     features: dict[int, tuple] = {}
-    hooks = [enc.register_forward_hook(lambda m, i, out, k=k: features.__setitem__(k, out)) for k, enc in enumerate(net.encoders)]
+    hooks = [
+        enc.register_forward_hook(lambda m, i, out, k=k: features.__setitem__(k, out))
+        for k, enc in enumerate(net.encoders)
+    ]
     with torch.no_grad():
         base = net(image)
         reference = dict(features)
@@ -241,6 +250,7 @@ def test_slow_fusion_gives_each_map_its_encoder_and_every_skip_reaches_the_decod
                 return skips, torch.zeros_like(bottom)
             skips[level] = torch.zeros_like(skips[level])
             return skips, bottom
+
         return hook
 
     with torch.no_grad():
@@ -259,4 +269,7 @@ def test_parameter_counts_match_the_model_card():
     for variant, inputs, total, encoders in rows:
         net = create_network(variant, inputs)
         assert sum(p.numel() for p in net.parameters()) == int(total.replace(",", "")), (variant, inputs)
-        assert sum(p.numel() for e in net.encoders for p in e.parameters()) == int(encoders.replace(",", "")), (variant, inputs)
+        assert sum(p.numel() for e in net.encoders for p in e.parameters()) == int(encoders.replace(",", "")), (
+            variant,
+            inputs,
+        )

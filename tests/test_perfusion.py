@@ -1,16 +1,16 @@
 import numpy as np
 import pytest
 
-from scripts import phantom as ph
-from scripts.perfusion import (
+from scripts.perfusion.deconvolution import (
     compute_perfusion_maps,
     deconvolve,
     residue_peak_time,
     select_arterial_input,
     validate_series,
 )
-from scripts.simulate import simulate_study
-from scripts.tracer import ArterialInput, TissueCurveTable
+from scripts.simulation import phantom as ph
+from scripts.simulation.simulate import simulate_study
+from scripts.simulation.tracer import ArterialInput, TissueCurveTable
 
 TISSUES = {  # cbf, mtt, delay: healthy GM and WM, penumbra, core
     "gm": (60.0, 4.0, 0.5),
@@ -76,7 +76,9 @@ def test_argmax_tmax_reads_later_than_rise_tmax():
 
 
 def test_automatic_aif_comes_from_unaffected_arteries_and_maps_track_truth():
-    study = simulate_study("LVO", ph.Grid(size=96, slices=4), np.random.default_rng(5), noise_hu=0.0, lesion_model="separable")
+    study = simulate_study(
+        "LVO", ph.Grid(size=96, slices=4), np.random.default_rng(5), noise_hu=0.0, lesion_model="separable"
+    )
     ctp = study.ctp
     soft = (ctp[..., 0] > -20) & (ctp[..., 0] < 150)
     _, voxels, info = select_arterial_input(ctp, ctp[..., :3].mean(axis=-1), soft, study.frame_interval)

@@ -1,4 +1,4 @@
-"""The perfusion module on the independent Kudo-style digital phantom (``scripts.perfusion_phantom``)."""
+"""The perfusion module on the independent Kudo-style digital phantom (``scripts.perfusion.digital_phantom``)."""
 
 import json
 
@@ -6,22 +6,10 @@ import numpy as np
 import pytest
 from scipy import integrate, ndimage, stats
 
-from scripts.data import CTPDataError, load_ctp, save_nifti
-from scripts.maps import compute_maps
-from scripts.perfusion import (
-    compute_perfusion_maps,
-    oscillation_index,
-    resample_frames,
-    uniform_grid,
-    validate_frame_times,
-)
-from scripts.perfusion_phantom import (
-    PhantomDesign,
-    make_phantom,
-    parker_aif,
-    residue,
-    tile_errors,
-)
+from scripts.io import CTPDataError, load_ctp, save_nifti, validate_frame_times
+from scripts.perfusion.deconvolution import compute_perfusion_maps, oscillation_index, resample_frames, uniform_grid
+from scripts.perfusion.digital_phantom import PhantomDesign, make_phantom, parker_aif, residue, tile_errors
+from scripts.perfusion.maps import compute_maps
 
 SMALL = PhantomDesign(shapes=("box", "exponential"), cbv=(2.0, 4.0))
 
@@ -57,9 +45,21 @@ def test_phantom_truth_is_what_it_says():
     for t in (ph.tiles[0], ph.tiles[len(ph.tiles) - 1], ph.tiles[9]):
         curve = ph.ctp[ph.tile == t["index"]].mean(axis=0) - design.baseline_hu
         # independent of the FFT: adaptive quadrature of the convolution integral at each frame time
-        expected = [scale * t["cbf"] / 6000.0 * integrate.quad(
-            lambda u, s=s: parker_aif(np.array([u]))[0] * residue(t["shape"], np.array([s - t["delay"] - u]), t["mtt"])[0],
-            0.0, max(s - t["delay"], 0.0), limit=200, points=[16.0])[0] for s in times]
+        expected = [
+            scale
+            * t["cbf"]
+            / 6000.0
+            * integrate.quad(
+                lambda u, s=s, t=t: (
+                    parker_aif(np.array([u]))[0] * residue(t["shape"], np.array([s - t["delay"] - u]), t["mtt"])[0]
+                ),
+                0.0,
+                max(s - t["delay"], 0.0),
+                limit=200,
+                points=[16.0],
+            )[0]
+            for s in times
+        ]
         np.testing.assert_allclose(curve, expected, atol=0.5 + 1e-6)  # rounding to integer HU only
     # central volume: the curve integrates to (rho/k_H) CBV/100 x AIF area, less what the 60 s window cuts off
     fine = np.arange(0.0, 60.0, 0.001)
@@ -151,8 +151,12 @@ def test_resampling_is_linear_and_keeps_the_acquired_frames():
 
 @pytest.mark.parametrize(
     "times, message",
-    [([0, 1, 1, 2], "duplicate"), ([0, 2, 1, 3], "decreasing"), ([0, 1, 2], "3 frame times for a series of 4"),
-     ([0, 1, np.nan, 3], "finite")],
+    [
+        ([0, 1, 1, 2], "duplicate"),
+        ([0, 2, 1, 3], "decreasing"),
+        ([0, 1, 2], "3 frame times for a series of 4"),
+        ([0, 1, np.nan, 3], "finite"),
+    ],
 )
 def test_bad_frame_times_are_refused(times, message):
     with pytest.raises(ValueError, match=message):
@@ -171,7 +175,9 @@ def test_frame_time_sidecar_reaches_the_perfusion_workflow(tmp_path):
     bad = UNEVEN.copy()
     bad[5] = bad[4]
     (tmp_path / "ctp.json").write_text(json.dumps({"FrameTimesStart": bad.tolist()}))
-    with pytest.raises(CTPDataError, match=r"ctp.json FrameTimesStart: frame times must strictly increase; frames 4 and 5"):
+    with pytest.raises(
+        CTPDataError, match=r"ctp.json FrameTimesStart: frame times must strictly increase; frames 4 and 5"
+    ):
         load_ctp(ctp)
     (tmp_path / "ctp.json").write_text("{not json")
     with pytest.raises(CTPDataError, match="ctp.json: not valid JSON"):

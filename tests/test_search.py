@@ -9,7 +9,7 @@ import mlflow
 import optuna
 import pytest
 
-from scripts.search import check_search_space, objective_values, run_study
+from scripts.learning.search import check_search_space, objective_values, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAINING = {"max_epochs": 1, "patience": 1, "pretrained": False, "roi_size": [64, 64], "slices_per_volume": 1}
@@ -24,8 +24,13 @@ def in_root():
 
 
 def study(tiny_cohort, tmp_path, n_trials, **kwargs):
-    settings = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                "output_root": str(tmp_path / "runs"), "training_overrides": TINY_TRAINING, **kwargs}
+    settings = {
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "output_root": str(tmp_path / "runs"),
+        "training_overrides": TINY_TRAINING,
+        **kwargs,
+    }
     return run_study(str(tiny_cohort), n_trials=n_trials, **settings)
 
 
@@ -41,7 +46,9 @@ def test_study_runs_resumes_and_nests_its_mlflow_runs(tiny_cohort, tmp_path, in_
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("exp1")
     parent = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'exp1'")[0]
-    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert len(children) == 3 and all(c.data.tags["optuna_state"] == "COMPLETE" for c in children)
     assert all("val_dice_core_LVO" in c.data.metrics and "objective" in c.data.metrics for c in children)
     trials = optuna.load_study(study_name="exp1", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
@@ -59,8 +66,9 @@ def test_pruned_and_failed_trials_do_not_stop_the_study(tiny_cohort, tmp_path, i
     pruned = study(tiny_cohort, tmp_path / "pruned", 1, pruner="threshold:1.01")  # every Dice is below 1.01
     assert pruned["pruned"] == 1 and pruned["complete"] == 0
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'pruned' / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("exp1").experiment_id],
-                             filter_string="tags.optuna_state = 'PRUNED'")[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("exp1").experiment_id], filter_string="tags.optuna_state = 'PRUNED'"
+    )[0]
     assert run.info.status == "KILLED"
     broken = {**TINY_TRAINING, "loss#gamma": "$float('nan')"}  # a NaN loss
     failed = study(tiny_cohort, tmp_path / "nan", 1, training_overrides=broken)
@@ -82,9 +90,16 @@ def test_bad_settings_are_refused_before_any_trial(tiny_cohort, tmp_path, in_roo
 
 
 def test_objectives_from_metric_names():
-    metrics = {"val_dice_penumbra_LVO": 0.8, "val_dice_core_LVO": 0.6, "val_dice_penumbra_Non-LVO": 0.4,
-               "val_dice_core_Non-LVO": 0.2, "val_adv_ml_penumbra_LVO": 10.0, "val_adv_ml_core_LVO": 2.0,
-               "val_adv_ml_penumbra_Non-LVO": 4.0, "val_adv_ml_core_Non-LVO": 0.0}
+    metrics = {
+        "val_dice_penumbra_LVO": 0.8,
+        "val_dice_core_LVO": 0.6,
+        "val_dice_penumbra_Non-LVO": 0.4,
+        "val_dice_core_Non-LVO": 0.2,
+        "val_adv_ml_penumbra_LVO": 10.0,
+        "val_adv_ml_core_LVO": 2.0,
+        "val_adv_ml_penumbra_Non-LVO": 4.0,
+        "val_adv_ml_core_Non-LVO": 0.0,
+    }
     assert objective_values(metrics, "dice") == pytest.approx((0.5,))
     assert objective_values(metrics, "dice_LVO") == pytest.approx((0.7,))
     assert objective_values(metrics, "dice_Non-LVO") == pytest.approx((0.3,))
@@ -103,10 +118,31 @@ def test_a_killed_workers_trial_is_retried_and_resumes_its_training(tiny_cohort,
 
     storage, uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = {**TINY_TRAINING, "max_epochs": 3, "patience": 5}
-    command = [sys.executable, "-m", "monai.bundle", "run", "searching", "--config_file", "bundle/configs/search.json",
-               "--datalist", str(tiny_cohort), "--storage", storage, "--tracking_uri", uri, "--output_root",
-               str(tmp_path / "runs"), "--n_trials", "1", "--pruner", "none", "--heartbeat_interval", "1",
-               "--training_overrides", repr(overrides)]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "searching",
+        "--config_file",
+        "bundle/configs/search.json",
+        "--datalist",
+        str(tiny_cohort),
+        "--storage",
+        storage,
+        "--tracking_uri",
+        uri,
+        "--output_root",
+        str(tmp_path / "runs"),
+        "--n_trials",
+        "1",
+        "--pruner",
+        "none",
+        "--heartbeat_interval",
+        "1",
+        "--training_overrides",
+        repr(overrides),
+    ]
     worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     checkpoints = tmp_path / "runs" / "exp1" / "exp1_trial_000" / "checkpoints"
     deadline = time.time() + 300

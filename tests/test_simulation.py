@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from scripts import phantom as ph
-from scripts.cohort import draw_nihss, group_counts, split_patients
-from scripts.simulate import simulate_study, voxel_noise_sigma
-from scripts.tracer import K_H, RHO
+from scripts.perfusion.deconvolution import K_H, RHO
+from scripts.simulation import phantom as ph
+from scripts.simulation.cohort import draw_nihss, group_counts, split_patients
+from scripts.simulation.simulate import simulate_study, voxel_noise_sigma
 
 GRID = ph.Grid(size=96, slices=4)
 
@@ -29,7 +29,11 @@ def test_head_phantom_has_every_tissue_class(lvo):
     assert {ph.AIR, ph.BONE, ph.CSF, ph.GM, ph.WM, ph.ARTERY, ph.VEIN} <= present
     first = lvo.ctp[..., 0]
     assert np.median(first[lvo.tissue == ph.BONE]) > 500
-    assert np.median(first[lvo.tissue == ph.GM]) > np.median(first[lvo.tissue == ph.WM]) > np.median(first[lvo.tissue == ph.CSF])
+    assert (
+        np.median(first[lvo.tissue == ph.GM])
+        > np.median(first[lvo.tissue == ph.WM])
+        > np.median(first[lvo.tissue == ph.CSF])
+    )
     gm, wm = lvo.tissue == ph.GM, lvo.tissue == ph.WM
     healthy = lvo.state == ph.HEALTHY
     assert 45 < np.median(lvo.truth["cbf"][gm & healthy]) < 80

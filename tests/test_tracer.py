@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from scripts.tracer import K_H, RHO, ArterialInput, TissueCurveTable, gamma_variate, residue
+from scripts.perfusion.deconvolution import K_H, RHO
+from scripts.simulation.tracer import ArterialInput, TissueCurveTable, gamma_variate, residue
 
 
 def test_gamma_variate_peaks_at_one_at_t0_plus_alpha_beta():

@@ -12,9 +12,9 @@ import mlflow
 import pytest
 import torch
 
-from scripts.data import CTPDataError
-from scripts.training import check_training_inputs
-from scripts.vgg import vgg16_layers
+from scripts.io import CTPDataError
+from scripts.learning.training import check_training_inputs
+from scripts.learning.vgg import vgg16_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = "['bundle/configs/train.json','bundle/configs/evaluate.json']"
@@ -28,8 +28,23 @@ def bundle(run_id: str, config: str, *overrides: str, check: bool = True, wait: 
 
 
 def tiny_overrides(datalist: Path, out: Path, uri: str, *extra: str) -> list[str]:
-    return ["--datalist", str(datalist), "--output_dir", str(out), "--tracking_uri", uri, "--pretrained", "false",
-            "--roi_size", "[64,64]", "--slices_per_volume", "1", "--min_epochs", "0", *extra]
+    return [
+        "--datalist",
+        str(datalist),
+        "--output_dir",
+        str(out),
+        "--tracking_uri",
+        uri,
+        "--pretrained",
+        "false",
+        "--roi_size",
+        "[64,64]",
+        "--slices_per_volume",
+        "1",
+        "--min_epochs",
+        "0",
+        *extra,
+    ]
 
 
 def trained_epochs(checkpoint: dict) -> int:
@@ -54,8 +69,19 @@ def trained(tiny_cohort, tmp_path_factory):
     # min_delta 1000: only the first validation counts as an improvement, so every later one moves a stage
 
     def args_for(output_dir: Path) -> list[str]:
-        args = tiny_overrides(tiny_cohort, output_dir, uri, "--max_epochs", "6", "--patience", "1", "--finetuning",
-                              "gradual", "--min_delta", "1000")
+        args = tiny_overrides(
+            tiny_cohort,
+            output_dir,
+            uri,
+            "--max_epochs",
+            "6",
+            "--patience",
+            "1",
+            "--finetuning",
+            "gradual",
+            "--min_delta",
+            "1000",
+        )
         args[args.index("--pretrained") + 1] = str(weights)
         return args
 
@@ -80,12 +106,32 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     run = runs[0]
     assert run.info.status == "FINISHED"
     params = run.data.params
-    for key in ("variant", "inputs", "finetuning", "gamma", "alpha", "beta", "lr", "batch_size", "seed", "data_version", "pretrained"):
+    for key in (
+        "variant",
+        "inputs",
+        "finetuning",
+        "gamma",
+        "alpha",
+        "beta",
+        "lr",
+        "batch_size",
+        "seed",
+        "data_version",
+        "pretrained",
+    ):
         assert key in params, key
     assert params["pretrained"] == "True" and params["finetuning"] == "gradual"
     metrics = run.data.metrics
-    for key in ("train_loss", "val_loss", "val_dice_lesion", "val_dice_penumbra_LVO", "val_dv_ml_core_all",
-                "test_dice_hypoperfused_all", "test_dice_lesion", "test_loss"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_dice_lesion",
+        "val_dice_penumbra_LVO",
+        "val_dv_ml_core_all",
+        "test_dice_hypoperfused_all",
+        "test_dice_lesion",
+        "test_loss",
+    ):
         assert key in metrics and metrics[key] == metrics[key], key
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert len(history) >= 2
@@ -94,7 +140,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     assert not any(a.startswith("last") for a in artifacts)  # the 1 GB resume point stays out of MLflow
     resolved = json.loads(Path(client.download_artifacts(run.info.run_id, "train_resolved.json")).read_text())
     assert resolved["min_delta"] == 1000 and resolved["roi_size"] == [64, 64]  # the command line's overrides
-    assert resolved["network_def"]["_target_"] == "scripts.networks.create_network"  # over the merged config
+    assert resolved["network_def"]["_target_"] == "scripts.learning.networks.create_network"  # over the merged config
 
 
 def test_stage_transitions_happen_in_order(trained):
@@ -119,7 +165,11 @@ def kill_after_epoch(args: list[str], out: Path, epoch: int) -> None:
     """Start a training and SIGKILL it as soon as the resume point of ``epoch`` is on disk."""
     process = bundle("training", "bundle/configs/train.json", *args, wait=False)
     deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None and not list((out / "checkpoints").glob(f"last*epoch={epoch}.pt")):
+    while (
+        time.time() < deadline
+        and process.poll() is None
+        and not list((out / "checkpoints").glob(f"last*epoch={epoch}.pt"))
+    ):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -141,13 +191,17 @@ def test_killed_run_resumes_exactly(trained, tiny_cohort, tmp_path, epoch):
     assert [p.name for p in last] == ["last_checkpoint_epoch=4.pt"]
     final = torch.load(last[0], weights_only=False)
     reference = torch.load(next((trained["out"] / "checkpoints").glob("last*.pt")), weights_only=False)
-    difference = max(float((final["network"][k].float() - v.float()).abs().max()) for k, v in reference["network"].items())
+    difference = max(
+        float((final["network"][k].float() - v.float()).abs().max()) for k, v in reference["network"].items()
+    )
     print(f"resumed after epoch {epoch}: max |weight difference| to the uninterrupted run {difference:.2e}")
     assert difference < 1e-5
     assert final["finetuning"] == reference["finetuning"] and final["best_model"] == reference["best_model"]
     assert [p.name for p in (out / "model").iterdir()] == [p.name for p in (trained["out"] / "model").iterdir()]
     for metric in ("train_loss", "val_loss", "val_dice_lesion", "finetuning_stage"):
-        assert metric_history(trained["uri"], f"killed{epoch}", metric) == metric_history(trained["uri"], "gradual", metric), metric
+        assert metric_history(trained["uri"], f"killed{epoch}", metric) == metric_history(
+            trained["uri"], "gradual", metric
+        ), metric
     _, runs = runs_named(trained["uri"], f"killed{epoch}")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was reopened and closed
     refused = bundle("training", "bundle/configs/train.json", *args, check=False)  # no --resume: keep the run
@@ -174,7 +228,7 @@ def test_bad_training_inputs_stop_before_training(tiny_cohort, tmp_path):
 
 
 def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
-    from scripts.experiments import GRIDS, build_tables, cell_name, run_grid
+    from scripts.learning.experiments import GRIDS, build_tables, cell_name, run_grid
 
     assert len(GRIDS["exp2"]) == 12 and cell_name("SF", "PMs+M+N", "gradual") == "SF_G-PMs-M-N"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -201,15 +255,48 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
     out = tmp_path / "ddp"
     weights = tmp_path / "vgg16.pth"
     torch.save({f"features.{k}": v for k, v in vgg16_layers().state_dict().items()}, weights)
-    args = tiny_overrides(tiny_cohort, out, uri, "--max_epochs", "4", "--patience", "1", "--finetuning", "gradual",
-                          "--min_delta", "1000", "--batch_size", "1", "--dist_backend", "gloo")  # CPU even beside a GPU
+    args = tiny_overrides(
+        tiny_cohort,
+        out,
+        uri,
+        "--max_epochs",
+        "4",
+        "--patience",
+        "1",
+        "--finetuning",
+        "gradual",
+        "--min_delta",
+        "1000",
+        "--batch_size",
+        "1",
+        "--dist_backend",
+        "gloo",
+    )  # CPU even beside a GPU
     args[args.index("--pretrained") + 1] = str(weights)
     # each rank saves its final weights: DDP (rebuilt at every stage) must have kept them identical
-    args += ["--finalize", "['$torch.save(@network_def.state_dict(), @output_dir + \"/rank\" + str(@rank) + \".pt\")', "
-             "'$torch.distributed.destroy_process_group()']"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
-               "run", "training", "--config_file", "['bundle/configs/train.json','bundle/configs/multi_gpu_train.json']", *args]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args += [
+        "--finalize",
+        '[\'$torch.save(@network_def.state_dict(), @output_dir + "/rank" + str(@rank) + ".pt")\', '
+        "'$torch.distributed.destroy_process_group()']",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        "['bundle/configs/train.json','bundle/configs/multi_gpu_train.json']",
+        *args,
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     last = list((out / "checkpoints").glob("last*.pt"))
     assert len(last) == 1 and len(list((out / "model").glob("best*.pt"))) == 1
@@ -240,7 +327,10 @@ def test_multi_gpu_config_drops_the_logging_handlers_on_other_ranks():
     val_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["validate#handlers"]]
     assert train_handlers[-1] == "MLFlowHandler" and "MLFlowHandler" not in train_handlers[:-1]
     assert val_handlers[0] == "StatsHandler" and all(h != "StatsHandler" for h in val_handlers[1:])
-    assert "@rank == 0" in parser["validate#evaluator#val_handlers"] and "[:1]" in parser["validate#evaluator#val_handlers"]
+    assert (
+        "@rank == 0" in parser["validate#evaluator#val_handlers"]
+        and "[:1]" in parser["validate#evaluator#val_handlers"]
+    )
 
 
 def test_training_batches_ignore_extra_datalist_keys(tiny_cohort):
@@ -250,7 +340,7 @@ def test_training_batches_ignore_extra_datalist_keys(tiny_cohort):
     from monai.data import list_data_collate
     from monai.transforms import Compose
 
-    from scripts.data import load_datalist
+    from scripts.io import load_datalist
 
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundle/configs/train.json"))
@@ -270,8 +360,8 @@ def test_non_lvo_penalty_scales_only_non_lvo_samples_and_clipping_bounds_every_g
     from ignite.engine import Events
     from monai.engines import SupervisedTrainer
 
-    from scripts.losses import FocalTverskyLoss
-    from scripts.training import ClipGradientValues, NonLVOPenalty
+    from scripts.learning.losses import FocalTverskyLoss
+    from scripts.learning.training import ClipGradientValues, NonLVOPenalty
 
     torch.manual_seed(0)
     network = torch.nn.Conv2d(2, 3, 3, padding=1)
@@ -279,9 +369,14 @@ def test_non_lvo_penalty_scales_only_non_lvo_samples_and_clipping_bounds_every_g
     image, label = torch.randn(1, 2, 8, 8), torch.randint(0, 3, (1, 1, 8, 8))
     batches = [{"image": image, "label": label, "group": [group]} for group in ("LVO", "Non-LVO", "WIS")]
     losses, grads = [], []
-    trainer = SupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=batches, network=network,
-                                optimizer=torch.optim.SGD(network.parameters(), lr=0.0),
-                                loss_function=lambda pred, y: 1000.0 * loss(pred, y))
+    trainer = SupervisedTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=batches,
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.0),
+        loss_function=lambda pred, y: 1000.0 * loss(pred, y),
+    )
     NonLVOPenalty(loss).attach(trainer)
     ClipGradientValues(0.01).attach(trainer)
 
@@ -300,7 +395,7 @@ def test_non_lvo_penalty_scales_only_non_lvo_samples_and_clipping_bounds_every_g
 DDP_STEP = """
 import sys
 import torch, torch.distributed as dist
-from scripts.training import ClipGradientValues
+from scripts.learning.training import ClipGradientValues
 dist.init_process_group("gloo")
 rank, out = dist.get_rank(), sys.argv[1]
 torch.manual_seed(0)
@@ -322,7 +417,7 @@ def test_ddp_update_equals_one_process_on_the_whole_batch(tmp_path):
     """Two gloo processes with 2 samples each make the same SGD update as one process with all 4 samples,
     clipping included (applied after DDP has averaged the gradients). The clip value is set between the
     per-process and the averaged gradient sizes, so clipping each process's gradient first would differ."""
-    from scripts.training import ClipGradientValues
+    from scripts.learning.training import ClipGradientValues
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
@@ -344,9 +439,22 @@ def test_ddp_update_equals_one_process_on_the_whole_batch(tmp_path):
     optimizer.step()
     script = tmp_path / "ddp_step.py"
     script.write_text(DDP_STEP.replace("CLIP", repr(clip)))
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(script), str(tmp_path / "ddp.pt")], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "bundle")})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(tmp_path / "ddp.pt"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "bundle")},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     difference = max(float((ddp[k] - v).abs().max()) for k, v in net.state_dict().items())
@@ -361,7 +469,7 @@ def test_staged_fine_tuning_moves_on_a_real_plateau_reloads_the_best_weights_and
     stage training stops after ``patience`` validations without improvement."""
     from ignite.engine import Engine, Events
 
-    from scripts.training import GradualFineTuning
+    from scripts.learning.finetuning import GradualFineTuning
 
     class Tiny(torch.nn.Module):
         pretrained = True
@@ -381,8 +489,9 @@ def test_staged_fine_tuning_moves_on_a_real_plateau_reloads_the_best_weights_and
     scores = iter([0.1, 0.3, 0.3, 0.29, 0.35, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2])
     best_path = tmp_path / "best.pt"
     validator = Engine(lambda e, b: None)
-    handler = GradualFineTuning(net, optimizer, validator, mode="gradual_full", patience=2, lr=0.01,
-                                best_checkpoint=lambda: str(best_path))
+    handler = GradualFineTuning(
+        net, optimizer, validator, mode="gradual_full", patience=2, lr=0.01, best_checkpoint=lambda: str(best_path)
+    )
     seen = {}
 
     def step(engine, batch):

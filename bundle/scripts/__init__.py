@@ -1,9 +1,13 @@
-"""What MONAI lacks for CT perfusion stroke segmentation: simulation, perfusion maps, data validation, networks,
-loss, metrics, training helpers, the threshold baseline, inference outputs and the clinical report."""
+"""What MONAI lacks for CT perfusion stroke segmentation, in layers that import downwards only:
 
-from . import (brain_mask, cli, cohort, data, encoding, experiments, fate, inference, inferers, losses, maps, metrics,
-               networks, perfusion, phantom, report, search, simulate, thresholds, tracer, training, vgg, voxel_baseline)
+* :mod:`scripts.io`: datalists, NIfTI inputs and atomic outputs (the bottom layer);
+* :mod:`scripts.perfusion`: perfusion maps from a 4D series, brain mask, the threshold rule, an independent phantom;
+* :mod:`scripts.simulation`: the synthetic CTP cohort (tracer kinetics, anatomy, tissue fate);
+* :mod:`scripts.learning`: networks, loss, metrics, training handlers, experiments and the loss search;
+* :mod:`scripts.clinical`: inference on a patient and the clinical report;
+* :mod:`scripts.cli`: how the bundle's workflows end on a user error.
+"""
 
-__all__ = ["brain_mask", "cli", "cohort", "data", "encoding", "experiments", "fate", "inference", "inferers", "losses", "maps",
-           "metrics", "networks", "perfusion", "phantom", "report", "search", "simulate", "thresholds", "tracer", "training", "vgg",
-           "voxel_baseline"]
+from . import cli, clinical, io, learning, perfusion, simulation
+
+__all__ = ["cli", "clinical", "io", "learning", "perfusion", "simulation"]

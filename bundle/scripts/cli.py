@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .data import CTPDataError
+from .io import CTPDataError
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import erf
 
 KUDO_MTT_S = (60 / 17.5, 4.0, 4.8, 6.0, 8.0, 12.0, 24.0)
 """Kudo's seven MTT columns (s): CBF/CBV = 17.5, 15, 12.5, 10, 7.5, 5 and 2.5 per minute."""
@@ -48,8 +47,10 @@ VEIN = -2
 
 def _parker(m: np.ndarray) -> np.ndarray:
     """Parker's AIF in its own units (mmol/l) at ``m`` minutes after injection."""
-    gauss = sum(a / (s * np.sqrt(2 * np.pi)) * np.exp(-((m - c) ** 2) / (2 * s * s))
-                for a, c, s in ((0.809, 0.17046, 0.0563), (0.330, 0.365, 0.132)))
+    gauss = sum(
+        a / (s * np.sqrt(2 * np.pi)) * np.exp(-((m - c) ** 2) / (2 * s * s))
+        for a, c, s in ((0.809, 0.17046, 0.0563), (0.330, 0.365, 0.132))
+    )
     return gauss + 1.050 * np.exp(-0.1685 * m) / (1.0 + np.exp(-38.078 * (m - 0.483)))
 
 
@@ -181,8 +182,9 @@ def make_phantom(
     artery = np.interp(times, fine, aif_fine)
     vein_fine = _convolve(aif_fine, np.exp(-fine / d.vein_dispersion_s) / d.vein_dispersion_s, d.fine_dt)
     vein = np.interp(times - d.vein_delay_s, fine, vein_fine, left=0.0)
-    per_flow = {(shape, mtt): _convolve(aif_fine, residue(shape, fine, mtt), d.fine_dt)
-                for shape in d.shapes for mtt in d.mtt_s}  # AIF * R, once per shape and MTT
+    per_flow = {
+        (shape, mtt): _convolve(aif_fine, residue(shape, fine, mtt), d.fine_dt) for shape in d.shapes for mtt in d.mtt_s
+    }  # AIF * R, once per shape and MTT
 
     for z, (shape, cbv) in enumerate(sections):
         for col, mtt in enumerate(d.mtt_s):
@@ -194,11 +196,20 @@ def make_phantom(
                 baseline[sx, sy, z] = d.baseline_hu
                 tile[sx, sy, z] = len(tiles)
                 m = d.roi_margin_px
-                roi[sx.start + m: sx.stop - m, sy.start + m: sy.stop - m, z] = True
+                roi[sx.start + m : sx.stop - m, sy.start + m : sy.stop - m, z] = True
                 for key, value in (("cbf", cbf), ("cbv", cbv), ("mtt", mtt), ("tmax", delay)):
                     truth[key][sx, sy, z] = value
-                tiles.append({"index": len(tiles), "slice": z, "shape": shape, "cbv": cbv, "mtt": mtt,
-                              "cbf": cbf, "delay": delay})
+                tiles.append(
+                    {
+                        "index": len(tiles),
+                        "slice": z,
+                        "shape": shape,
+                        "cbv": cbv,
+                        "mtt": mtt,
+                        "cbf": cbf,
+                        "delay": delay,
+                    }
+                )
         # vessels: a 4x4 artery and a vein in the last row
         for col, (label, curve) in enumerate(((ARTERY, artery), (VEIN, vein))):
             sx, sy = box(n_rows - 1, col)

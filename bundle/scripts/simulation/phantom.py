@@ -204,7 +204,11 @@ def proximal_severity(
 
 
 def distal_severity(
-    anatomy: Anatomy, grid: Grid, rng: np.random.Generator, radius_mm: tuple[float, float], depth_mm: tuple[float, float]
+    anatomy: Anatomy,
+    grid: Grid,
+    rng: np.random.Generator,
+    radius_mm: tuple[float, float],
+    depth_mm: tuple[float, float],
 ) -> np.ndarray:
     """Severity of one to three distal occlusions: the maximum of ellipsoidal fall-offs (in-plane radius
     from ``radius_mm``, half-height from ``depth_mm``) around random points of the outer brain, plus smooth
@@ -226,7 +230,7 @@ def lvo_lesion(anatomy: Anatomy, grid: Grid, rng: np.random.Generator) -> Lesion
     """Territory-sized lesion of a proximal occlusion: core inside penumbra, benign-oligaemia rim.
 
     The ``separable`` lesion model: each class has its own range of delay (Tmax) and relative CBF, so the
-    RAPID thresholds recover the labels by construction (kept to compare with :mod:`scripts.fate`).
+    RAPID thresholds recover the labels by construction (kept to compare with :mod:`scripts.simulation.fate`).
 
     MCA occlusions (80 %) or ICA occlusions (MCA + ACA territories); severity falls off from a deep
     centre in the affected hemisphere, perturbed by smooth noise.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -99,9 +98,11 @@ class FocalTverskyLoss(_Loss):
         self.non_lvo_factor = float(non_lvo_factor)
         self.softmax, self.to_onehot_y, self.epsilon, self.smooth = softmax, to_onehot_y, float(epsilon), float(smooth)
         self.batch, self.ce_weight = bool(batch), float(ce_weight)
-        self.batch_non_lvo: Optional[torch.Tensor] = None  # set per training batch by scripts.training.NonLVOPenalty
+        self.batch_non_lvo: torch.Tensor | None = (
+            None  # set per training batch by scripts.learning.training.NonLVOPenalty
+        )
 
-    def label_sample_weights(self, onehot: torch.Tensor, non_lvo: Optional[torch.Tensor]) -> torch.Tensor:
+    def label_sample_weights(self, onehot: torch.Tensor, non_lvo: torch.Tensor | None) -> torch.Tensor:
         """Mean class weight of each image's label pixels (lesion weights x factor for Non-LVO images)."""
         weights = self.class_weights.to(onehot).expand(onehot.shape[0], -1).clone()
         if non_lvo is not None:
@@ -114,8 +115,8 @@ class FocalTverskyLoss(_Loss):
         self,
         input: torch.Tensor,
         target: torch.Tensor,
-        non_lvo: Optional[torch.Tensor] = None,
-        sample_weight: Optional[torch.Tensor] = None,
+        non_lvo: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``input`` (B, C, ...) logits or probabilities; ``target`` (B, 1, ...) indices or (B, C, ...) one-hot."""
         if non_lvo is None:

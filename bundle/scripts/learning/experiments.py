@@ -2,8 +2,9 @@
 
 Exp-2: SF with the four input sets x three fine-tuning modes (frozen, unfrozen, gradual). Exp-3: SF, EF and
 EFI with gradual fine-tuning and PMs+N. Each grid also gets the threshold baseline (``threshold``: rCBF < 30 %
-core, Tmax > 6 s hypoperfusion, see :mod:`scripts.thresholds`) and the voxel-wise tissue-outcome baseline
-(``voxel``, :mod:`scripts.voxel_baseline`, fitted on the training split) scored the same way. Every cell is an ordinary bundle training (train.json with
+core, Tmax > 6 s hypoperfusion, see :mod:`scripts.perfusion.thresholds`) and the voxel-wise tissue-outcome baseline
+(``voxel``, :mod:`scripts.learning.voxel_baseline`, fitted on the training split) scored the same way.
+Every cell is an ordinary bundle training (train.json with
 overrides) followed by its evaluation, in MLflow experiment ``exp2`` / ``exp3``; rerunning the command skips
 finished cells and resumes interrupted ones.
 """
@@ -19,15 +20,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .data import save_text
+from ..io import save_text
+from ..perfusion.thresholds import ThresholdSegmentation
+from .checkpoints import drop_resume_point
 from .metrics import markdown_table
-from .thresholds import ThresholdSegmentation
-from .training import default_tracking_uri, drop_resume_point
+from .tracking import default_tracking_uri
 
 logger = logging.getLogger(__name__)
 
 GRIDS = {
-    "exp2": [("SF", inputs, mode) for mode in ("frozen", "unfrozen", "gradual") for inputs in ("PMs", "PMs+M", "PMs+N", "PMs+M+N")],
+    "exp2": [
+        ("SF", inputs, mode)
+        for mode in ("frozen", "unfrozen", "gradual")
+        for inputs in ("PMs", "PMs+M", "PMs+N", "PMs+M+N")
+    ],
     "exp3": [(variant, "PMs+N", "gradual") for variant in ("SF", "EF", "EFI")],
 }
 THRESHOLD = "threshold"  # the RAPID-like threshold baseline, a row of every table
@@ -48,7 +54,10 @@ def _finished(tracking_uri: str, experiment: str, name: str) -> bool:
     if exp is None:
         return False
     runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{name}'")
-    return any(r.info.status == "FINISHED" and any(k.startswith("test_") or k.startswith("val_") for k in r.data.metrics) for r in runs)
+    return any(
+        r.info.status == "FINISHED" and any(k.startswith("test_") or k.startswith("val_") for k in r.data.metrics)
+        for r in runs
+    )
 
 
 def run_grid(
@@ -71,13 +80,48 @@ def run_grid(
             logger.info("%s/%s already finished: skipped", grid, name)
             continue
         out = os.path.join(output_root, grid, name)
-        args = ["--datalist", datalist, "--output_dir", out, "--tracking_uri", uri, "--experiment_name", grid,
-                "--variant", variant, "--inputs", inputs, "--finetuning", mode, "--resume", "true"]
+        args = [
+            "--datalist",
+            datalist,
+            "--output_dir",
+            out,
+            "--tracking_uri",
+            uri,
+            "--experiment_name",
+            grid,
+            "--variant",
+            variant,
+            "--inputs",
+            inputs,
+            "--finetuning",
+            mode,
+            "--resume",
+            "true",
+        ]
         for key, value in (overrides or {}).items():
             args += [f"--{key}", str(value)]
-        train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", f"{config_dir}/train.json", *args]
-        evaluate = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
-                    f"['{config_dir}/train.json','{config_dir}/evaluate.json']", *args, "--split", "validation"]
+        train = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            f"{config_dir}/train.json",
+            *args,
+        ]
+        evaluate = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "evaluating",
+            "--config_file",
+            f"['{config_dir}/train.json','{config_dir}/evaluate.json']",
+            *args,
+            "--split",
+            "validation",
+        ]
         logger.info("%s/%s: training", grid, name)
         subprocess.run(train, check=True)
         subprocess.run(evaluate, check=True)
@@ -91,8 +135,9 @@ def run_grid(
     return names
 
 
-def log_baseline_run(experiment: str, name: str, params: dict, summary: list[dict], reports: Path, split: str,
-                     tracking_uri: str) -> str:
+def log_baseline_run(
+    experiment: str, name: str, params: dict, summary: list[dict], reports: Path, split: str, tracking_uri: str
+) -> str:
     """An MLflow run ``name`` in ``experiment`` holding a baseline's params, ``<split>_*`` metrics and reports."""
     import mlflow
 
@@ -113,7 +158,11 @@ def log_baseline_run(experiment: str, name: str, params: dict, summary: list[dic
 
 
 def run_threshold_baseline(
-    experiment: str, datalist: str, output_root: str, tracking_uri: str, config_dir: str = "bundle/configs",
+    experiment: str,
+    datalist: str,
+    output_root: str,
+    tracking_uri: str,
+    config_dir: str = "bundle/configs",
     split: str = "validation",
 ) -> str:
     """The threshold baseline as a table row: inference in threshold mode on ``split``, the same scoring as the
@@ -122,22 +171,54 @@ def run_threshold_baseline(
 
     out = Path(output_root) / experiment / THRESHOLD
     predictions = out / "predictions"
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", f"{config_dir}/inference.json",
-                    "--mode", "threshold", "--input", datalist, "--split", split, "--output_dir", str(predictions),
-                    "--overwrite", "true", "--montage", "false"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "inference",
+            "--config_file",
+            f"{config_dir}/inference.json",
+            "--mode",
+            "threshold",
+            "--input",
+            datalist,
+            "--split",
+            split,
+            "--output_dir",
+            str(predictions),
+            "--overwrite",
+            "true",
+            "--montage",
+            "false",
+        ],
+        check=True,
+    )
     reports = out / split
-    _, summary = evaluate_predictions(datalist, predictions, split=split, output_dir=reports, pattern="{id}/label.nii.gz", title=THRESHOLD)
+    _, summary = evaluate_predictions(
+        datalist, predictions, split=split, output_dir=reports, pattern="{id}/label.nii.gz", title=THRESHOLD
+    )
     thresholds = ThresholdSegmentation()  # the inference config's defaults are the module's
-    params = {"variant": "threshold", "core_rcbf": thresholds.core_rcbf, "hypoperfused_tmax": thresholds.hypoperfused_tmax,
-              "normal_tmax": thresholds.normal_tmax}
+    params = {
+        "variant": "threshold",
+        "core_rcbf": thresholds.core_rcbf,
+        "hypoperfused_tmax": thresholds.hypoperfused_tmax,
+        "normal_tmax": thresholds.normal_tmax,
+    }
     return log_baseline_run(experiment, THRESHOLD, params, summary, reports, split, tracking_uri)
 
 
 def run_voxel_baseline(
-    experiment: str, datalist: str, output_root: str, tracking_uri: str, config_dir: str = "bundle/configs",
-    split: str = "validation", seed: int = 0,
+    experiment: str,
+    datalist: str,
+    output_root: str,
+    tracking_uri: str,
+    config_dir: str = "bundle/configs",
+    split: str = "validation",
+    seed: int = 0,
 ) -> str:
-    """The voxel-wise tissue-outcome baseline (:mod:`scripts.voxel_baseline`) as a table row: fitted on the
+    """The voxel-wise tissue-outcome baseline (:mod:`scripts.learning.voxel_baseline`) as a table row: fitted on the
     training split, its predictions on ``split`` scored like the networks', an MLflow run named ``voxel``."""
     from .voxel_baseline import FEATURES, evaluate_voxel_baseline, fit_voxel_baseline
 

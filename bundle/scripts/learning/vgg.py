@@ -55,8 +55,11 @@ def load_vgg16_state(pretrained: bool | str | os.PathLike) -> dict[str, torch.Te
         try:
             state = torch.hub.load_state_dict_from_url(VGG16_URL, progress=False, map_location="cpu")
         except Exception as err:  # offline, proxy, corrupt cache: all mean "not pretrained"
-            warnings.warn(f"ImageNet VGG-16 weights could not be downloaded from {VGG16_URL} ({err}); "
-                          "the encoders start from random weights (pretrained=False).", stacklevel=2)
+            warnings.warn(
+                f"ImageNet VGG-16 weights could not be downloaded from {VGG16_URL} ({err}); "
+                "the encoders start from random weights (pretrained=False).",
+                stacklevel=2,
+            )
             return None
     else:
         path = Path(pretrained)
@@ -67,7 +70,7 @@ def load_vgg16_state(pretrained: bool | str | os.PathLike) -> dict[str, torch.Te
         except Exception as err:
             raise ValueError(f"{path}: not a readable torch state dict ({err}).") from err
     state = state.get("state_dict", state) if isinstance(state, dict) else state
-    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    features = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
     missing = {f"features.{k}" for k in vgg16_layers().state_dict()} - {f"features.{k}" for k in features}
     if missing:
         source = VGG16_URL if pretrained is True else str(pretrained)

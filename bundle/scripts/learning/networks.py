@@ -5,7 +5,7 @@ units, channels ``cbf, cbv, ttp, tmax[, mip]``, ``nihss`` ``(B, 1)`` when the ne
 logits ``(B, 3, H, W)`` (healthy, penumbra, core). H and W must be multiples of 32.
 
 After Tomasetti et al. (NLDL 2022) and the original Keras code: every map is colour-encoded
-(:mod:`scripts.encoding`); SF gives each map its own VGG-16, followed by two 3x3 convolutions (128) and
+(:mod:`scripts.learning.encoding`); SF gives each map its own VGG-16, followed by two 3x3 convolutions (128) and
 dropout 0.25, and the decoder concatenates, at every level, that level's features of all encoders; NIHSS
 goes through Dense(100)-Dense(16x16), reshaped and resized to the bottleneck grid and concatenated there as
 one channel (NIHSS is divided by 42 first). The original's Keras L1/L2 and max-norm weight constraints are
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +65,9 @@ class NIHSSBranch(nn.Module):
     def __init__(self, grid: int = 16) -> None:
         super().__init__()
         self.grid = grid
-        self.dense = nn.Sequential(nn.Linear(1, 100), nn.ReLU(inplace=True), nn.Linear(100, grid * grid), nn.ReLU(inplace=True))
+        self.dense = nn.Sequential(
+            nn.Linear(1, 100), nn.ReLU(inplace=True), nn.Linear(100, grid * grid), nn.ReLU(inplace=True)
+        )
 
     def forward(self, nihss: torch.Tensor, size: list[int]) -> torch.Tensor:
         x = self.dense(nihss.reshape(-1, 1).float() / 42.0).reshape(-1, 1, self.grid, self.grid)
@@ -92,7 +93,14 @@ class FusionDecoder(nn.Module):
         levels = []
         for filters, skip in zip((128, 64, 32, 16), reversed(skip_channels[:4])):
             f = filters * width
-            levels.append(nn.Sequential(*conv_relu(channels, f), *conv_relu(f, f), nn.ConvTranspose2d(f, f, 2, stride=2), nn.ReLU(inplace=True)))
+            levels.append(
+                nn.Sequential(
+                    *conv_relu(channels, f),
+                    *conv_relu(f, f),
+                    nn.ConvTranspose2d(f, f, 2, stride=2),
+                    nn.ReLU(inplace=True),
+                )
+            )
             channels = f + skip
         self.levels = nn.ModuleList(levels)
         self.head = nn.Sequential(*conv_relu(channels, 16), *conv_relu(16, 16), nn.Conv2d(16, n_classes, 1))
@@ -147,19 +155,33 @@ class FineTunableEncoders(nn.Module):
         """True when every encoder started from ImageNet weights."""
         return all(encoder.pretrained for encoder in self.encoders)
 
-    def _check_input(self, image: torch.Tensor, nihss: Optional[torch.Tensor]) -> None:
+    def _check_input(self, image: torch.Tensor, nihss: torch.Tensor | None) -> None:
         if image.dim() != 4 or image.shape[1] != len(self.maps):
-            raise ValueError("expected image (B, " + str(len(self.maps)) + ", H, W) with channels " + ", ".join(self.maps)
-                             + "; got shape " + str(list(image.shape)))
+            raise ValueError(
+                "expected image (B, "
+                + str(len(self.maps))
+                + ", H, W) with channels "
+                + ", ".join(self.maps)
+                + "; got shape "
+                + str(list(image.shape))
+            )
         h, w = image.shape[2], image.shape[3]
         if h % 32 != 0 or w % 32 != 0:
-            raise ValueError("input H x W = " + str(h) + " x " + str(w) + " is not divisible by 32; pad it to "
-                             + str((h + 31) // 32 * 32) + " x " + str((w + 31) // 32 * 32)
-                             + " (e.g. monai.transforms.DivisiblePadd(k=32))")
+            raise ValueError(
+                "input H x W = "
+                + str(h)
+                + " x "
+                + str(w)
+                + " is not divisible by 32; pad it to "
+                + str((h + 31) // 32 * 32)
+                + " x "
+                + str((w + 31) // 32 * 32)
+                + " (e.g. monai.transforms.DivisiblePadd(k=32))"
+            )
         if self.use_nihss and nihss is None:
             raise ValueError("this network takes NIHSS: call it with nihss=(B, 1) tensor of scores 0-42")
 
-    def _fuse_nihss(self, bottleneck: torch.Tensor, nihss: Optional[torch.Tensor]) -> torch.Tensor:
+    def _fuse_nihss(self, bottleneck: torch.Tensor, nihss: torch.Tensor | None) -> torch.Tensor:
         if self.nihss_branch is not None and nihss is not None:
             size = [bottleneck.shape[2], bottleneck.shape[3]]
             score = self.nihss_branch(nihss, size)
@@ -178,7 +200,7 @@ class SlowFusionNet(FineTunableEncoders):
         n_classes: output classes (healthy, penumbra, core).
         pretrained: ImageNet weights for the encoders: True (download), False, or a state-dict path.
         dropout: dropout after each encoder's bottleneck convolutions.
-        windows, lut: colour encoding of the maps (:class:`scripts.encoding.PerfusionColourEncoding`).
+        windows, lut: colour encoding of the maps (:class:`scripts.learning.encoding.PerfusionColourEncoding`).
     """
 
     def __init__(
@@ -200,7 +222,7 @@ class SlowFusionNet(FineTunableEncoders):
         self.decoder = FusionDecoder(128 * n + int(self.use_nihss), [c * n for c in SKIP_CHANNELS], n, n_classes)
         self._init_new_layers()
 
-    def forward(self, image: torch.Tensor, nihss: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(image, nihss)
         colour = self.encoding(image)
         per_level: list[list[torch.Tensor]] = [[], [], [], [], []]
@@ -241,7 +263,7 @@ class EarlyFusionNet(FineTunableEncoders):
         self.decoder = FusionDecoder(128 + int(self.use_nihss), list(SKIP_CHANNELS), 1, n_classes)
         self._init_new_layers()
 
-    def forward(self, image: torch.Tensor, nihss: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(image, nihss)
         x = self.squeeze(self.encoding(image).flatten(1, 2))
         skips: list[torch.Tensor] = []
@@ -274,7 +296,7 @@ class InflatedFusionNet(FineTunableEncoders):
         self.decoder = FusionDecoder(128 + int(self.use_nihss), skip_channels, 1, n_classes)
         self._init_new_layers()
 
-    def forward(self, image: torch.Tensor, nihss: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(image, nihss)
         video = self.encoding(image).transpose(1, 2)  # (B, 3, D = maps, H, W)
         skips: list[torch.Tensor] = []

@@ -86,7 +86,12 @@ class BrainMaskFromMIPd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
-        self.options = {"hu_range": hu_range, "method": method, "fill_holes": fill_holes, "largest_component": largest_component}
+        self.options = {
+            "hu_range": hu_range,
+            "method": method,
+            "fill_holes": fill_holes,
+            "largest_component": largest_component,
+        }
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor | np.ndarray]) -> dict:
         d = dict(data)
@@ -96,11 +101,13 @@ class BrainMaskFromMIPd(MapTransform):
             channels = [brain_mask_from_mip(array[c], **self.options) for c in range(array.shape[0])]
             mask = np.stack(channels).astype(np.uint8)
             if isinstance(image, MetaTensor):
-                d[self.mask_key] = MetaTensor(torch.as_tensor(mask), affine=image.affine,
-                                             meta={k: v for k, v in image.meta.items() if k != "affine"})
+                d[self.mask_key] = MetaTensor(
+                    torch.as_tensor(mask),
+                    affine=image.affine,
+                    meta={k: v for k, v in image.meta.items() if k != "affine"},
+                )
             elif isinstance(image, torch.Tensor):
                 d[self.mask_key] = torch.as_tensor(mask, device=image.device)
             else:
                 d[self.mask_key] = mask
         return d
-

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import GROUPS, save_json, save_nifti
-from .perfusion import compute_perfusion_maps
+from ..io import GROUPS, save_json, save_nifti
+from ..perfusion.deconvolution import compute_perfusion_maps
 from .phantom import Grid
 from .simulate import LESION_MODELS, simulate_study
 
@@ -155,21 +155,29 @@ def generate_cohort(
         save_ctp: also write each raw 4D series (int16 HU).
         overwrite: replace an existing non-empty ``output_dir``.
         workers: processes to use; 0 means one per CPU core.
-        lesion_model: ``fate`` (labels are the tissue's latent fate, :mod:`scripts.fate`) or ``separable``
-            (the former construction, where one map separates each class); see :data:`scripts.simulate.LESION_MODELS`.
+        lesion_model: ``fate`` (labels are the tissue's latent fate, :mod:`scripts.simulation.fate`) or ``separable``
+            (the former construction, where one map separates each class);
+            see :data:`scripts.simulation.simulate.LESION_MODELS`.
     """
     if lesion_model not in LESION_MODELS:
         raise ValueError(f"lesion_model must be one of {tuple(LESION_MODELS)}, got {lesion_model!r}.")
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: output directory is not empty; pass overwrite=True (--overwrite true) to replace it.")
+        raise FileExistsError(
+            f"{out}: output directory is not empty; pass overwrite=True (--overwrite true) to replace it."
+        )
     if size % 32:
         logger.warning("size %d is not divisible by 32; the networks need H, W divisible by 32.", size)
     counts = group_counts(int(n_patients))
     params = {
-        "n_patients": int(n_patients), "size": int(size), "slices": int(slices), "slice_thickness": float(slice_thickness),
+        "n_patients": int(n_patients),
+        "size": int(size),
+        "slices": int(slices),
+        "slice_thickness": float(slice_thickness),
         "noise_hu": noise_hu if np.ndim(noise_hu) == 0 else [float(v) for v in noise_hu],
-        "n_frames": int(n_frames), "frame_interval": float(frame_interval), "seed": int(seed),
+        "n_frames": int(n_frames),
+        "frame_interval": float(frame_interval),
+        "seed": int(seed),
         "lesion_model": lesion_model,
     }
     version = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
@@ -179,7 +187,9 @@ def generate_cohort(
     for group in GROUPS:
         for number in range(1, counts[group] + 1):
             pid = f"CTP_{GROUP_CODES[group]}_{number:03d}"
-            tasks.append({**params, "group": group, "id": pid, "index": index, "root": str(staging), "save_ctp": bool(save_ctp)})
+            tasks.append(
+                {**params, "group": group, "id": pid, "index": index, "root": str(staging), "save_ctp": bool(save_ctp)}
+            )
             index += 1
     n_workers = min(len(tasks), workers or os.cpu_count() or 1)
     try:
@@ -193,7 +203,8 @@ def generate_cohort(
         splits = split_patients(ids_by_group, int(seed))
         datalist = {
             "name": "synthetic-ctp",
-            "description": f"Synthetic CT perfusion cohort: indicator-dilution simulation, labels from the {lesion_model} lesion model.",
+            "description": "Synthetic CT perfusion cohort: indicator-dilution simulation, "
+            f"labels from the {lesion_model} lesion model.",
             "version": version,
             "generator": params,
             **{split: [by_id[i] for i in ids] for split, ids in splits.items()},

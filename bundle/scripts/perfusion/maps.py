@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_ctp, load_frame_times, save_json, save_nifti
-from .perfusion import PerfusionMaps, compute_perfusion_maps
+from ..io import load_ctp, load_frame_times, save_json, save_nifti
+from .deconvolution import PerfusionMaps, compute_perfusion_maps
 
 
 def compute_maps(
@@ -26,7 +26,7 @@ def compute_maps(
         output_dir: folder for ``<map>.nii.gz`` and ``perfusion.json`` (AIF and settings used).
         overwrite: replace maps already in ``output_dir``.
         aif: optional text file with one AIF value (HU above baseline) per frame.
-        settings: keyword arguments of :func:`scripts.perfusion.compute_perfusion_maps`.
+        settings: keyword arguments of :func:`scripts.perfusion.deconvolution.compute_perfusion_maps`.
     """
     if ctp is None:
         raise ValueError("ctp: no 4D series given; pass --ctp path/to/ctp.nii.gz.")
@@ -34,7 +34,9 @@ def compute_maps(
     targets = {name: out / f"{name}.nii.gz" for name in PerfusionMaps.MAP_NAMES}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{out}: maps already exist ({existing[0]}, ...); pass overwrite=True (--overwrite true).")
+        raise FileExistsError(
+            f"{out}: maps already exist ({existing[0]}, ...); pass overwrite=True (--overwrite true)."
+        )
     series, interval, affine = load_ctp(ctp)
     frame_times = load_frame_times(ctp, series.shape[-1])
     given_aif = None
@@ -50,7 +52,13 @@ def compute_maps(
         raise ValueError(f"{ctp}: {err}") from err
     for name, array in maps.as_dict().items():
         save_nifti(targets[name], array, affine)
-    report = {"ctp": str(ctp), "frame_interval_s": interval,
-              "frame_times_s": None if frame_times is None else frame_times.tolist(), "aif_hu": maps.aif.round(3).tolist(), **maps.info, **settings}
+    report = {
+        "ctp": str(ctp),
+        "frame_interval_s": interval,
+        "frame_times_s": None if frame_times is None else frame_times.tolist(),
+        "aif_hu": maps.aif.round(3).tolist(),
+        **maps.info,
+        **settings,
+    }
     save_json(out / "perfusion.json", report)
     return {name: str(path) for name, path in targets.items()}

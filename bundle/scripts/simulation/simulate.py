@@ -1,8 +1,8 @@
 """Simulate one patient's 4D CT perfusion study with known tissue truth.
 
-The head phantom (:mod:`scripts.phantom`) gives anatomy and the ischemic state by construction; healthy
+The head phantom (:mod:`scripts.simulation.phantom`) gives anatomy and the ischemic state by construction; healthy
 perfusion values vary smoothly within each tissue class; lesions scale CBF and CBV and set the arrival
-delay (and so Tmax); tissue curves follow the indicator-dilution model (:mod:`scripts.tracer`) on a fine
+delay (and so Tmax); tissue curves follow the indicator-dilution model (:mod:`scripts.simulation.tracer`) on a fine
 time grid, are sampled at the frame interval, and get CT noise.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from ..perfusion.deconvolution import parabolic_peak
 from . import fate
 from . import phantom as ph
-from .perfusion import parabolic_peak
 from .tracer import ArterialInput, TissueCurveTable, disperse
 
 GROUPS = ("LVO", "Non-LVO", "WIS")
@@ -23,8 +23,8 @@ LESION_MODELS = {
     "fate": {"LVO": fate.fate_lvo_lesion, "Non-LVO": fate.fate_distal_lesion},
     "separable": {"LVO": ph.lvo_lesion, "Non-LVO": ph.distal_lesion},
 }
-"""Lesion models: ``fate`` (labels are the tissue's latent fate, :mod:`scripts.fate`; the default) and
-``separable`` (the former construction, one map separates each class, :func:`scripts.phantom.lvo_lesion`)."""
+"""Lesion models: ``fate`` (labels are the tissue's latent fate, :mod:`scripts.simulation.fate`; the default) and
+``separable`` (the former construction, one map separates each class, :func:`scripts.simulation.phantom.lvo_lesion`)."""
 REFERENCE_PIXEL_MM = 0.43664551
 REFERENCE_SLICE_MM = 5.0
 
@@ -88,14 +88,16 @@ def simulate_study(
     sigma = (5.0 / grid.pixel_mm, 5.0 / grid.pixel_mm, 0.7)
 
     # healthy perfusion: class means per patient, smooth within-class variation
-    gm, wm = tissue == ph.GM, tissue == ph.WM
+    gm = tissue == ph.GM
     cbf0 = np.where(gm, rng.uniform(50, 70), rng.uniform(20, 28)) * (1 + 0.12 * ph.smooth_field(shape, sigma, rng))
     cbv0 = np.where(gm, rng.uniform(3.5, 4.5), rng.uniform(1.7, 2.3)) * (1 + 0.08 * ph.smooth_field(shape, sigma, rng))
     delay0 = rng.uniform(0.3, 1.0) + 0.3 * np.abs(ph.smooth_field(shape, sigma, rng))
     cbf = np.where(brain, cbf0 * lesion.rcbf, 0.0)
     cbv = np.where(brain, cbv0 * lesion.rcbv, 0.0)
     mtt = np.where(brain, 60.0 * cbv / np.maximum(cbf, 1e-6), 0.0)
-    lesion_delay = delay0 + lesion.delay if lesion.extra_delay else np.where(lesion.state == ph.HEALTHY, delay0, lesion.delay)
+    lesion_delay = (
+        delay0 + lesion.delay if lesion.extra_delay else np.where(lesion.state == ph.HEALTHY, delay0, lesion.delay)
+    )
     delay = np.where(brain, lesion_delay, 0.0)
 
     aif = random_arterial_input(rng)
@@ -145,9 +147,13 @@ def simulate_study(
         "tmax": delay.astype(np.float32),
         "ttp": ttp,
     }
-    meta = {"affected_side": None if lesion.affected_left is None else ("left" if lesion.affected_left else "right"),
-            "lesion_model": lesion_model if group != "WIS" else None}
-    if lesion.latent:  # the fate model's parameters, and its true relative flow now and during ischaemia (for its oracle)
+    meta = {
+        "affected_side": None if lesion.affected_left is None else ("left" if lesion.affected_left else "right"),
+        "lesion_model": lesion_model if group != "WIS" else None,
+    }
+    if (
+        lesion.latent
+    ):  # the fate model's parameters, and its true relative flow now and during ischaemia (for its oracle)
         meta["fate"] = {key: value for key, value in lesion.latent.items() if np.ndim(value) == 0}
         truth["rcbf"] = np.where(brain, lesion.rcbf, 0.0).astype(np.float32)
         truth["rcbf_ischaemic"] = np.where(brain, lesion.latent["rcbf_ischaemic"], 0.0).astype(np.float32)

@@ -1,6 +1,6 @@
 """A learned voxel-wise tissue-outcome baseline: each voxel classified from its own map values and NIHSS.
 
-Between the RAPID-like thresholds (:mod:`scripts.thresholds`, no learning) and the networks (spatial
+Between the RAPID-like thresholds (:mod:`scripts.perfusion.thresholds`, no learning) and the networks (spatial
 context, learned): a gradient-boosted classifier (scikit-learn's ``HistGradientBoostingClassifier``) on
 per-voxel features relative to the patient's normal tissue, as tissue-outcome models in the literature do
 (e.g. Wu et al. 2001; ISLES 2018 voxel baselines):
@@ -23,15 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .brain_mask import brain_mask_from_mip
-from .data import CTPDataError, load_datalist, load_map, save_bytes, save_nifti
+from ..io import CTPDataError, load_datalist, load_map, save_bytes, save_nifti
+from ..perfusion.brain_mask import brain_mask_from_mip
 
 logger = logging.getLogger(__name__)
 
 FEATURES = ("rcbf", "rcbv", "tmax", "rttp", "nihss")
 
 
-def voxel_features(maps: dict[str, np.ndarray], brain: np.ndarray, nihss: float, normal_tmax: float = 4.0) -> np.ndarray:
+def voxel_features(
+    maps: dict[str, np.ndarray], brain: np.ndarray, nihss: float, normal_tmax: float = 4.0
+) -> np.ndarray:
     """Features ``(V, len(FEATURES))`` of the ``brain`` voxels, relative to the patient's normal tissue."""
     normal = brain & (maps["tmax"] < normal_tmax) & (maps["cbf"] > 0)
     reference = normal if normal.sum() >= 10 else brain
@@ -61,7 +63,7 @@ class VoxelOutcomeModel:
         self.max_voxels, self.seed, self.normal_tmax = int(max_voxels), int(seed), float(normal_tmax)
         self.classifier = None
 
-    def fit(self, items: list[dict]) -> "VoxelOutcomeModel":
+    def fit(self, items: list[dict]) -> VoxelOutcomeModel:
         """Fit on the brain voxels of ``items`` (validated datalist items with labels)."""
         from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -88,7 +90,9 @@ class VoxelOutcomeModel:
             raise RuntimeError("the voxel baseline is not fitted.")
         label = np.zeros(brain.shape, dtype=np.uint8)
         if brain.any():
-            label[brain] = self.classifier.predict(voxel_features(maps, brain, nihss, self.normal_tmax)).astype(np.uint8)
+            label[brain] = self.classifier.predict(voxel_features(maps, brain, nihss, self.normal_tmax)).astype(
+                np.uint8
+            )
         return label
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -96,7 +100,7 @@ class VoxelOutcomeModel:
         return save_bytes(path, pickle.dumps(self))
 
     @staticmethod
-    def load(path: str | os.PathLike) -> "VoxelOutcomeModel":
+    def load(path: str | os.PathLike) -> VoxelOutcomeModel:
         """Read a model written by :meth:`save` (only load files you made: pickle runs code)."""
         path = Path(path)
         if not path.is_file():
@@ -111,8 +115,9 @@ class VoxelOutcomeModel:
         return model
 
 
-def fit_voxel_baseline(datalist: str | os.PathLike, output_dir: str | os.PathLike, seed: int = 0,
-                       max_voxels: int = 300_000) -> Path:
+def fit_voxel_baseline(
+    datalist: str | os.PathLike, output_dir: str | os.PathLike, seed: int = 0, max_voxels: int = 300_000
+) -> Path:
     """Fit on the datalist's training split and save ``<output_dir>/model.pkl``; return its path."""
     items = load_datalist(datalist, splits=("training",))["training"]
     model = VoxelOutcomeModel(max_voxels=max_voxels, seed=seed).fit(items)
@@ -121,8 +126,9 @@ def fit_voxel_baseline(datalist: str | os.PathLike, output_dir: str | os.PathLik
     return path
 
 
-def predict_split(datalist: str | os.PathLike, model_path: str | os.PathLike, split: str,
-                  output_dir: str | os.PathLike) -> Path:
+def predict_split(
+    datalist: str | os.PathLike, model_path: str | os.PathLike, split: str, output_dir: str | os.PathLike
+) -> Path:
     """Write ``<output_dir>/<id>.nii.gz`` label predictions for every patient of ``split``; return the folder."""
     model = VoxelOutcomeModel.load(model_path)
     out = Path(output_dir)
@@ -132,12 +138,15 @@ def predict_split(datalist: str | os.PathLike, model_path: str | os.PathLike, sp
     return out
 
 
-def evaluate_voxel_baseline(datalist: str | os.PathLike, model_path: str | os.PathLike, split: str,
-                            output_dir: str | os.PathLike) -> list[dict]:
+def evaluate_voxel_baseline(
+    datalist: str | os.PathLike, model_path: str | os.PathLike, split: str, output_dir: str | os.PathLike
+) -> list[dict]:
     """Predict ``split`` into ``<output_dir>/predictions`` and score it like the networks (reports in
     ``<output_dir>/<split>``); return the per-group summary."""
     from .metrics import evaluate_predictions
 
     predictions = predict_split(datalist, model_path, split, Path(output_dir) / "predictions")
-    _, summary = evaluate_predictions(datalist, predictions, split=split, output_dir=Path(output_dir) / split, title="voxel")
+    _, summary = evaluate_predictions(
+        datalist, predictions, split=split, output_dir=Path(output_dir) / split, title="voxel"
+    )
     return summary

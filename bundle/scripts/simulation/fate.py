@@ -20,7 +20,7 @@ so every class overlaps every other on every single map, and no map threshold re
 * **Collaterals** (one grade per patient, smooth local variation): good collaterals keep flow up in the
   occluded territory while the retrograde route lengthens the arrival, so benign oligaemia reaches Tmax
   of 6-10 s and penumbra spans about 4-14 s; poor collaterals give deep, short-delay flow loss. The
-  grade also shapes NIHSS (:func:`scripts.cohort.draw_nihss`).
+  grade also shapes NIHSS (:func:`scripts.simulation.cohort.draw_nihss`).
 * **Blood volume** rises with autoregulatory vasodilation while perfusion pressure falls and collapses
   where flow is too low to keep vessels open or the tissue has died (Powers 1991; the CBV core criteria of
   Wintermark 2006), by a per-patient amount: CBV marks core, loosely.
@@ -30,7 +30,7 @@ so every class overlaps every other on every single map, and no map threshold re
 
 Lesions are territory-shaped and contiguous (a smooth depth field); fine-scale vulnerability makes the
 boundaries uncertain, as drawn labels are. The former construction, in which one map separates each
-class, is :func:`scripts.phantom.lvo_lesion` / ``distal_lesion`` (``lesion_model="separable"``).
+class, is :func:`scripts.simulation.phantom.lvo_lesion` / ``distal_lesion`` (``lesion_model="separable"``).
 """
 
 from __future__ import annotations
@@ -80,7 +80,11 @@ def draw_patient(group: str, rng: np.random.Generator) -> dict:
 
 
 def _fate_lesion(
-    severity: np.ndarray, hypoperfused: np.ndarray, grid: ph.Grid, rng: np.random.Generator, latent: dict,
+    severity: np.ndarray,
+    hypoperfused: np.ndarray,
+    grid: ph.Grid,
+    rng: np.random.Generator,
+    latent: dict,
     max_delay: tuple[float, float],
 ) -> ph.Lesion:
     """Maps and fate from a severity field over the ``hypoperfused`` region (contiguous, territory-shaped).
@@ -107,7 +111,9 @@ def _fate_lesion(
     delay = depth * (lo + (hi - lo) * collateral) + 1.5 * depth * ph.smooth_field(shape, coarse, rng)
     delay = np.where(hypoperfused, np.clip(delay, 0.0, None), 0.0)
     # tissue vulnerability: each voxel's thresholds scaled by 1 +- VULNERABILITY (fine and coarse texture)
-    vulnerability = 1.0 + VULNERABILITY * (0.8 * ph.smooth_field(shape, fine, rng) + 0.6 * ph.smooth_field(shape, coarse, rng))
+    vulnerability = 1.0 + VULNERABILITY * (
+        0.8 * ph.smooth_field(shape, fine, rng) + 0.6 * ph.smooth_field(shape, coarse, rng)
+    )
     core = hypoperfused & (rcbf_ischaemic < infarction_threshold(latent["ischaemia_h"]) * vulnerability)
     core = drop_small_components(core, MIN_CORE_ML / (np.prod(grid.spacing) / 1000.0))
     rcbf = rcbf_ischaemic.copy()
@@ -126,7 +132,9 @@ def _fate_lesion(
     state = np.full(shape, ph.HEALTHY, dtype=np.uint8)
     state[oligaemia], state[penumbra], state[core] = ph.OLIGAEMIA, ph.PENUMBRA, ph.CORE
     latent = {**latent, "rcbf_ischaemic": rcbf_ischaemic.astype(np.float32)}
-    return ph.Lesion(state=state, rcbf=rcbf, rcbv=rcbv, delay=delay, affected_left=None, extra_delay=True, latent=latent)
+    return ph.Lesion(
+        state=state, rcbf=rcbf, rcbv=rcbv, delay=delay, affected_left=None, extra_delay=True, latent=latent
+    )
 
 
 def fate_lvo_lesion(anatomy: ph.Anatomy, grid: ph.Grid, rng: np.random.Generator) -> ph.Lesion:
@@ -168,7 +176,9 @@ def oracle_labels(rcbf: np.ndarray, rcbf_ischaemic: np.ndarray, ischaemia_h: flo
     return np.where(core, 2, np.where(penumbra, 1, 0)).astype(np.uint8)
 
 
-def best_single_map_dice(samples: dict[str, list[np.ndarray]], labels: list[np.ndarray]) -> dict[tuple[str, str], float]:
+def best_single_map_dice(
+    samples: dict[str, list[np.ndarray]], labels: list[np.ndarray]
+) -> dict[tuple[str, str], float]:
     """Best pooled Dice of ``map < t`` or ``map > t`` per (map, class): how well one map's threshold reads
     the labels. ``samples`` maps a name to per-patient voxel values, ``labels`` the same voxels' labels;
     ``t`` runs over the pooled values' 0.5 ... 99.5th percentiles."""

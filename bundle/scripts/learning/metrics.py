@@ -31,10 +31,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
 from ignite.metrics import Metric, MetricsLambda
 from monai.metrics import compute_hausdorff_distance
 
-from .data import GROUPS, LABEL_VALUES, CTPDataError, load_datalist, save_text
+from ..io import GROUPS, LABEL_VALUES, CTPDataError, load_datalist, save_text
 
 LESION_CLASSES = ("penumbra", "core")
 LESION_GROUPS = ("LVO", "Non-LVO")
@@ -58,7 +59,9 @@ def lesion_metrics(pred: np.ndarray, label: np.ndarray, spacing: Sequence[float]
         if n_p and n_t:
             pt, tt = torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None]
             hd = compute_hausdorff_distance(pt, tt, include_background=True, spacing=list(spacing[: pred.ndim]))
-            hd95 = compute_hausdorff_distance(pt, tt, include_background=True, percentile=95, spacing=list(spacing[: pred.ndim]))
+            hd95 = compute_hausdorff_distance(
+                pt, tt, include_background=True, percentile=95, spacing=list(spacing[: pred.ndim])
+            )
             out[f"hd_{name}"], out[f"hd95_{name}"] = float(hd.item()), float(hd95.item())
         else:
             out[f"hd_{name}"] = out[f"hd95_{name}"] = math.nan
@@ -80,14 +83,19 @@ def summarise(rows: Iterable[Mapping]) -> list[dict]:
                 values = np.array([r[f"{metric}_{name}"] for r in members], dtype=np.float64)
                 defined = values[~np.isnan(values)]
                 entry = {
-                    "group": group, "class": name, "metric": metric, "n": int(defined.size),
+                    "group": group,
+                    "class": name,
+                    "metric": metric,
+                    "n": int(defined.size),
                     "n_undefined": int(values.size - defined.size),
                     "mean": float(defined.mean()) if defined.size else math.nan,
                     "sd": float(defined.std(ddof=1)) if defined.size > 1 else (0.0 if defined.size else math.nan),
                 }
                 if metric == "dice":
                     entry["n_both_empty"] = sum(
-                        1 for r in members if not r.get(f"has_pred_{name}", True) and not r.get(f"has_true_{name}", True)
+                        1
+                        for r in members
+                        if not r.get(f"has_pred_{name}", True) and not r.get(f"has_true_{name}", True)
                     )
                 summary.append(entry)
     return summary
@@ -111,7 +119,7 @@ def lesion_mean(
     return sum(values) / len(values) if values else math.nan
 
 
-def selection_metric(lesion: "LesionMetrics") -> MetricsLambda:
+def selection_metric(lesion: LesionMetrics) -> MetricsLambda:
     """``lesion_mean`` of an attached :class:`LesionMetrics` as a scalar Ignite metric (an evaluator's key metric)."""
     return MetricsLambda(lambda computed: lesion_mean(computed, lesion.split), lesion)
 
@@ -138,8 +146,10 @@ def markdown_table(summary: Sequence[Mapping], title: str = "model") -> str:
         digits = 2 if metric == "dice" else 1
         return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
 
-    header = ("| model | class | Dice LVO ↑ | Dice Non-LVO ↑ | HD95 LVO (mm) ↓ | HD95 Non-LVO (mm) ↓ | "
-              "ΔV LVO (ml) ↓ | ΔV Non-LVO (ml) ↓ | ΔV WIS (ml) ↓ | Dice all ↑ |")
+    header = (
+        "| model | class | Dice LVO ↑ | Dice Non-LVO ↑ | HD95 LVO (mm) ↓ | HD95 Non-LVO (mm) ↓ | "
+        "ΔV LVO (ml) ↓ | ΔV Non-LVO (ml) ↓ | ΔV WIS (ml) ↓ | Dice all ↑ |"
+    )
     lines = [header, "|" + "---|" * 10]
     for name in CLASSES:
         lines.append(
@@ -150,7 +160,9 @@ def markdown_table(summary: Sequence[Mapping], title: str = "model") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(rows: Sequence[Mapping], summary: Sequence[Mapping], output_dir: str | os.PathLike, title: str = "model") -> dict[str, Path]:
+def write_reports(
+    rows: Sequence[Mapping], summary: Sequence[Mapping], output_dir: str | os.PathLike, title: str = "model"
+) -> dict[str, Path]:
     """Write ``metrics_per_patient.csv``, ``metrics_summary.csv`` and ``metrics_summary.md`` atomically."""
     out = Path(output_dir)
     return {
@@ -205,9 +217,13 @@ def evaluate_predictions(
         pred, pred_spacing = _load_labels(Path(predictions) / pattern.format(id=pid), "prediction", pid)
         label, spacing = _load_labels(Path(item["label"]), "label", pid)
         if pred.shape != label.shape:
-            raise CTPDataError(f"patient {pid}: prediction shape {pred.shape} differs from label {label.shape} ({item['label']}).")
+            raise CTPDataError(
+                f"patient {pid}: prediction shape {pred.shape} differs from label {label.shape} ({item['label']})."
+            )
         if not np.allclose(pred_spacing, spacing, rtol=1e-3):
-            raise CTPDataError(f"patient {pid}: prediction spacing {pred_spacing} differs from label {spacing} ({item['label']}).")
+            raise CTPDataError(
+                f"patient {pid}: prediction spacing {pred_spacing} differs from label {spacing} ({item['label']})."
+            )
         rows.append(patient_row(pid, item["group"], pred, label, spacing))
     summary = summarise(rows)
     if output_dir is not None:
@@ -220,7 +236,8 @@ class LesionMetrics(Metric):
 
     ``update`` takes the (decollated) evaluator output: a dict or list of dicts with ``pred`` and
     ``label`` 3D volumes (class indices or one-hot / probabilities, channel first), the patient's
-    group and id (under ``group_key`` and ``id_key``); the spacing is read from the label's MetaTensor (``pixdim``) or a ``spacing`` key.
+    group and id (under ``group_key`` and ``id_key``); the spacing is read from the label's MetaTensor
+    (``pixdim``) or a ``spacing`` key.
     ``compute`` returns ``{<split>_<metric>_<class>_<group>: mean}``; Ignite stores each entry in
     ``engine.state.metrics``. The per-patient rows stay in ``self.rows`` for reports.
     """
@@ -258,9 +275,25 @@ class LesionMetrics(Metric):
                 raise ValueError("LesionMetrics needs the voxel spacing: a MetaTensor label or a 'spacing' entry.")
             group = item.get(self.group_key)
             if group not in GROUPS:
-                raise ValueError(f"LesionMetrics: item {item.get(self.id_key, '?')} has group {group!r}; expected one of {GROUPS}.")
+                raise ValueError(
+                    f"LesionMetrics: item {item.get(self.id_key, '?')} has group {group!r}; expected one of {GROUPS}."
+                )
             pid = str(item.get(self.id_key, len(self.rows)))
             self.rows.append(patient_row(pid, group, self._labels(item["pred"]), self._labels(label), spacing))
 
     def compute(self) -> dict[str, float]:
         return metric_names(summarise(self.rows), self.split)
+
+
+class MetricReports:
+    """After each evaluation, write the per-patient CSV and the per-group summaries of a LesionMetrics."""
+
+    def __init__(self, metric: LesionMetrics, output_dir: str | os.PathLike, title: str = "model") -> None:
+        self.metric, self.output_dir, self.title = metric, output_dir, title
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.metric.rows:
+            write_reports(self.metric.rows, summarise(self.metric.rows), self.output_dir, self.title)

@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .data import save_bytes
+from ..io import save_bytes
 
 TMAX_THRESHOLDS_S = (4.0, 6.0, 8.0, 10.0)
-DISCLAIMER = ("Imaging criteria only, computed by a research model: not a medical device and not a treatment decision. "
-              "Trial eligibility also needs clinical criteria (time from onset, occlusion site, age, NIHSS, ...).")
+DISCLAIMER = (
+    "Imaging criteria only, computed by a research model: not a medical device and not a treatment decision. "
+    "Trial eligibility also needs clinical criteria (time from onset, occlusion site, age, NIHSS, ...)."
+)
 
 
 def voxel_volume_ml(spacing: Sequence[float]) -> float:

@@ -1,6 +1,6 @@
 """Indicator-dilution model of a CT perfusion study: arterial input, residue functions, tissue curves.
 
-Conventions (shared with :mod:`scripts.perfusion`, which inverts them with the same constants):
+Conventions (shared with :mod:`scripts.perfusion.deconvolution`, which owns the constants and inverts the model):
 
 * CBF in ml/100 g/min, CBV in ml/100 g, MTT and delays in seconds, enhancement in HU.
 * Tissue enhancement ``dHU(t) = (rho / k_H) * F * (AIF(. - delay) conv R)(t)`` with ``F = CBF / 6000``
@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaincc
 
-RHO = 1.04
-"""Brain tissue density (g/ml)."""
-K_H = 0.73
-"""Haematocrit correction (1 - Hct_large) / (1 - Hct_small) = 0.55 / 0.75."""
+from ..perfusion.deconvolution import K_H, RHO
 
 
 @dataclass(frozen=True)

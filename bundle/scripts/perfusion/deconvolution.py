@@ -19,7 +19,7 @@ Pipeline, vectorised over voxels (no per-voxel Python loops):
    ``oscillation_limit``; the index is spike-aware (:func:`oscillation_index`), so a curve that is not an
    exact discrete convolution (every real scan) cannot drive the choice to a spike. ``method="bsvd"`` uses
    one fixed ``truncation``. The default was chosen on the independent phantom
-   (:mod:`scripts.perfusion_phantom`, ``benchmarks/perfusion_phantom.py``), not on the cohort simulator.
+   (:mod:`scripts.perfusion.digital_phantom`, ``benchmarks/perfusion_phantom.py``), not on the cohort simulator.
 5. From the flow-scaled residue ``k(t) = (rho/k_H) CBF R(t - delay)``: CBF = ``(k_H/rho) max k`` (x6000),
    CBV = ``(k_H/rho) sum k dt`` (x100), MTT = ``60 CBV / CBF``. Tmax is the time of the residue's peak.
    ``tmax_method="rise"`` (default) reads it at the half-maximum rise that leads to the peak's plateau, which
@@ -41,10 +41,14 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
-from .tracer import K_H, RHO
+from ..io.images import MIN_FRAMES, validate_frame_times
 
-MIN_FRAMES = 10
-"""Fewest frames a series may have: a baseline, the bolus and its wash-out."""
+RHO = 1.04
+"""Brain tissue density (g/ml)."""
+
+K_H = 0.73
+"""Haematocrit correction (1 - Hct_large) / (1 - Hct_small) = 0.55 / 0.75."""
+
 
 MIN_AIF_PEAK_HU = 20.0
 """An arterial input peaking lower than this (HU above baseline) is noise: real AIFs peak at hundreds of HU."""
@@ -304,22 +308,6 @@ def validate_series(ctp: np.ndarray, frame_interval: float, name: str = "ctp") -
         raise ValueError(f"{name}: the series contains NaN or infinite values.")
 
 
-def validate_frame_times(frame_times: np.ndarray, n_frames: int, name: str = "frame_times") -> np.ndarray:
-    """The frame times (s) as floats, or ``ValueError`` naming ``name``: one finite time per frame, increasing."""
-    times = np.asarray(frame_times, dtype=np.float64).ravel()
-    if times.size != n_frames:
-        raise ValueError(f"{name}: {times.size} frame times for a series of {n_frames} frames.")
-    if not np.isfinite(times).all():
-        raise ValueError(f"{name}: frame times must be finite numbers of seconds.")
-    steps = np.diff(times)
-    if np.any(steps <= 0):
-        i = int(np.argmax(steps <= 0))
-        kind = "duplicate" if steps[i] == 0 else "decreasing"
-        raise ValueError(f"{name}: frame times must strictly increase; frames {i} and {i + 1} have {kind} times "
-                         f"({times[i]:g} s, {times[i + 1]:g} s).")
-    return times
-
-
 def uniform_grid(frame_times: np.ndarray, max_upsampling: float = 4.0) -> np.ndarray:
     """An even time grid over the acquisition at its shortest frame interval (at most ``max_upsampling``
     times as many frames as acquired)."""
@@ -419,10 +407,14 @@ def compute_perfusion_maps(
     baseline = baseline_of(n_base)
     info["baseline_frames"] = n_base
     if float(np.max(aif)) < MIN_AIF_PEAK_HU:
-        raise ValueError(f"no contrast bolus: the arterial input peaks {float(np.max(aif)):.1f} HU above baseline "
-                         f"(need >= {MIN_AIF_PEAK_HU:g} HU); is this a contrast-enhanced perfusion series?")
-    info.update(aif_peak_s=float(parabolic_peak(aif[None], np.array([int(np.argmax(aif))]))[0] * dt),
-                aif_area_hu_s=float(np.sum(aif) * dt))
+        raise ValueError(
+            f"no contrast bolus: the arterial input peaks {float(np.max(aif)):.1f} HU above baseline "
+            f"(need >= {MIN_AIF_PEAK_HU:g} HU); is this a contrast-enhanced perfusion series?"
+        )
+    info.update(
+        aif_peak_s=float(parabolic_peak(aif[None], np.array([int(np.argmax(aif))]))[0] * dt),
+        aif_area_hu_s=float(np.sum(aif) * dt),
+    )
     vessel = mip - baseline > vessel_fraction * float(np.max(aif))
     tissue = soft & (baseline >= parenchyma_hu[0]) & (baseline <= parenchyma_hu[1]) & ~vessel
     sigma_px = tuple(smoothing_mm / float(s) for s in spacing[:2])

@@ -17,8 +17,6 @@ scores ``(B, 3, H, W, D)``, so the inference and evaluation configs run it exact
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 from torch import nn
@@ -60,13 +58,23 @@ class ThresholdSegmentation(nn.Module):
             raise ValueError(f"need 0 <= normal_tmax ({normal_tmax}) <= hypoperfused_tmax ({hypoperfused_tmax}).")
         self.core_rcbf, self.hypoperfused_tmax, self.normal_tmax = core_rcbf, hypoperfused_tmax, normal_tmax
 
-    def forward(self, image: torch.Tensor, brain: Optional[torch.Tensor] = None, nihss: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, brain: torch.Tensor | None = None, nihss: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if image.ndim != 5 or image.shape[1] < 4:
-            raise ValueError(f"expected stacked maps (B, C>=4, H, W, D) with cbf first and tmax fourth, got {tuple(image.shape)}.")
+            raise ValueError(
+                f"expected stacked maps (B, C>=4, H, W, D) with cbf first and tmax fourth, got {tuple(image.shape)}."
+            )
         scores = torch.zeros((image.shape[0], 3, *image.shape[2:]), dtype=torch.float32, device=image.device)
         for b in range(image.shape[0]):
             mask = None if brain is None else brain[b, 0].detach().cpu().numpy() > 0
-            label = threshold_labels(image[b, CBF_CHANNEL].detach().cpu().numpy(), image[b, TMAX_CHANNEL].detach().cpu().numpy(),
-                                     mask, self.core_rcbf, self.hypoperfused_tmax, self.normal_tmax)
+            label = threshold_labels(
+                image[b, CBF_CHANNEL].detach().cpu().numpy(),
+                image[b, TMAX_CHANNEL].detach().cpu().numpy(),
+                mask,
+                self.core_rcbf,
+                self.hypoperfused_tmax,
+                self.normal_tmax,
+            )
             scores[b] = nn.functional.one_hot(torch.as_tensor(label, dtype=torch.long), 3).movedim(-1, 0).float()
         return scores

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from .brain_mask import brain_mask_from_mip
-from .data import MAP_KEYS, CTPDataError, check_patient, save_json, save_nifti
+from ..io import MAP_KEYS, CTPDataError, check_patient, save_json, save_nifti
+from ..perfusion.brain_mask import brain_mask_from_mip
 from .report import clinical_report, save_montage
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ def _patient_folder(folder: Path) -> dict | None:
 
 
 def find_studies(source: str | os.PathLike, split: str = "test") -> list[dict]:
-    """Study items (``id``, map paths or ``ctp``, optional ``nihss``) from a datalist, a folder of patients or one patient."""
+    """Study items (``id``, map paths or ``ctp``, optional ``nihss``) from a datalist, a folder of patients or
+    one patient."""
     path = Path(source)
     if path.is_file():
         try:
@@ -74,7 +75,9 @@ def find_studies(source: str | os.PathLike, split: str = "test") -> list[dict]:
         return [single]
     items = [item for item in (_patient_folder(p) for p in sorted(path.iterdir()) if p.is_dir()) if item is not None]
     if not items:
-        raise CTPDataError(f"{path}: no patient found (folders with {', '.join(k + '.nii.gz' for k in MAP_KEYS)} or ctp.nii.gz).")
+        raise CTPDataError(
+            f"{path}: no patient found (folders with {', '.join(k + '.nii.gz' for k in MAP_KEYS)} or ctp.nii.gz)."
+        )
     return items
 
 
@@ -116,24 +119,33 @@ def prepare_studies(
         raise
 
 
-def _prepare_study(item: dict, out: Path, nihss: int | None, needs_nihss: bool, overwrite: bool,
-                   perfusion: Mapping[str, Any] | None) -> dict:
+def _prepare_study(
+    item: dict, out: Path, nihss: int | None, needs_nihss: bool, overwrite: bool, perfusion: Mapping[str, Any] | None
+) -> dict:
     """Check one study, compute its maps when only a raw series is given; return its dataset item."""
-    from .maps import compute_maps
+    from ..perfusion.maps import compute_maps
 
     pid = str(item["id"])
     if (out / pid).exists() and not overwrite:
-        raise FileExistsError(f"{out / pid}: outputs already exist; pass --overwrite true or choose another --output_dir.")
+        raise FileExistsError(
+            f"{out / pid}: outputs already exist; pass --overwrite true or choose another --output_dir."
+        )
     value = item.get("nihss", nihss)
     if value is None and needs_nihss:
-        raise CTPDataError(f"patient {pid}: the model takes NIHSS but none is given; add 'nihss' to the datalist or pass --nihss.")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= 42):
+        raise CTPDataError(
+            f"patient {pid}: the model takes NIHSS but none is given; add 'nihss' to the datalist or pass --nihss."
+        )
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= 42
+    ):
         raise CTPDataError(f"patient {pid}: nihss must be an integer 0-42, got {value!r}.")
     item = {**item, "id": pid, "nihss": torch.tensor([float(value if value is not None else 0)])}
     missing = [k for k in MAP_KEYS if k not in item]
     if missing:
         if "ctp" not in item:
-            raise CTPDataError(f"patient {pid}: missing map(s) {', '.join(missing)} and no raw 'ctp' series to compute them from.")
+            raise CTPDataError(
+                f"patient {pid}: missing map(s) {', '.join(missing)} and no raw 'ctp' series to compute them from."
+            )
         staging = out / PARTIAL.format(pid) / "maps"
         shutil.rmtree(staging, ignore_errors=True)
         logger.info("patient %s: computing maps from %s", pid, item["ctp"])
@@ -180,7 +192,9 @@ class SaveStudyOutputsd(MapTransform):
         reference = nib.load(study["cbf"])
         label = np.asarray(_array(d[self.keys[0]])[0], dtype=np.uint8)
         if label.shape != reference.shape:
-            raise CTPDataError(f"patient {pid}: prediction shape {label.shape} differs from {study['cbf']} {reference.shape}.")
+            raise CTPDataError(
+                f"patient {pid}: prediction shape {label.shape} differs from {study['cbf']} {reference.shape}."
+            )
         staging = self.output_dir / PARTIAL.format(pid)
         staging.mkdir(parents=True, exist_ok=True)
         save_nifti(staging / "label.nii.gz", label, reference.affine, header=reference.header)
@@ -191,8 +205,15 @@ class SaveStudyOutputsd(MapTransform):
         mip = np.asarray(nib.load(study["mip"]).dataobj, dtype=np.float32)
         brain = _array(d["brain"])[0] > 0 if "brain" in d else brain_mask_from_mip(mip)
         nihss = int(_array(study["nihss"]).reshape(-1)[0])
-        report = clinical_report(label, tmax, reference.header.get_zooms()[:3], brain, nihss=nihss if nihss >= 0 else None,
-                                 patient_id=pid, method=self.method)
+        report = clinical_report(
+            label,
+            tmax,
+            reference.header.get_zooms()[:3],
+            brain,
+            nihss=nihss if nihss >= 0 else None,
+            patient_id=pid,
+            method=self.method,
+        )
         report["inputs"] = {k: str(study[k]) for k in ("ctp", *MAP_KEYS) if k in study}
         save_json(staging / "report.json", report)
         if self.montage:
@@ -235,7 +256,7 @@ def run_inference(evaluator: Any, output_dir: str | os.PathLike) -> list[str]:
 def default_checkpoint(bundle_root: str | os.PathLike, run_dir: str | os.PathLike = "runs/default") -> str | None:
     """``<bundle>/models/model.pt`` when present, else the best checkpoint of the default training run
     (``runs/default/model/best_*.pt``)."""
-    from .training import latest_checkpoint
+    from ..learning.checkpoints import latest_checkpoint
 
     model = Path(bundle_root) / "models" / "model.pt"
     return str(model) if model.is_file() else latest_checkpoint(Path(run_dir) / "model", "best")
@@ -272,14 +293,23 @@ class FastInference(torch.nn.Module):
 
 
 def load_model(
-    network: torch.nn.Module, checkpoint: str | os.PathLike | None, precision: str = "fp32", channels_last: bool = False,
+    network: torch.nn.Module,
+    checkpoint: str | os.PathLike | None,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> torch.nn.Module:
     """Load the trained weights into ``network`` (clear errors for a missing or unfitting checkpoint); in eval
     mode, wrapped in :class:`FastInference` when a speed option is asked for."""
-    from .training import load_network_weights
+    from ..learning.checkpoints import load_network_weights
 
     if not checkpoint or not Path(checkpoint).is_file():
-        raise CTPDataError(f"{checkpoint or 'bundle/models/model.pt'}: no trained model; train first or pass --checkpoint PATH.")
+        raise CTPDataError(
+            f"{checkpoint or 'bundle/models/model.pt'}: no trained model; train first or pass --checkpoint PATH."
+        )
     load_network_weights(network, checkpoint)
     network.eval()
-    return network if precision == "fp32" and not channels_last else FastInference(network, precision, channels_last).eval()
+    return (
+        network
+        if precision == "fp32" and not channels_last
+        else FastInference(network, precision, channels_last).eval()
+    )

@@ -27,9 +27,10 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from .data import save_json, save_text
+from ..io import save_json, save_text
+from .checkpoints import drop_resume_point
 from .metrics import LESION_CLASSES, lesion_mean
-from .training import default_tracking_uri, drop_resume_point, latest_run
+from .tracking import default_tracking_uri, latest_run
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +78,18 @@ def open_storage(url: str, heartbeat_interval: int = 60):
     import optuna
 
     if url.startswith("sqlite:///"):  # a new SQLite file needs its folder
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     try:
         return optuna.storages.RDBStorage(
-            url, heartbeat_interval=int(heartbeat_interval), grace_period=3 * int(heartbeat_interval),
+            url,
+            heartbeat_interval=int(heartbeat_interval),
+            grace_period=3 * int(heartbeat_interval),
             heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
         )
     except Exception as err:  # SQLAlchemy raises many types for bad URLs, missing drivers, refused connections
-        raise ValueError(f"{url}: cannot open the Optuna storage ({type(err).__name__}: {str(err).splitlines()[0]}).") from err
+        raise ValueError(
+            f"{url}: cannot open the Optuna storage ({type(err).__name__}: {str(err).splitlines()[0]})."
+        ) from err
 
 
 def make_pruner(name: str):
@@ -127,7 +132,9 @@ class TrialPruning:
 
     def _check_loss(self, engine: Engine) -> None:
         output = engine.state.output
-        loss = output[0]["loss"] if isinstance(output, list) else output.get("loss") if isinstance(output, dict) else None
+        loss = (
+            output[0]["loss"] if isinstance(output, list) else output.get("loss") if isinstance(output, dict) else None
+        )
         if loss is not None and not math.isfinite(float(loss)):
             raise FloatingPointError(f"non-finite training loss ({float(loss)}) at iteration {engine.state.iteration}")
 
@@ -155,7 +162,9 @@ def _root_cause(err: BaseException) -> BaseException:
 def _workflow(config_file: Any, run_id: str, **override: Any):
     from monai.bundle import ConfigWorkflow
 
-    workflow = ConfigWorkflow(config_file=config_file, logging_file=False, run_id=run_id, workflow_type="train", **override)
+    workflow = ConfigWorkflow(
+        config_file=config_file, logging_file=False, run_id=run_id, workflow_type="train", **override
+    )
     workflow.initialize()
     return workflow
 
@@ -204,21 +213,28 @@ def run_study(
     storage_ = open_storage(url, heartbeat_interval)
     existing = _trial_count(storage_, study_name)
     study = optuna.create_study(
-        study_name=study_name, storage=storage_, load_if_exists=True, directions=list(directions),
+        study_name=study_name,
+        storage=storage_,
+        load_if_exists=True,
+        directions=list(directions),
         # seeded by the trials already in the study: a resumed study does not repeat its first samples
         sampler=optuna.samplers.TPESampler(seed=seed + existing, n_startup_trials=4),
         pruner=trial_pruner,
     )
     if study.user_attrs.get("objective", objective) != objective:
-        raise ValueError(f"study {study_name!r} was created with objective {study.user_attrs['objective']!r}; "
-                         "use another study_name for another objective.")
+        raise ValueError(
+            f"study {study_name!r} was created with objective {study.user_attrs['objective']!r}; "
+            "use another study_name for another objective."
+        )
     study.set_user_attr("objective", objective)
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(experiment_name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
     parent = latest_run(client, experiment_name, study_name)
     if parent is None:
-        parent = client.create_run(experiment_id, run_name=study_name, tags={"optuna_storage": url, "objective": objective})
+        parent = client.create_run(
+            experiment_id, run_name=study_name, tags={"optuna_storage": url, "objective": objective}
+        )
         for key, bounds in space.items():
             client.log_param(parent.info.run_id, f"range_{key}", list(bounds))
         client.log_param(parent.info.run_id, "tie_beta", tie_beta)
@@ -235,8 +251,15 @@ def run_study(
         frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
         retry_of = optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
         name = f"{study_name}_trial_{trial.number if retry_of is None else retry_of:03d}"
-        settings = {"datalist": datalist, "output_dir": str(root / name), "tracking_uri": uri,
-                    "experiment_name": experiment_name, **overrides, **params, "resume": retry_of is not None}
+        settings = {
+            "datalist": datalist,
+            "output_dir": str(root / name),
+            "tracking_uri": uri,
+            "experiment_name": experiment_name,
+            **overrides,
+            **params,
+            "resume": retry_of is not None,
+        }
         if retry_of is not None:
             logger.info("trial %d retries trial %d (its worker died): resuming %s", trial.number, retry_of, name)
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.3f}" for k, v in params.items()))
@@ -244,13 +267,20 @@ def run_study(
         try:
             training = _workflow(f"{config_dir}/train.json", "training", **settings)
             parser = training.parser
-            TrialPruning(trial, parser.get_parsed_content("validate#evaluator"), objective,
-                         prune=len(directions) == 1).attach(parser.get_parsed_content("train#trainer"))
+            TrialPruning(
+                trial, parser.get_parsed_content("validate#evaluator"), objective, prune=len(directions) == 1
+            ).attach(parser.get_parsed_content("train#trainer"))
             training.run()
-            evaluation = _workflow([f"{config_dir}/train.json", f"{config_dir}/evaluate.json"], "evaluating",
-                                   split="validation", **settings)
+            evaluation = _workflow(
+                [f"{config_dir}/train.json", f"{config_dir}/evaluate.json"],
+                "evaluating",
+                split="validation",
+                **settings,
+            )
             evaluation.run()
-            values = objective_values(evaluation.parser.get_parsed_content("validate#evaluator").state.metrics, objective)
+            values = objective_values(
+                evaluation.parser.get_parsed_content("validate#evaluator").state.metrics, objective
+            )
             if any(v != v for v in values):
                 raise FloatingPointError(f"objective undefined (NaN) for trial {trial.number}")
             state = "FINISHED"
@@ -267,10 +297,14 @@ def run_study(
             if run is not None:
                 client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
                 client.set_tag(run.info.run_id, "optuna_trial", str(trial.number))
-                client.set_tag(run.info.run_id, "optuna_state", {"FINISHED": "COMPLETE", "KILLED": "PRUNED"}.get(state, "FAIL"))
+                client.set_tag(
+                    run.info.run_id, "optuna_state", {"FINISHED": "COMPLETE", "KILLED": "PRUNED"}.get(state, "FAIL")
+                )
                 if values is not None:
                     for i, value in enumerate(values):
-                        client.log_metric(run.info.run_id, f"objective_{i}" if len(values) > 1 else "objective", float(value))
+                        client.log_metric(
+                            run.info.run_id, f"objective_{i}" if len(values) > 1 else "objective", float(value)
+                        )
                 if run.info.status == "RUNNING" or state != "FINISHED":
                     client.set_terminated(run.info.run_id, status=state)
 
@@ -325,7 +359,9 @@ def summarise_study(study: Any, root: Path, client: Any, experiment_name: str, p
         for key, value in params.items():
             client.log_metric(parent_id, f"best_{key}", float(value))
         for i, value in enumerate(trial.values):
-            client.log_metric(parent_id, "best_objective" if len(trial.values) == 1 else f"best_objective_{i}", float(value))
+            client.log_metric(
+                parent_id, "best_objective" if len(trial.values) == 1 else f"best_objective_{i}", float(value)
+            )
     for key in ("complete", "pruned", "failed"):
         client.log_metric(parent_id, f"trials_{key}", float(summary[key]))
     summary.update(write_exp1_tables(study, client, experiment_name, root / "tables"))
@@ -342,7 +378,9 @@ def write_exp1_tables(study: Any, client: Any, experiment_name: str, output_dir:
     rows, lines = [], []
     header = "| trial | γ | α | β | class | Dice LVO | Dice Non-LVO | Dice all | objective |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
-    for trial in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number):
+    for trial in sorted(
+        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number
+    ):
         run = latest_run(client, experiment_name, f"{study.study_name}_trial_{trial.number:03d}")
         if run is None:
             continue
@@ -357,18 +395,29 @@ def write_exp1_tables(study: Any, client: Any, experiment_name: str, output_dir:
         cell = {(s["metric"], s["class"], s["group"]): (float(s["mean"]), float(s["sd"])) for s in summary}
         for cls in LESION_CLASSES:
             values = {g: cell.get(("dice", cls, g), (math.nan, math.nan)) for g in ("LVO", "Non-LVO", "all")}
-            row = {"trial": trial.number, "gamma": params.get("gamma", 4 / 3), "alpha": params.get("alpha"), "beta": params["beta"],
-                   "class": cls, "objective": trial.values[0]}
+            row = {
+                "trial": trial.number,
+                "gamma": params.get("gamma", 4 / 3),
+                "alpha": params.get("alpha"),
+                "beta": params["beta"],
+                "class": cls,
+                "objective": trial.values[0],
+            }
             for g, (mean, sd) in values.items():
                 row[f"dice_{g}_mean"], row[f"dice_{g}_sd"] = mean, sd
             rows.append(row)
             fmt = " | ".join(f"{m:.2f} ± {s:.2f}" if m == m else "–" for m, s in values.values())
-            lines.append(f"| {trial.number} | {row['gamma']:.2f} | {row['alpha']:.2f} | {row['beta']:.2f} | {cls} | {fmt} | {trial.values[0]:.3f} |")
+            lines.append(
+                f"| {trial.number} | {row['gamma']:.2f} | {row['alpha']:.2f} | {row['beta']:.2f} "
+                f"| {cls} | {fmt} | {trial.values[0]:.3f} |"
+            )
     if not rows:
         return {}
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    return {"table_md": str(save_text(output_dir / "exp1.md", "\n".join(lines) + "\n")),
-            "table_csv": str(save_text(output_dir / "exp1.csv", buffer.getvalue()))}
+    return {
+        "table_md": str(save_text(output_dir / "exp1.md", "\n".join(lines) + "\n")),
+        "table_csv": str(save_text(output_dir / "exp1.csv", buffer.getvalue())),
+    }

@@ -1,0 +1,27 @@
+"""The bottom layer: datalists, NIfTI maps and series, atomic file writing, and the input error type."""
+
+from .datalist import GROUPS, LABEL_VALUES, MAP_KEYS, REQUIRED_KEYS, SPLITS, check_patient, load_datalist, validate_item
+from .files import CTPDataError, save_bytes, save_json, save_nifti, save_text
+from .images import MIN_FRAMES, frame_times_sidecar, load_ctp, load_frame_times, load_map, validate_frame_times
+
+__all__ = [
+    "CTPDataError",
+    "GROUPS",
+    "LABEL_VALUES",
+    "MAP_KEYS",
+    "MIN_FRAMES",
+    "REQUIRED_KEYS",
+    "SPLITS",
+    "check_patient",
+    "frame_times_sidecar",
+    "load_ctp",
+    "load_datalist",
+    "load_frame_times",
+    "load_map",
+    "save_bytes",
+    "save_json",
+    "save_nifti",
+    "save_text",
+    "validate_frame_times",
+    "validate_item",
+]

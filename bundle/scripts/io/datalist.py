@@ -1,0 +1,110 @@
+"""Datalists: the decathlon-style index of a cohort, validated with errors that name the file and the field.
+
+Format (``shared/DESIGN.md``): ``{"training": [...], "validation": [...], "test": [...]}``; each item has
+``id``, the map paths ``cbf``, ``cbv``, ``ttp``, ``tmax``, ``mip``, ``label`` (relative to the datalist file),
+``nihss`` (integer 0-42) and ``group`` (``LVO``, ``Non-LVO`` or ``WIS``); ``ctp`` optional.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .files import CTPDataError
+from .images import load_map
+
+MAP_KEYS = ("cbf", "cbv", "ttp", "tmax", "mip")
+
+
+REQUIRED_KEYS = ("id", *MAP_KEYS, "label", "nihss", "group")
+
+
+GROUPS = ("LVO", "Non-LVO", "WIS")
+
+
+SPLITS = ("training", "validation", "test")
+
+
+LABEL_VALUES = (0, 1, 2)
+
+
+def validate_item(item: dict, where: str, base: Path | None = None, check_files: bool = True) -> dict:
+    """Check one datalist item; return it with paths made absolute (relative to ``base``)."""
+    if not isinstance(item, dict):
+        raise CTPDataError(f"{where}: each item must be an object, got {type(item).__name__}.")
+    missing = [key for key in REQUIRED_KEYS if key not in item]
+    name = f"{where} (id {item.get('id', '?')})"
+    if missing:
+        raise CTPDataError(f"{name}: missing key(s) {', '.join(missing)}.")
+    nihss = item["nihss"]
+    if isinstance(nihss, bool) or not isinstance(nihss, (int, np.integer)) or not 0 <= int(nihss) <= 42:
+        raise CTPDataError(f"{name}: nihss must be an integer 0-42, got {nihss!r}.")
+    if item["group"] not in GROUPS:
+        raise CTPDataError(f"{name}: group must be one of {', '.join(GROUPS)}, got {item['group']!r}.")
+    out = dict(item)
+    for key in (*MAP_KEYS, "label", "ctp"):
+        if key in out:
+            path = Path(out[key])
+            path = path if path.is_absolute() or base is None else base / path
+            if check_files and not path.is_file():
+                raise CTPDataError(f"{name}: {key} file not found: {path}.")
+            out[key] = str(path)
+    return out
+
+
+def load_datalist(
+    path: str | os.PathLike, splits: tuple[str, ...] = SPLITS, check_files: bool = True
+) -> dict[str, list[dict]]:
+    """Read and validate a datalist; item paths come back absolute. Missing splits give empty lists."""
+    path = Path(path)
+    if not path.is_file():
+        raise CTPDataError(f"{path}: datalist not found.")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CTPDataError(f"{path}: not valid JSON ({err}).") from err
+    if not isinstance(content, dict):
+        raise CTPDataError(f"{path}: a datalist is a JSON object with keys {', '.join(SPLITS)}.")
+    result: dict[str, list[dict]] = {}
+    seen: dict[str, str] = {}
+    for split in splits:
+        items = content.get(split, [])
+        if not isinstance(items, list):
+            raise CTPDataError(f"{path}: '{split}' must be a list of items.")
+        result[split] = []
+        for i, item in enumerate(items):
+            checked = validate_item(item, f"{path} {split}[{i}]", path.parent, check_files)
+            if checked["id"] in seen:
+                raise CTPDataError(
+                    f"{path}: patient id {checked['id']!r} appears in both {seen[checked['id']]} and {split}."
+                )
+            seen[checked["id"]] = split
+            result[split].append(checked)
+    return result
+
+
+def check_patient(item: dict, keys: tuple[str, ...] = (*MAP_KEYS, "label")) -> None:
+    """Load a validated item's maps and label (``keys``): same shape and affine, finite, label values in {0, 1, 2}."""
+    reference_key, reference_shape, reference_affine = None, None, None
+    for key in keys:
+        data, affine = load_map(item[key])
+        if reference_key is None:
+            reference_key, reference_shape, reference_affine = key, data.shape, affine
+        elif data.shape != reference_shape:
+            raise CTPDataError(
+                f"patient {item['id']}: {item[key]} has shape {data.shape} but {reference_key} has {reference_shape}."
+            )
+        elif not np.allclose(affine, reference_affine, atol=1e-3):
+            raise CTPDataError(
+                f"patient {item['id']}: {item[key]} has a different affine (voxel grid) from {reference_key}."
+            )
+        if key == "label":
+            bad = np.setdiff1d(np.unique(data), LABEL_VALUES)
+            if bad.size:
+                raise CTPDataError(
+                    f"{item[key]}: label values must be 0, 1, 2; "
+                    f"found {[int(v) if float(v).is_integer() else float(v) for v in bad]}."
+                )

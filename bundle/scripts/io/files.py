@@ -1,0 +1,73 @@
+"""Files the bundle writes, written atomically (a temporary file renamed into place), and the error that
+names a bad input file."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+
+class CTPDataError(ValueError):
+    """Input data that cannot be used; the message names the file or field and the problem."""
+
+
+def _temporary(path: Path) -> Path:
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    return path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+
+
+def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Let ``write`` fill a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_nifti(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    affine: np.ndarray,
+    frame_interval: float | None = None,
+    header: nib.Nifti1Header | None = None,
+) -> Path:
+    """Write a NIfTI atomically; a 4D series gets ``pixdim[4] = frame_interval`` (seconds). With ``header``
+    (e.g. the input map's), its fields are kept and only the data type follows ``array``."""
+    array = np.asarray(array)
+    img = nib.Nifti1Image(array, affine, header.copy() if header is not None else None)
+    img.set_data_dtype(array.dtype)
+    if header is not None:
+        img.header.set_qform(affine, code=int(header["qform_code"]) or 1)
+        img.header.set_sform(affine, code=int(header["sform_code"]) or 1)
+        img.header.set_slope_inter(1.0, 0.0)
+    img.header.set_xyzt_units("mm", "sec")
+    if frame_interval is not None:
+        zooms = img.header.get_zooms()
+        img.header.set_zooms((*zooms[:3], float(frame_interval)))
+    return _write_atomically(path, lambda tmp: nib.save(img, tmp))
+
+
+def save_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    return _write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def save_bytes(path: str | os.PathLike, content: bytes) -> Path:
+    """Write a binary file (e.g. a PNG) atomically."""
+    return _write_atomically(path, lambda tmp: tmp.write_bytes(content))
+
+
+def save_json(path: str | os.PathLike, content: Any) -> Path:
+    """Write JSON atomically."""
+    return save_text(path, json.dumps(content, indent=2) + "\n")

@@ -1,0 +1,107 @@
+"""Checkpoints: the per-epoch resume point, the best model (with its saver's state, for exact resume),
+loading weights with errors that name the file, and resuming an interrupted run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
+
+from ..io import CTPDataError
+
+logger = logging.getLogger(__name__)
+
+
+def save_last_checkpoints(trainer: Engine, saver: Any) -> None:
+    """Save the ``last`` checkpoint after every epoch, from the main process only."""
+    if idist.get_rank() == 0:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
+
+
+class BestModelSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (best model by the key metric) that also gives its state, so the resume
+    point holds which best model was kept and its score: a resumed run replaces it only with a better one
+    (a fresh saver would write a second ``best_*`` file at its first validation, however bad)."""
+
+    def state_dict(self) -> dict:
+        return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
+
+
+def latest_checkpoint(folder: str | os.PathLike, prefix: str = "last") -> str | None:
+    """Newest ``<prefix>*.pt`` in ``folder`` (the resume point), or None."""
+    files = sorted(Path(folder).glob(f"{prefix}*.pt"), key=lambda p: p.stat().st_mtime)
+    return str(files[-1]) if files else None
+
+
+def drop_resume_point(output_dir: str | os.PathLike) -> None:
+    """Delete a finished run's ``checkpoints/last_*.pt`` (about 1 GB for SF with Adam's state): grids and
+    searches call this once a cell or trial is done and will never be resumed; the best model stays."""
+    for path in Path(output_dir, "checkpoints").glob("last*.pt"):
+        path.unlink(missing_ok=True)
+
+
+def load_network_weights(
+    network: torch.nn.Module, path: str | os.PathLike, key: str = "network", required: Sequence[str] = ()
+) -> dict:
+    """Load ``network`` weights from a checkpoint (``{key: state_dict, ...}`` or a bare state dict); return it.
+
+    An unreadable file, missing entries or weights that do not fit the network stop with a message naming
+    the file (and, for a mismatch, the likely cause: another variant or input set).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CTPDataError(f"{path}: checkpoint cannot be read ({err}).") from err
+    if not isinstance(state, dict):
+        raise CTPDataError(f"{path}: not a checkpoint (a dict of state dicts), got {type(state).__name__}.")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CTPDataError(f"{path}: checkpoint lacks {missing}; it was not written by this training config.")
+    weights = state.get(key, state)
+    try:
+        network.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise CTPDataError(
+            f"{path}: checkpoint does not match this network (another variant or input set?): {first}"
+        ) from err
+    return state
+
+
+def resume_from_last(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: dict, resume: bool) -> str | None:
+    """When ``resume`` and a ``last`` checkpoint exists, restore ``load_dict`` from it as training starts.
+
+    A checkpoint that cannot be read or does not match the network stops with a message naming the file.
+    """
+    from monai.handlers import CheckpointLoader
+
+    resume = resume if isinstance(resume, bool) else str(resume).strip().lower() in ("true", "1")
+    path = latest_checkpoint(ckpt_dir) if resume else None
+    if path is None:
+        if resume:
+            logger.info("resume requested but %s holds no checkpoint: starting from scratch", ckpt_dir)
+        return None
+    state = load_network_weights(load_dict["network"], path, required=tuple(load_dict))
+    CheckpointLoader(load_path=path, load_dict=load_dict, map_location="cpu").attach(trainer)
+
+    def prune(engine: Engine) -> None:  # the saver only tracks its own files: drop the pre-resume "last"
+        newest = latest_checkpoint(ckpt_dir)
+        for old in Path(ckpt_dir).glob("last*.pt"):
+            if str(old) != newest:
+                old.unlink(missing_ok=True)
+
+    if idist.get_rank() == 0:
+        trainer.add_event_handler(Events.EPOCH_STARTED, prune)
+        trainer.add_event_handler(Events.COMPLETED, prune)
+    trainer_state = state["trainer"]
+    logger.info(
+        "resuming from %s (epoch %s)", path, trainer_state["iteration"] // max(trainer_state["epoch_length"], 1)
+    )
+    return path

@@ -1,0 +1,130 @@
+"""MLflow tracking beyond MONAI's ``MLFlowHandler``: the store's default, the data version, the executed
+config, evaluation metrics logged into the training run, and fine-tuning stage changes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+
+from ..io import save_json
+
+logger = logging.getLogger(__name__)
+
+
+def default_tracking_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the bundle's SQLite store ``mlruns/mlflow.db``."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlruns/mlflow.db")
+
+
+def data_version(datalist: str | os.PathLike) -> str:
+    """The datalist's ``version`` (the synthetic generator writes one), else a hash of the file."""
+    path = Path(datalist)
+    try:
+        version = json.loads(path.read_text()).get("version")
+    except (OSError, ValueError):
+        version = None
+    return (
+        str(version) if version else hashlib.sha1(path.read_bytes()).hexdigest()[:12] if path.is_file() else "unknown"
+    )
+
+
+_RUN_ARGS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
+
+
+def save_resolved_config(path: str | os.PathLike, argv: Sequence[str] | None = None) -> str | None:
+    """Write the configuration this ``python -m monai.bundle run`` executes (its config files merged, then
+    the command line's overrides applied, as MONAI's ``ConfigWorkflow`` does) to ``path``, atomically.
+
+    The file goes into the run's MLflow artifacts, so a run can be repeated from its record. Returns None
+    (nothing written) on processes other than rank 0, or when not started through ``monai.bundle run``.
+    """
+    from fire.parser import DefaultParseValue
+    from monai.bundle import ConfigParser
+
+    argv = list(sys.argv if argv is None else argv)
+    if idist.get_rank() != 0 or len(argv) < 2 or "monai" not in argv[0] or argv[1] != "run":
+        return None
+    pairs: dict[str, Any] = {}
+    items = iter(argv[2:])
+    for item in items:
+        if not item.startswith("--"):
+            continue
+        key, sep, value = item[2:].partition("=")
+        value = value if sep else next(items, "true")
+        key = key.replace("-", "_") if key.replace("-", "_") in _RUN_ARGS else key
+        pairs[key] = DefaultParseValue(value)
+    if "config_file" not in pairs:
+        return None
+    parser = ConfigParser()
+    parser.read_config(f=pairs["config_file"])
+    parser.update(pairs={k: v for k, v in pairs.items() if k not in _RUN_ARGS})
+    save_json(path, parser.get())
+    return str(path)
+
+
+def latest_run(client: Any, experiment_name: str, run_name: str) -> Any | None:
+    """The newest MLflow run named ``run_name`` in ``experiment_name``, or None."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = (
+        client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"attributes.run_name = '{run_name}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if experiment
+        else []
+    )
+    return runs[0] if runs else None
+
+
+def log_to_training_run(
+    tracking_uri: str, experiment_name: str, run_name: str, metrics: dict, artifact_dirs: Sequence[str] = ()
+) -> str | None:
+    """Log evaluation metrics and reports into the newest MLflow run named ``run_name`` (the training run)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    run = latest_run(client, experiment_name, run_name)
+    if run is None:
+        logger.warning(
+            "no MLflow run named %s in experiment %s: evaluation metrics not logged", run_name, experiment_name
+        )
+        return None
+    run_id = run.info.run_id
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and value == value:
+            client.log_metric(run_id, key, float(value))
+    for folder in artifact_dirs:
+        if Path(folder).is_dir():
+            client.log_artifacts(run_id, str(folder), artifact_path=Path(folder).name)
+    return run_id
+
+
+class StageLogger:
+    """Record fine-tuning stage transitions in the MLflow training run (metric ``finetuning_stage`` at the
+    epoch it starts, and tag ``finetuning_stages``)."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, run_name: str) -> None:
+        self.tracking_uri, self.experiment_name, self.run_name = tracking_uri, experiment_name, run_name
+        self.history: list[str] = []
+
+    def __call__(self, index: int, stage: str, epoch: int) -> None:
+        import mlflow
+
+        self.history.append(f"{epoch}:{stage}")
+        if idist.get_rank() != 0:
+            return
+        client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+        run = latest_run(client, self.experiment_name, self.run_name)
+        if run is not None:
+            client.log_metric(run.info.run_id, "finetuning_stage", float(index), step=int(epoch))
+            client.set_tag(run.info.run_id, "finetuning_stages", " ".join(self.history))

@@ -1,0 +1,6 @@
+"""Perfusion analysis: maps from a raw 4D series (deconvolution), the MIP brain mask, the RAPID-like threshold
+rule, and an independent digital phantom (Kudo 2013 design) to validate the maps on curves not simulated here."""
+
+from . import brain_mask, deconvolution, digital_phantom, maps, thresholds
+
+__all__ = ["brain_mask", "deconvolution", "digital_phantom", "maps", "thresholds"]
