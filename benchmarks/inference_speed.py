@@ -56,12 +56,12 @@ def make_study(root: Path, size: int, slices: int) -> Path:
 
 def components(patient: Path, output_dir: Path, mode: str, checkpoint: Path, fast: bool = False) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "bundle/configs/inference.json"))
+    configs = ["inference.json"] + (["inference_threshold.json"] if mode == "threshold" else [])
+    parser.read_config([str(ROOT / "bundle/configs" / name) for name in configs])
     parser.update(
         {
             "input": str(patient),
             "output_dir": str(output_dir),
-            "mode": mode,
             "checkpoint": str(checkpoint),
             "nihss": 12,
             "overwrite": True,

@@ -3,7 +3,7 @@
 On a generated cohort (its estimated maps, labels and, for the tissue-fate model, latent parameters):
 
 1. every patient: the RAPID-like threshold baseline on the estimated maps (unchanged thresholds, MIP brain
-   mask, as ``inference --mode threshold``) and the oracle (the fate rule on the true relative flow and
+   mask, as ``inference`` with ``inference_threshold.json``) and the oracle (the fate rule on the true relative flow and
    the patient's latent ischaemia time; no model can have these), Dice / |dV| per class and group;
 2. the best one-sided threshold of each single true map (pooled over lesion patients) per class;
 3. the test split: threshold, the voxel-wise tissue-outcome baseline fitted on the training split

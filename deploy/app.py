@@ -25,27 +25,27 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 
 
 def run_bundle_inference(
-    input_path: str | os.PathLike, output_dir: str | os.PathLike, model: str | os.PathLike | None = None, **overrides
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    threshold: bool = False,
+    **overrides,
 ) -> list[str]:
-    """Run the bundle's inference workflow on ``input_path`` into ``output_dir``; return the finished patient ids."""
-    from monai.bundle import ConfigWorkflow
+    """Run the bundle's inference workflow on ``input_path`` into ``output_dir``; return the finished patient ids.
 
+    ``threshold`` merges ``inference_threshold.json`` (the RAPID-like baseline) as the command line does.
+    """
     if str(BUNDLE) not in sys.path:
         sys.path.insert(1, str(BUNDLE))
+    from scripts.cli import run_workflow
+
+    configs = [BUNDLE / "configs" / "inference.json"]
+    if threshold:
+        configs.append(BUNDLE / "configs" / "inference_threshold.json")
     settings = {"input": str(input_path), "output_dir": str(output_dir), "bundle_root": str(BUNDLE), **overrides}
     if model is not None:
         settings["checkpoint"] = str(model)
-    workflow = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs" / "inference.json"),
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=False,
-        run_id="inference",
-        workflow_type="infer",
-        **settings,
-    )
-    workflow.initialize()
-    done = workflow.run()
-    workflow.finalize()
+    done = run_workflow("inference", configs, workflow_type="infer", **settings)
     return done[0] if isinstance(done, list) and done and isinstance(done[0], list) else done
 
 

@@ -128,7 +128,16 @@ def test_threshold_baseline_recovers_a_known_lesion_from_raw_ctp(tmp_path):
     patient.mkdir(parents=True)
     shutil.copy(datalist.parent / item["ctp"], patient / "ctp.nii.gz")
     out = tmp_path / "out"
-    bundle("inference", "--mode", "threshold", "--input", str(patient), "--output_dir", str(out), "--nihss", "12")
+    bundle(
+        "inference",
+        "--input",
+        str(patient),
+        "--output_dir",
+        str(out),
+        "--nihss",
+        "12",
+        config="['bundle/configs/inference.json','bundle/configs/inference_threshold.json']",
+    )
     folder = out / item["id"]
     assert {p.name for p in (folder / "maps").iterdir()} >= {"cbf.nii.gz", "tmax.nii.gz", "mip.nii.gz"}
     pred = np.asarray(nib.load(folder / "label.nii.gz").dataobj)
@@ -275,7 +284,7 @@ def test_deploy_app_runs_the_bundle_inference_without_the_sdk(tiny_cohort, tmp_p
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        done = run_bundle_inference(patient, tmp_path / "out", mode="threshold", nihss=8)
+        done = run_bundle_inference(patient, tmp_path / "out", threshold=True, nihss=8)
     finally:
         os.chdir(cwd)
     assert done == [patient.name] and (tmp_path / "out" / patient.name / "report.json").is_file()

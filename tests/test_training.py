@@ -232,7 +232,7 @@ def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
 
     assert len(GRIDS["exp2"]) == 12 and cell_name("SF", "PMs+M+N", "gradual") == "SF_G-PMs-M-N"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = {"max_epochs": 1, "pretrained": "false", "roi_size": "[64,64]", "slices_per_volume": 1}
+    overrides = {"max_epochs": 1, "pretrained": False, "roi_size": [64, 64], "slices_per_volume": 1}
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:

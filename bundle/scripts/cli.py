@@ -1,16 +1,25 @@
-"""Command-line behaviour of the bundle workflows: user errors end the run with their message alone."""
+"""How the bundle's workflows are launched and how they end.
+
+From the command line (``python -m monai.bundle run <id>``) a workflow ends on bad input with one line
+(:func:`run_or_exit`). From Python, every caller (the loss search, the experiment grids, the MONAI Deploy
+app) launches a workflow the same way, :func:`bundle_workflow` / :func:`run_workflow`, which is MONAI's
+``ConfigWorkflow`` as the command line runs it, plus the record of the executed config.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .io import CTPDataError
+from .io import CTPDataError, save_json
 
 logger = logging.getLogger(__name__)
 
 USER_ERRORS = (CTPDataError, FileExistsError, FileNotFoundError, ValueError)
+RESOLVED_CONFIG = "resolved_config"
+"""Config id of the path where a workflow records the config it executes (train.json defines it)."""
 
 
 def run_or_exit(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -22,3 +31,36 @@ def run_or_exit(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
     except USER_ERRORS as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def bundle_workflow(
+    run_id: str, config_file: str | os.PathLike | Sequence[str | os.PathLike], workflow_type: str = "train", **overrides
+) -> Any:
+    """MONAI's ``ConfigWorkflow`` for ``run_id`` with ``overrides`` (config ids to values), initialised, its
+    executed config written to the path under the ``resolved_config`` id when the config defines one.
+
+    The caller may attach handlers before ``run()`` (the loss search adds its pruning handler). Logging is
+    left as the calling process configured it.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(f) for f in config_file] if isinstance(config_file, (list, tuple)) else str(config_file)
+    workflow = ConfigWorkflow(
+        config_file=files, logging_file=False, run_id=run_id, workflow_type=workflow_type, **overrides
+    )
+    workflow.initialize()
+    if RESOLVED_CONFIG in workflow.parser:
+        save_json(workflow.parser.get_parsed_content(RESOLVED_CONFIG), workflow.parser.get())
+    return workflow
+
+
+def run_workflow(
+    run_id: str, config_file: str | os.PathLike | Sequence[str | os.PathLike], workflow_type: str = "train", **overrides
+) -> Any:
+    """Run a bundle workflow in this process as ``python -m monai.bundle run <run_id>`` would; return its result
+    (the value of the ``run_id`` expression list)."""
+    workflow = bundle_workflow(run_id, config_file, workflow_type, **overrides)
+    try:
+        return workflow.run()
+    finally:
+        workflow.finalize()

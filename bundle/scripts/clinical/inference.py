@@ -297,9 +297,10 @@ def load_model(
     checkpoint: str | os.PathLike | None,
     precision: str = "fp32",
     channels_last: bool = False,
+    device: str | torch.device = "cpu",
 ) -> torch.nn.Module:
     """Load the trained weights into ``network`` (clear errors for a missing or unfitting checkpoint); in eval
-    mode, wrapped in :class:`FastInference` when a speed option is asked for."""
+    mode on ``device``, wrapped in :class:`FastInference` when a speed option is asked for."""
     from ..learning.checkpoints import load_network_weights
 
     if not checkpoint or not Path(checkpoint).is_file():
@@ -307,7 +308,7 @@ def load_model(
             f"{checkpoint or 'bundle/models/model.pt'}: no trained model; train first or pass --checkpoint PATH."
         )
     load_network_weights(network, checkpoint)
-    network.eval()
+    network.to(device).eval()
     return (
         network
         if precision == "fp32" and not channels_last

@@ -4,8 +4,8 @@ Exp-2: SF with the four input sets x three fine-tuning modes (frozen, unfrozen, 
 EFI with gradual fine-tuning and PMs+N. Each grid also gets the threshold baseline (``threshold``: rCBF < 30 %
 core, Tmax > 6 s hypoperfusion, see :mod:`scripts.perfusion.thresholds`) and the voxel-wise tissue-outcome baseline
 (``voxel``, :mod:`scripts.learning.voxel_baseline`, fitted on the training split) scored the same way.
-Every cell is an ordinary bundle training (train.json with
-overrides) followed by its evaluation, in MLflow experiment ``exp2`` / ``exp3``; rerunning the command skips
+Every cell is an ordinary bundle training (train.json with overrides, launched in-process like every
+workflow, :func:`scripts.cli.run_workflow`) followed by its evaluation, in MLflow experiment ``exp2`` / ``exp3``; rerunning the command skips
 finished cells and resumes interrupted ones.
 """
 
@@ -15,11 +15,11 @@ import csv
 import io
 import logging
 import os
-import subprocess
-import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli import run_workflow
 from ..io import save_text
 from ..perfusion.thresholds import ThresholdSegmentation
 from .checkpoints import drop_resume_point
@@ -80,51 +80,22 @@ def run_grid(
             logger.info("%s/%s already finished: skipped", grid, name)
             continue
         out = os.path.join(output_root, grid, name)
-        args = [
-            "--datalist",
-            datalist,
-            "--output_dir",
-            out,
-            "--tracking_uri",
-            uri,
-            "--experiment_name",
-            grid,
-            "--variant",
-            variant,
-            "--inputs",
-            inputs,
-            "--finetuning",
-            mode,
-            "--resume",
-            "true",
-        ]
-        for key, value in (overrides or {}).items():
-            args += [f"--{key}", str(value)]
-        train = [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "training",
-            "--config_file",
-            f"{config_dir}/train.json",
-            *args,
-        ]
-        evaluate = [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "evaluating",
-            "--config_file",
-            f"['{config_dir}/train.json','{config_dir}/evaluate.json']",
-            *args,
-            "--split",
-            "validation",
-        ]
+        settings = {
+            "datalist": datalist,
+            "output_dir": out,
+            "tracking_uri": uri,
+            "experiment_name": grid,
+            "variant": variant,
+            "inputs": inputs,
+            "finetuning": mode,
+            "resume": True,
+            **(overrides or {}),
+        }
         logger.info("%s/%s: training", grid, name)
-        subprocess.run(train, check=True)
-        subprocess.run(evaluate, check=True)
+        run_workflow("training", f"{config_dir}/train.json", **settings)
+        run_workflow(
+            "evaluating", [f"{config_dir}/train.json", f"{config_dir}/evaluate.json"], split="validation", **settings
+        )
         drop_resume_point(out)
     for baseline, run_baseline in ((THRESHOLD, run_threshold_baseline), (VOXEL, run_voxel_baseline)):
         names.append(baseline)
@@ -171,29 +142,15 @@ def run_threshold_baseline(
 
     out = Path(output_root) / experiment / THRESHOLD
     predictions = out / "predictions"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "inference",
-            "--config_file",
-            f"{config_dir}/inference.json",
-            "--mode",
-            "threshold",
-            "--input",
-            datalist,
-            "--split",
-            split,
-            "--output_dir",
-            str(predictions),
-            "--overwrite",
-            "true",
-            "--montage",
-            "false",
-        ],
-        check=True,
+    run_workflow(
+        "inference",
+        [f"{config_dir}/inference.json", f"{config_dir}/inference_threshold.json"],
+        workflow_type="infer",
+        input=datalist,
+        split=split,
+        output_dir=str(predictions),
+        overwrite=True,
+        montage=False,
     )
     reports = out / split
     _, summary = evaluate_predictions(
@@ -226,6 +183,18 @@ def run_voxel_baseline(
     summary = evaluate_voxel_baseline(datalist, fit_voxel_baseline(datalist, out, seed=seed), split, out)
     params = {"variant": "voxel", "features": ",".join(FEATURES), "seed": seed}
     return log_baseline_run(experiment, VOXEL, params, summary, out / split, split, tracking_uri)
+
+
+def run_grids(
+    grids: Sequence[str] = ("exp2", "exp3"),
+    datalist: str = "data/synthetic/datalist.json",
+    output_root: str = "runs",
+    tracking_uri: str | None = None,
+    overrides: dict | None = None,
+    config_dir: str = "bundle/configs",
+) -> dict[str, list[str]]:
+    """:func:`run_grid` for each of ``grids``; their run names by grid."""
+    return {grid: run_grid(grid, datalist, output_root, tracking_uri, overrides, config_dir) for grid in grids}
 
 
 def build_tables(

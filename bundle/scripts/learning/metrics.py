@@ -297,3 +297,8 @@ class MetricReports:
     def __call__(self, engine: Engine) -> None:
         if self.metric.rows:
             write_reports(self.metric.rows, summarise(self.metric.rows), self.output_dir, self.title)
+
+
+def lower_is_better(current: float, best: float) -> bool:
+    """Ignite/MONAI ``metric_cmp_fn`` for a loss: ``current`` improves on ``best`` (negative before any value)."""
+    return best < 0 or current < best

@@ -27,6 +27,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from ..cli import bundle_workflow
 from ..io import save_json, save_text
 from .checkpoints import drop_resume_point
 from .metrics import LESION_CLASSES, lesion_mean
@@ -159,16 +160,6 @@ def _root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def _workflow(config_file: Any, run_id: str, **override: Any):
-    from monai.bundle import ConfigWorkflow
-
-    workflow = ConfigWorkflow(
-        config_file=config_file, logging_file=False, run_id=run_id, workflow_type="train", **override
-    )
-    workflow.initialize()
-    return workflow
-
-
 def run_study(
     datalist: str = "data/synthetic/datalist.json",
     study_name: str = "exp1",
@@ -265,15 +256,15 @@ def run_study(
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.3f}" for k, v in params.items()))
         state, values = "FAILED", None
         try:
-            training = _workflow(f"{config_dir}/train.json", "training", **settings)
+            training = bundle_workflow("training", f"{config_dir}/train.json", **settings)
             parser = training.parser
             TrialPruning(
                 trial, parser.get_parsed_content("validate#evaluator"), objective, prune=len(directions) == 1
             ).attach(parser.get_parsed_content("train#trainer"))
             training.run()
-            evaluation = _workflow(
-                [f"{config_dir}/train.json", f"{config_dir}/evaluate.json"],
+            evaluation = bundle_workflow(
                 "evaluating",
+                [f"{config_dir}/train.json", f"{config_dir}/evaluate.json"],
                 split="validation",
                 **settings,
             )

@@ -39,21 +39,23 @@ def data_version(datalist: str | os.PathLike) -> str:
 _RUN_ARGS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
 
 
-def save_resolved_config(path: str | os.PathLike, argv: Sequence[str] | None = None) -> str | None:
-    """Write the configuration this ``python -m monai.bundle run`` executes (its config files merged, then
-    the command line's overrides applied, as MONAI's ``ConfigWorkflow`` does) to ``path``, atomically.
+def save_resolved_config(path: str | os.PathLike, run_id: str, argv: Sequence[str] | None = None) -> str | None:
+    """Write the configuration this ``python -m monai.bundle run <run_id>`` executes (its config files merged,
+    then the command line's overrides applied, as MONAI's ``ConfigWorkflow`` does) to ``path``, atomically.
 
     The file goes into the run's MLflow artifacts, so a run can be repeated from its record. Returns None
-    (nothing written) on processes other than rank 0, or when not started through ``monai.bundle run``.
+    (nothing written) on processes other than rank 0, or when this process was not started as
+    ``monai.bundle run <run_id>``: a workflow launched from Python (:func:`scripts.cli.bundle_workflow`) is
+    recorded by its launcher, which holds the executed config itself.
     """
     from fire.parser import DefaultParseValue
     from monai.bundle import ConfigParser
 
     argv = list(sys.argv if argv is None else argv)
-    if idist.get_rank() != 0 or len(argv) < 2 or "monai" not in argv[0] or argv[1] != "run":
+    if idist.get_rank() != 0 or len(argv) < 3 or "monai" not in argv[0] or argv[1] != "run":
         return None
-    pairs: dict[str, Any] = {}
-    items = iter(argv[2:])
+    pairs: dict[str, Any] = {} if argv[2].startswith("--") else {"run_id": argv[2]}
+    items = iter(argv[2:] if argv[2].startswith("--") else argv[3:])
     for item in items:
         if not item.startswith("--"):
             continue
@@ -61,7 +63,7 @@ def save_resolved_config(path: str | os.PathLike, argv: Sequence[str] | None = N
         value = value if sep else next(items, "true")
         key = key.replace("-", "_") if key.replace("-", "_") in _RUN_ARGS else key
         pairs[key] = DefaultParseValue(value)
-    if "config_file" not in pairs:
+    if "config_file" not in pairs or pairs.get("run_id") != run_id:
         return None
     parser = ConfigParser()
     parser.read_config(f=pairs["config_file"])
