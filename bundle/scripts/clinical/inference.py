@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy
 
 from ..io import MAP_KEYS, CTPDataError, check_patient, save_json, save_nifti
 from ..perfusion.brain_mask import brain_mask_from_mip
@@ -224,7 +225,7 @@ class SaveStudyOutputsd(MapTransform):
 
 
 def _array(value: Any) -> np.ndarray:
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return convert_to_numpy(value)
 
 
 def _move_into_place(staging: Path, target: Path, overwrite: bool) -> None:

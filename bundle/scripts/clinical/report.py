@@ -19,18 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from ..io import save_bytes
+from ..io import save_bytes, voxel_volume_ml
 
 TMAX_THRESHOLDS_S = (4.0, 6.0, 8.0, 10.0)
 DISCLAIMER = (
     "Imaging criteria only, computed by a research model: not a medical device and not a treatment decision. "
     "Trial eligibility also needs clinical criteria (time from onset, occlusion site, age, NIHSS, ...)."
 )
-
-
-def voxel_volume_ml(spacing: Sequence[float]) -> float:
-    """Volume of one voxel in ml from its spacing in mm."""
-    return float(np.prod([float(s) for s in spacing[:3]])) / 1000.0
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:

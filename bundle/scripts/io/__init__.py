@@ -1,8 +1,16 @@
 """The bottom layer: datalists, NIfTI maps and series, atomic file writing, and the input error type."""
 
 from .datalist import GROUPS, LABEL_VALUES, MAP_KEYS, REQUIRED_KEYS, SPLITS, check_patient, load_datalist, validate_item
-from .files import CTPDataError, save_bytes, save_json, save_nifti, save_text
-from .images import MIN_FRAMES, frame_times_sidecar, load_ctp, load_frame_times, load_map, validate_frame_times
+from .files import CTPDataError, save_bytes, save_csv, save_json, save_nifti, save_text
+from .images import (
+    MIN_FRAMES,
+    frame_times_sidecar,
+    load_ctp,
+    load_frame_times,
+    load_map,
+    validate_frame_times,
+    voxel_volume_ml,
+)
 
 __all__ = [
     "CTPDataError",
@@ -19,9 +27,11 @@ __all__ = [
     "load_frame_times",
     "load_map",
     "save_bytes",
+    "save_csv",
     "save_json",
     "save_nifti",
     "save_text",
     "validate_frame_times",
     "validate_item",
+    "voxel_volume_ml",
 ]

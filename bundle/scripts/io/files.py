@@ -3,9 +3,11 @@ names a bad input file."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,15 @@ def save_bytes(path: str | os.PathLike, content: bytes) -> Path:
 def save_json(path: str | os.PathLike, content: Any) -> Path:
     """Write JSON atomically."""
     return save_text(path, json.dumps(content, indent=2) + "\n")
+
+
+def save_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` as CSV atomically; the columns are every key in first-seen order (blank where absent)."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return save_text(path, buffer.getvalue())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -111,3 +112,8 @@ def load_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(data).all():
         raise CTPDataError(f"{path}: contains {int((~np.isfinite(data)).sum())} NaN or infinite voxels.")
     return data, img.affine
+
+
+def voxel_volume_ml(spacing: Sequence[float]) -> float:
+    """Volume of one voxel in ml from its spacing in mm (the first three values)."""
+    return float(np.prod([float(s) for s in spacing[:3]])) / 1000.0

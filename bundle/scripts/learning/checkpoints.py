@@ -13,6 +13,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
+from monai.utils import str2bool
 
 from ..io import CTPDataError
 
@@ -82,7 +83,7 @@ def resume_from_last(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: di
     """
     from monai.handlers import CheckpointLoader
 
-    resume = resume if isinstance(resume, bool) else str(resume).strip().lower() in ("true", "1")
+    resume = str2bool(resume)
     path = latest_checkpoint(ckpt_dir) if resume else None
     if path is None:
         if resume:

@@ -5,14 +5,13 @@ EFI with gradual fine-tuning and PMs+N. Each grid also gets the threshold baseli
 core, Tmax > 6 s hypoperfusion, see :mod:`scripts.perfusion.thresholds`) and the voxel-wise tissue-outcome baseline
 (``voxel``, :mod:`scripts.learning.voxel_baseline`, fitted on the training split) scored the same way.
 Every cell is an ordinary bundle training (train.json with overrides, launched in-process like every
-workflow, :func:`scripts.cli.run_workflow`) followed by its evaluation, in MLflow experiment ``exp2`` / ``exp3``; rerunning the command skips
-finished cells and resumes interrupted ones.
+workflow, :func:`scripts.cli.run_workflow`) followed by its evaluation, in MLflow experiment ``exp2`` /
+``exp3``; rerunning the command skips finished cells and resumes interrupted ones.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import os
 import tempfile
@@ -20,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..cli import run_workflow
-from ..io import save_text
+from ..io import save_csv, save_text
 from ..perfusion.thresholds import ThresholdSegmentation
 from .checkpoints import drop_resume_point
 from .metrics import markdown_table
-from .tracking import default_tracking_uri
+from .tracking import default_tracking_uri, experiment_id, log_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +115,10 @@ def log_baseline_run(
 
     prefix = {"validation": "val", "training": "train"}.get(split, split)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(experiment_id, run_name=name)
+    run = client.create_run(experiment_id(client, experiment), run_name=name)
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
-    for key, value in metric_names(summary, prefix).items():
-        client.log_metric(run.info.run_id, key, float(value))
+    log_metrics(client, run.info.run_id, metric_names(summary, prefix))
     client.log_artifacts(run.info.run_id, str(reports), artifact_path=split)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -232,10 +228,6 @@ def build_tables(
             markdown.append(table if not markdown else "\n".join(table.splitlines()[2:]) + "\n")
         if not rows:
             continue
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
         written[f"{grid}_md"] = save_text(Path(output_dir) / f"{grid}.md", "".join(markdown))
-        written[f"{grid}_csv"] = save_text(Path(output_dir) / f"{grid}.csv", buffer.getvalue())
+        written[f"{grid}_csv"] = save_csv(Path(output_dir) / f"{grid}.csv", rows)
     return written

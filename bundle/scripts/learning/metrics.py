@@ -21,8 +21,6 @@ over all. Metric names follow ``shared/DESIGN.md``: ``<split>_<metric>_<class>_<
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,9 +31,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric, MetricsLambda
-from monai.metrics import compute_hausdorff_distance
+from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.utils import convert_to_numpy
 
-from ..io import GROUPS, LABEL_VALUES, CTPDataError, load_datalist, save_text
+from ..io import GROUPS, LABEL_VALUES, CTPDataError, load_datalist, save_csv, save_text, voxel_volume_ml
 
 LESION_CLASSES = ("penumbra", "core")
 LESION_GROUPS = ("LVO", "Non-LVO")
@@ -50,14 +49,14 @@ def lesion_metrics(pred: np.ndarray, label: np.ndarray, spacing: Sequence[float]
     spacing = tuple(float(s) for s in spacing)  # e.g. numpy floats from a NIfTI header
     if pred.shape != label.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from label shape {label.shape}.")
-    voxel_ml = float(np.prod(spacing[: pred.ndim])) / 1000.0
+    voxel_ml = voxel_volume_ml(spacing[: pred.ndim])
     out: dict[str, float] = {}
     for name, values in CLASSES.items():
         p, t = np.isin(pred, values), np.isin(label, values)
         n_p, n_t = int(p.sum()), int(t.sum())
-        out[f"dice_{name}"] = 1.0 if n_p + n_t == 0 else 2.0 * int((p & t).sum()) / (n_p + n_t)
+        pt, tt = torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None]
+        out[f"dice_{name}"] = float(compute_dice(pt, tt, ignore_empty=False))  # 1 when both are empty
         if n_p and n_t:
-            pt, tt = torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None]
             hd = compute_hausdorff_distance(pt, tt, include_background=True, spacing=list(spacing[: pred.ndim]))
             hd95 = compute_hausdorff_distance(
                 pt, tt, include_background=True, percentile=95, spacing=list(spacing[: pred.ndim])
@@ -124,17 +123,6 @@ def selection_metric(lesion: LesionMetrics) -> MetricsLambda:
     return MetricsLambda(lambda computed: lesion_mean(computed, lesion.split), lesion)
 
 
-def _csv(rows: Sequence[Mapping]) -> str:
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def markdown_table(summary: Sequence[Mapping], title: str = "model") -> str:
     """Markdown table laid out like the paper's Table 2: Dice, Hausdorff (hd95, mm) and ΔV (|dv|, ml)."""
     cell = {(s["group"], s["class"], s["metric"]): s for s in summary}
@@ -166,8 +154,8 @@ def write_reports(
     """Write ``metrics_per_patient.csv``, ``metrics_summary.csv`` and ``metrics_summary.md`` atomically."""
     out = Path(output_dir)
     return {
-        "per_patient": save_text(out / "metrics_per_patient.csv", _csv(rows)),
-        "summary": save_text(out / "metrics_summary.csv", _csv(summary)),
+        "per_patient": save_csv(out / "metrics_per_patient.csv", rows),
+        "summary": save_csv(out / "metrics_summary.csv", summary),
         "markdown": save_text(out / "metrics_summary.md", markdown_table(summary, title)),
     }
 
@@ -259,7 +247,7 @@ class LesionMetrics(Metric):
 
     @staticmethod
     def _labels(x) -> np.ndarray:
-        array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        array = convert_to_numpy(x)
         if array.ndim == 4:  # channel first: one channel of indices, or one-hot / probabilities
             array = array[0] if array.shape[0] == 1 else array.argmax(axis=0)
         return np.rint(array).astype(np.uint8)

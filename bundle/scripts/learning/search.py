@@ -16,7 +16,6 @@ maximised, and the mean absolute volume error in ml, minimised; Optuna cannot pr
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 import os
@@ -28,10 +27,10 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from ..cli import bundle_workflow
-from ..io import save_json, save_text
+from ..io import save_csv, save_json, save_text
 from .checkpoints import drop_resume_point
 from .metrics import LESION_CLASSES, lesion_mean
-from .tracking import default_tracking_uri, latest_run
+from .tracking import default_tracking_uri, experiment_id, latest_run, log_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -219,12 +218,12 @@ def run_study(
         )
     study.set_user_attr("objective", objective)
     client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
     parent = latest_run(client, experiment_name, study_name)
     if parent is None:
         parent = client.create_run(
-            experiment_id, run_name=study_name, tags={"optuna_storage": url, "objective": objective}
+            experiment_id(client, experiment_name),
+            run_name=study_name,
+            tags={"optuna_storage": url, "objective": objective},
         )
         for key, bounds in space.items():
             client.log_param(parent.info.run_id, f"range_{key}", list(bounds))
@@ -292,10 +291,8 @@ def run_study(
                     run.info.run_id, "optuna_state", {"FINISHED": "COMPLETE", "KILLED": "PRUNED"}.get(state, "FAIL")
                 )
                 if values is not None:
-                    for i, value in enumerate(values):
-                        client.log_metric(
-                            run.info.run_id, f"objective_{i}" if len(values) > 1 else "objective", float(value)
-                        )
+                    names = [f"objective_{i}" for i in range(len(values))] if len(values) > 1 else ["objective"]
+                    log_metrics(client, run.info.run_id, dict(zip(names, values)))
                 if run.info.status == "RUNNING" or state != "FINISHED":
                     client.set_terminated(run.info.run_id, status=state)
 
@@ -347,14 +344,13 @@ def summarise_study(study: Any, root: Path, client: Any, experiment_name: str, p
             params["beta"] = 1.0 - params["alpha"]
         summary.update({"best_trial": trial.number, "best_values": list(trial.values), "best_params": params})
         summary["best_params_file"] = str(save_json(root / "best_params.json", params))
-        for key, value in params.items():
-            client.log_metric(parent_id, f"best_{key}", float(value))
-        for i, value in enumerate(trial.values):
-            client.log_metric(
-                parent_id, "best_objective" if len(trial.values) == 1 else f"best_objective_{i}", float(value)
-            )
-    for key in ("complete", "pruned", "failed"):
-        client.log_metric(parent_id, f"trials_{key}", float(summary[key]))
+        names = (
+            ["best_objective"] if len(trial.values) == 1 else [f"best_objective_{i}" for i in range(len(trial.values))]
+        )
+        log_metrics(
+            client, parent_id, {**{f"best_{k}": v for k, v in params.items()}, **dict(zip(names, trial.values))}
+        )
+    log_metrics(client, parent_id, {f"trials_{key}": summary[key] for key in ("complete", "pruned", "failed")})
     summary.update(write_exp1_tables(study, client, experiment_name, root / "tables"))
     save_json(root / "summary.json", summary)
     client.log_artifacts(parent_id, str(root / "tables"), artifact_path="tables")
@@ -404,11 +400,7 @@ def write_exp1_tables(study: Any, client: Any, experiment_name: str, output_dir:
             )
     if not rows:
         return {}
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
     return {
         "table_md": str(save_text(output_dir / "exp1.md", "\n".join(lines) + "\n")),
-        "table_csv": str(save_text(output_dir / "exp1.csv", buffer.getvalue())),
+        "table_csv": str(save_csv(output_dir / "exp1.csv", rows)),
     }

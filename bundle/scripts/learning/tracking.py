@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,25 @@ def save_resolved_config(path: str | os.PathLike, run_id: str, argv: Sequence[st
     return str(path)
 
 
+def experiment_id(client: Any, name: str) -> str:
+    """The id of MLflow experiment ``name``, created when it does not exist yet."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def log_metrics(client: Any, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+    """Log every finite number of ``metrics`` to run ``run_id`` in one request (others are left out)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(key, float(value), now, step)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and math.isfinite(value)
+    ]
+    client.log_batch(run_id, metrics=batch)
+
+
 def latest_run(client: Any, experiment_name: str, run_name: str) -> Any | None:
     """The newest MLflow run named ``run_name`` in ``experiment_name``, or None."""
     experiment = client.get_experiment_by_name(experiment_name)
@@ -102,9 +123,7 @@ def log_to_training_run(
         )
         return None
     run_id = run.info.run_id
-    for key, value in metrics.items():
-        if isinstance(value, (int, float)) and value == value:
-            client.log_metric(run_id, key, float(value))
+    log_metrics(client, run_id, metrics)
     for folder in artifact_dirs:
         if Path(folder).is_dir():
             client.log_artifacts(run_id, str(folder), artifact_path=Path(folder).name)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.utils import str2bool
 
 from ..io import CTPDataError, load_datalist
 from .checkpoints import latest_checkpoint
@@ -32,7 +33,7 @@ def check_training_inputs(
 ) -> None:
     """Fail before any training with one clear message: datalist, splits, variant, inputs, mode, device,
     and an existing run in ``ckpt_dir`` that would be overwritten without ``resume``."""
-    resume = resume if isinstance(resume, bool) else str(resume).strip().lower() in ("true", "1")
+    resume = str2bool(resume)
     if ckpt_dir is not None and not resume and latest_checkpoint(ckpt_dir):
         raise FileExistsError(
             f"{ckpt_dir}: this run already has checkpoints; pass --resume true to continue it "

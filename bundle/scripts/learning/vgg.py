@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from monai.utils import str2bool
 from torch import nn
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -48,7 +49,7 @@ def load_vgg16_state(pretrained: bool | str | os.PathLike) -> dict[str, torch.Te
     given file that is missing or lacks VGG-16 feature keys raises ``ValueError`` naming it.
     """
     if isinstance(pretrained, str) and pretrained.strip().lower() in ("true", "false", "1", "0", ""):
-        pretrained = pretrained.strip().lower() in ("true", "1")  # command-line overrides arrive as text
+        pretrained = str2bool(pretrained.strip() or "false")  # command-line overrides arrive as text
     if pretrained is False or pretrained is None:
         return None
     if pretrained is True:

@@ -19,6 +19,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 
@@ -97,7 +98,7 @@ class BrainMaskFromMIPd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
-            array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+            array = convert_to_numpy(image)
             channels = [brain_mask_from_mip(array[c], **self.options) for c in range(array.shape[0])]
             mask = np.stack(channels).astype(np.uint8)
             if isinstance(image, MetaTensor):

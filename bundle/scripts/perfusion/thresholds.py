@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from monai.utils import convert_to_numpy
 from torch import nn
 
 CBF_CHANNEL, TMAX_CHANNEL = 0, 3
@@ -67,10 +68,10 @@ class ThresholdSegmentation(nn.Module):
             )
         scores = torch.zeros((image.shape[0], 3, *image.shape[2:]), dtype=torch.float32, device=image.device)
         for b in range(image.shape[0]):
-            mask = None if brain is None else brain[b, 0].detach().cpu().numpy() > 0
+            mask = None if brain is None else convert_to_numpy(brain[b, 0]) > 0
             label = threshold_labels(
-                image[b, CBF_CHANNEL].detach().cpu().numpy(),
-                image[b, TMAX_CHANNEL].detach().cpu().numpy(),
+                convert_to_numpy(image[b, CBF_CHANNEL]),
+                convert_to_numpy(image[b, TMAX_CHANNEL]),
                 mask,
                 self.core_rcbf,
                 self.hypoperfused_tmax,

@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..io import voxel_volume_ml
 from . import phantom as ph
 
 PENUMBRA_RCBF = 0.40
@@ -115,7 +116,7 @@ def _fate_lesion(
         0.8 * ph.smooth_field(shape, fine, rng) + 0.6 * ph.smooth_field(shape, coarse, rng)
     )
     core = hypoperfused & (rcbf_ischaemic < infarction_threshold(latent["ischaemia_h"]) * vulnerability)
-    core = drop_small_components(core, MIN_CORE_ML / (np.prod(grid.spacing) / 1000.0))
+    core = drop_small_components(core, MIN_CORE_ML / voxel_volume_ml(grid.spacing))
     rcbf = rcbf_ischaemic.copy()
     if latent["reperfused"]:
         extent = np.clip(latent["reperfusion_extent"] * (1.0 + 0.15 * ph.smooth_field(shape, coarse, rng)), 0.0, 1.0)
