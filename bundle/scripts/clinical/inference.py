@@ -14,7 +14,6 @@ interrupted run leaves no half-written patient.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ import torch
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from ..io import MAP_KEYS, CTPDataError, check_patient, save_json, save_nifti
+from ..io import MAP_KEYS, SPLITS, CTPDataError, check_patient, read_datalist, resolve_paths, save_json, save_nifti
 from ..perfusion.brain_mask import brain_mask_from_mip
 from .report import clinical_report, save_montage
 
@@ -51,23 +50,17 @@ def find_studies(source: str | os.PathLike, split: str = "test") -> list[dict]:
     one patient."""
     path = Path(source)
     if path.is_file():
-        try:
-            content = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise CTPDataError(f"{path}: not a readable datalist JSON ({err}).") from err
-        splits = [s for s in ("training", "validation", "test") if s in content] if split == "all" else [split]
-        if not isinstance(content, dict) or any(not isinstance(content.get(s), list) for s in splits):
+        content = read_datalist(path)
+        splits = [s for s in SPLITS if s in content] if split == "all" else [split]
+        if any(not isinstance(content.get(s), list) for s in splits):
             raise CTPDataError(f"{path}: datalist has no list '{split}'.")
         items = []
         for s in splits:
             for i, item in enumerate(content[s]):
                 if not isinstance(item, dict) or "id" not in item:
                     raise CTPDataError(f"{path} {s}[{i}]: each item needs an 'id'.")
-                out = {k: v for k, v in item.items() if k in ("id", "nihss", "ctp", *MAP_KEYS)}
-                for key in ("ctp", *MAP_KEYS):
-                    if key in out and not Path(out[key]).is_absolute():
-                        out[key] = str(path.parent / out[key])
-                items.append(out)
+                study = {k: v for k, v in item.items() if k in ("id", "nihss", "ctp", *MAP_KEYS)}
+                items.append(resolve_paths(study, path.parent))
         return items
     if not path.is_dir():
         raise CTPDataError(f"{path}: input not found (a datalist JSON, a folder of patients or one patient folder).")

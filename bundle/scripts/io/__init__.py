@@ -1,6 +1,18 @@
 """The bottom layer: datalists, NIfTI maps and series, atomic file writing, and the input error type."""
 
-from .datalist import GROUPS, LABEL_VALUES, MAP_KEYS, REQUIRED_KEYS, SPLITS, check_patient, load_datalist, validate_item
+from .datalist import (
+    FILE_KEYS,
+    GROUPS,
+    LABEL_VALUES,
+    MAP_KEYS,
+    REQUIRED_KEYS,
+    SPLITS,
+    check_patient,
+    load_datalist,
+    read_datalist,
+    resolve_paths,
+    validate_item,
+)
 from .files import CTPDataError, save_bytes, save_csv, save_json, save_nifti, save_text
 from .images import (
     MIN_FRAMES,
@@ -14,6 +26,7 @@ from .images import (
 
 __all__ = [
     "CTPDataError",
+    "FILE_KEYS",
     "GROUPS",
     "LABEL_VALUES",
     "MAP_KEYS",
@@ -26,6 +39,8 @@ __all__ = [
     "load_datalist",
     "load_frame_times",
     "load_map",
+    "read_datalist",
+    "resolve_paths",
     "save_bytes",
     "save_csv",
     "save_json",

@@ -29,6 +29,7 @@ SPLITS = ("training", "validation", "test")
 
 
 LABEL_VALUES = (0, 1, 2)
+FILE_KEYS = (*MAP_KEYS, "label", "ctp")  # item keys holding file paths, relative to the datalist unless absolute
 
 
 def validate_item(item: dict, where: str, base: Path | None = None, check_files: bool = True) -> dict:
@@ -44,15 +45,35 @@ def validate_item(item: dict, where: str, base: Path | None = None, check_files:
         raise CTPDataError(f"{name}: nihss must be an integer 0-42, got {nihss!r}.")
     if item["group"] not in GROUPS:
         raise CTPDataError(f"{name}: group must be one of {', '.join(GROUPS)}, got {item['group']!r}.")
+    out = resolve_paths(item, base)
+    for key in FILE_KEYS:
+        if key in out and check_files and not Path(out[key]).is_file():
+            raise CTPDataError(f"{name}: {key} file not found: {out[key]}.")
+    return out
+
+
+def resolve_paths(item: dict, base: Path | None) -> dict:
+    """A copy of ``item`` whose file paths (:data:`FILE_KEYS`) relative to ``base`` are made absolute."""
     out = dict(item)
-    for key in (*MAP_KEYS, "label", "ctp"):
+    for key in FILE_KEYS:
         if key in out:
             path = Path(out[key])
-            path = path if path.is_absolute() or base is None else base / path
-            if check_files and not path.is_file():
-                raise CTPDataError(f"{name}: {key} file not found: {path}.")
-            out[key] = str(path)
+            out[key] = str(path if path.is_absolute() or base is None else base / path)
     return out
+
+
+def read_datalist(path: str | os.PathLike) -> dict:
+    """The datalist file's JSON object, or one error naming the file: missing, not JSON, not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise CTPDataError(f"{path}: datalist not found.")
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CTPDataError(f"{path}: not valid JSON ({err}).") from err
+    if not isinstance(content, dict):
+        raise CTPDataError(f"{path}: a datalist is a JSON object with keys {', '.join(SPLITS)}.")
+    return content
 
 
 def load_datalist(
@@ -60,14 +81,7 @@ def load_datalist(
 ) -> dict[str, list[dict]]:
     """Read and validate a datalist; item paths come back absolute. Missing splits give empty lists."""
     path = Path(path)
-    if not path.is_file():
-        raise CTPDataError(f"{path}: datalist not found.")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CTPDataError(f"{path}: not valid JSON ({err}).") from err
-    if not isinstance(content, dict):
-        raise CTPDataError(f"{path}: a datalist is a JSON object with keys {', '.join(SPLITS)}.")
+    content = read_datalist(path)
     result: dict[str, list[dict]] = {}
     seen: dict[str, str] = {}
     for split in splits:
