@@ -117,18 +117,44 @@ class FusionDecoder(nn.Module):
 class FineTunableEncoders(nn.Module):
     """What the three networks share: input maps and colour encoding, the NIHSS branch, input checks, and
     the fine-tuning stages ``frozen`` (no VGG weight trains), ``half`` (blocks 4-5 of every encoder train)
-    and ``all``. Non-VGG layers always train."""
+    and ``all``. Non-VGG layers always train. A network defines its encoders in :meth:`_build_encoders`;
+    the NIHSS branch and the fusion decoder follow.
+
+    Args:
+        maps: input channels in order (subset of ``cbf, cbv, ttp, tmax, mip``).
+        use_nihss: take NIHSS as an extra input.
+        n_classes: output classes (healthy, penumbra, core).
+        pretrained: ImageNet weights for the encoders: True (download), False, or a state-dict path.
+        dropout: dropout after each encoder's bottleneck convolutions.
+        windows, lut: colour encoding of the maps (:class:`scripts.learning.encoding.PerfusionColourEncoding`).
+    """
 
     __jit_unused_properties__ = ["pretrained"]
 
     def __init__(
-        self, maps: Sequence[str], use_nihss: bool, windows: Mapping[str, Sequence[float]] | None, lut: str
+        self,
+        maps: Sequence[str] = PERFUSION_MAPS,
+        use_nihss: bool = True,
+        n_classes: int = 3,
+        pretrained: bool | str | os.PathLike = False,
+        dropout: float = 0.25,
+        windows: Mapping[str, Sequence[float]] | None = None,
+        lut: str = "jet",
     ) -> None:
         super().__init__()
         self.maps = list(maps)
         self.use_nihss = bool(use_nihss)
         self.encoding = PerfusionColourEncoding(self.maps, windows, lut)
         self.finetuning_stage = "all"
+        bottleneck_channels, skip_channels, width = self._build_encoders(pretrained, dropout)
+        self.nihss_branch = NIHSSBranch() if self.use_nihss else None
+        self.decoder = FusionDecoder(bottleneck_channels + int(self.use_nihss), skip_channels, width, n_classes)
+        self._init_new_layers()
+
+    def _build_encoders(self, pretrained: bool | str | os.PathLike, dropout: float) -> tuple[int, list[int], int]:
+        """Register the encoders (and their heads); return the decoder's bottleneck channels (without NIHSS),
+        skip channels per level and width factor."""
+        raise NotImplementedError
 
     def _init_new_layers(self) -> None:
         """He-initialise every part that is not an encoder (or the fixed colour encoding), NIHSS last."""
@@ -192,35 +218,15 @@ class FineTunableEncoders(nn.Module):
 
 
 class SlowFusionNet(FineTunableEncoders):
-    """SF: one VGG-16 per map, every level's features of all encoders concatenated into the decoder.
+    """SF: one VGG-16 per map, every level's features of all encoders concatenated into the decoder
+    (arguments: :class:`FineTunableEncoders`)."""
 
-    Args:
-        maps: input channels in order (subset of ``cbf, cbv, ttp, tmax, mip``).
-        use_nihss: take NIHSS as an extra input.
-        n_classes: output classes (healthy, penumbra, core).
-        pretrained: ImageNet weights for the encoders: True (download), False, or a state-dict path.
-        dropout: dropout after each encoder's bottleneck convolutions.
-        windows, lut: colour encoding of the maps (:class:`scripts.learning.encoding.PerfusionColourEncoding`).
-    """
-
-    def __init__(
-        self,
-        maps: Sequence[str] = PERFUSION_MAPS,
-        use_nihss: bool = True,
-        n_classes: int = 3,
-        pretrained: bool | str | os.PathLike = False,
-        dropout: float = 0.25,
-        windows: Mapping[str, Sequence[float]] | None = None,
-        lut: str = "jet",
-    ) -> None:
-        super().__init__(maps, use_nihss, windows, lut)
+    def _build_encoders(self, pretrained: bool | str | os.PathLike, dropout: float) -> tuple[int, list[int], int]:
         n = len(self.maps)
         weights = load_vgg16_state(pretrained)  # one download or read for all encoders
         self.encoders = nn.ModuleList([VGG16Encoder(weights if weights is not None else False) for _ in range(n)])
         self.heads = nn.ModuleList([bottleneck_head(512, dropout) for _ in range(n)])
-        self.nihss_branch = NIHSSBranch() if self.use_nihss else None
-        self.decoder = FusionDecoder(128 * n + int(self.use_nihss), [c * n for c in SKIP_CHANNELS], n, n_classes)
-        self._init_new_layers()
+        return 128 * n, [c * n for c in SKIP_CHANNELS], n
 
     def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(image, nihss)
@@ -245,23 +251,11 @@ class SlowFusionNet(FineTunableEncoders):
 class EarlyFusionNet(FineTunableEncoders):
     """EF: colour-encoded maps concatenated on channels, a 3x3 convolution to 3 channels, one VGG-16."""
 
-    def __init__(
-        self,
-        maps: Sequence[str] = PERFUSION_MAPS,
-        use_nihss: bool = True,
-        n_classes: int = 3,
-        pretrained: bool | str | os.PathLike = False,
-        dropout: float = 0.25,
-        windows: Mapping[str, Sequence[float]] | None = None,
-        lut: str = "jet",
-    ) -> None:
-        super().__init__(maps, use_nihss, windows, lut)
+    def _build_encoders(self, pretrained: bool | str | os.PathLike, dropout: float) -> tuple[int, list[int], int]:
         self.squeeze = nn.Sequential(*conv_relu(3 * len(self.maps), 3))
         self.encoders = nn.ModuleList([VGG16Encoder(pretrained)])
         self.head = bottleneck_head(512, dropout)
-        self.nihss_branch = NIHSSBranch() if self.use_nihss else None
-        self.decoder = FusionDecoder(128 + int(self.use_nihss), list(SKIP_CHANNELS), 1, n_classes)
-        self._init_new_layers()
+        return 128, list(SKIP_CHANNELS), 1
 
     def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(image, nihss)
@@ -277,24 +271,11 @@ class InflatedFusionNet(FineTunableEncoders):
     """EFI: colour-encoded maps stacked along depth through an I3D-inflated VGG-16; depth folded into
     channels before the 2D decoder."""
 
-    def __init__(
-        self,
-        maps: Sequence[str] = PERFUSION_MAPS,
-        use_nihss: bool = True,
-        n_classes: int = 3,
-        pretrained: bool | str | os.PathLike = False,
-        dropout: float = 0.25,
-        windows: Mapping[str, Sequence[float]] | None = None,
-        lut: str = "jet",
-    ) -> None:
-        super().__init__(maps, use_nihss, windows, lut)
+    def _build_encoders(self, pretrained: bool | str | os.PathLike, dropout: float) -> tuple[int, list[int], int]:
         self.encoders = nn.ModuleList([InflatedVGG16Encoder(pretrained)])
         depths = InflatedVGG16Encoder.depths(len(self.maps))
-        skip_channels = [c * d for c, d in zip(SKIP_CHANNELS, depths)]
         self.head = bottleneck_head(512 * depths[5], dropout)
-        self.nihss_branch = NIHSSBranch() if self.use_nihss else None
-        self.decoder = FusionDecoder(128 + int(self.use_nihss), skip_channels, 1, n_classes)
-        self._init_new_layers()
+        return 128, [c * d for c, d in zip(SKIP_CHANNELS, depths)], 1
 
     def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(image, nihss)
