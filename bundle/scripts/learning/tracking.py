@@ -41,6 +41,28 @@ def data_version(datalist: str | os.PathLike) -> str:
 _RUN_ARGS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
 
 
+def config_params(resolved_config: str | os.PathLike, derived: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's MLflow params, derived from its executed config (:func:`save_resolved_config`) rather than
+    listed by hand: every top-level setting that is a plain value (a number, a string, a boolean, or a list
+    of those, as text), leaving out ``$`` expressions and ``@`` references, then ``derived`` (values computed
+    from the config, e.g. the data version) on top. Without the file (not rank 0) only ``derived``."""
+
+    def plain(value: Any) -> bool:
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        return isinstance(value, (bool, int, float)) or (isinstance(value, str) and not value.startswith(("$", "@")))
+
+    path = Path(resolved_config)
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    params = {
+        k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+        for k, v in config.items()
+        if plain(v) and v != []
+    }
+    params.pop("bundle_root", None)
+    return {**params, **(derived or {})}
+
+
 def save_resolved_config(path: str | os.PathLike, run_id: str, argv: Sequence[str] | None = None) -> str | None:
     """Write the configuration this ``python -m monai.bundle run <run_id>`` executes (its config files merged,
     then the command line's overrides applied, as MONAI's ``ConfigWorkflow`` does) to ``path``, atomically.
