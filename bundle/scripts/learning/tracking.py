@@ -132,9 +132,15 @@ def latest_run(client: Any, experiment_name: str, run_name: str) -> Any | None:
 
 
 def log_to_training_run(
-    tracking_uri: str, experiment_name: str, run_name: str, metrics: dict, artifact_dirs: Sequence[str] = ()
+    tracking_uri: str,
+    experiment_name: str,
+    run_name: str,
+    metrics: dict,
+    artifact_dirs: Sequence[str] = (),
+    prefix: str = "val",
 ) -> str | None:
-    """Log evaluation metrics and reports into the newest MLflow run named ``run_name`` (the training run)."""
+    """Log evaluation metrics and reports into the newest MLflow run named ``run_name`` (the training run);
+    the evaluator's ``val_`` metric names take the split's ``prefix`` (``test_dice_lesion``, ...)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -145,7 +151,7 @@ def log_to_training_run(
         )
         return None
     run_id = run.info.run_id
-    log_metrics(client, run_id, metrics)
+    log_metrics(client, run_id, {prefix + "_" + k[4:] if k.startswith("val_") else k: v for k, v in metrics.items()})
     for folder in artifact_dirs:
         if Path(folder).is_dir():
             client.log_artifacts(run_id, str(folder), artifact_path=Path(folder).name)
