@@ -1,8 +1,7 @@
 """Wall time of each step of the README's main command on the default cohort (install not timed).
 
 Runs generation, training, evaluation and inference (test split) with the bundle's defaults into a temporary
-directory (data,
-run and MLflow store there) and prints each step's wall time and the final validation and test Dice.
+directory (data, run and MLflow store there) and prints each step's wall time and the final validation and test Dice.
 Run: python benchmarks/main_command.py [--only-generation]
 """
 
