@@ -41,6 +41,11 @@ def data_version(datalist: str | os.PathLike) -> str:
 _RUN_ARGS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
 
 
+NOT_PARAMS = ("bundle_root", "resume")
+"""Settings that are not a run's parameters: where the bundle lives and whether this start resumes (a resumed
+run keeps its params, and MLflow refuses a param whose value changes)."""
+
+
 def config_params(resolved_config: str | os.PathLike, derived: dict[str, Any] | None = None) -> dict[str, Any]:
     """A run's MLflow params, derived from its executed config (:func:`save_resolved_config`) rather than
     listed by hand: every top-level setting that is a plain value (a number, a string, a boolean, or a list
@@ -59,7 +64,8 @@ def config_params(resolved_config: str | os.PathLike, derived: dict[str, Any] | 
         for k, v in config.items()
         if plain(v) and v != []
     }
-    params.pop("bundle_root", None)
+    for key in NOT_PARAMS:
+        params.pop(key, None)
     return {**params, **(derived or {})}
 
 
