@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bundle"))
 
 from scripts.io import GROUPS, load_datalist, load_map  # noqa: E402
 from scripts.learning.metrics import patient_row  # noqa: E402
-from scripts.learning.tracking import latest_run  # noqa: E402
+from scripts.learning.tracking import run_finished  # noqa: E402
 from scripts.learning.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
 from scripts.perfusion.thresholds import threshold_labels  # noqa: E402
 
@@ -38,14 +38,6 @@ METRICS = (("dice", "Dice"), ("hd95", "HD95 mm"), ("adv_ml", "|dV| ml"))
 
 def bundle(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], check=True, cwd=ROOT)
-
-
-def training_finished(uri: str, run_name: str) -> bool:
-    """True when the MLflow training run ``run_name`` in experiment ``seeds`` ended (FINISHED)."""
-    import mlflow
-
-    run = latest_run(mlflow.MlflowClient(tracking_uri=uri), "seeds", run_name)
-    return run is not None and run.info.status == "FINISHED"
 
 
 def network_rows(datalist: str, inputs: str, seed: int, root: Path, uri: str) -> list[dict]:
@@ -67,7 +59,9 @@ def network_rows(datalist: str, inputs: str, seed: int, root: Path, uri: str) ->
             "--experiment_name",
             "seeds",
         ]
-        if not training_finished(uri, out.name):  # a finished run keeps its resume point: ask MLflow, not the folder
+        if not run_finished(
+            uri, "seeds", out.name
+        ):  # a finished run keeps its resume point: ask MLflow, not the folder
             bundle(
                 "training",
                 "--config_file",

@@ -23,7 +23,7 @@ from ..io import save_csv, save_text
 from ..perfusion.thresholds import ThresholdSegmentation
 from .checkpoints import drop_resume_point
 from .metrics import markdown_table
-from .tracking import default_tracking_uri, experiment_id, log_metrics
+from .tracking import default_tracking_uri, experiment_id, log_metrics, run_finished
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +45,6 @@ def cell_name(variant: str, inputs: str, mode: str) -> str:
     return f"{variant}_{MODE_LETTER[mode]}-" + inputs.replace("+", "-")
 
 
-def _finished(tracking_uri: str, experiment: str, name: str) -> bool:
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return False
-    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{name}'")
-    return any(
-        r.info.status == "FINISHED" and any(k.startswith("test_") or k.startswith("val_") for k in r.data.metrics)
-        for r in runs
-    )
-
-
 def run_grid(
     grid: str = "exp2",
     datalist: str = "data/synthetic/datalist.json",
@@ -75,7 +61,7 @@ def run_grid(
     for variant, inputs, mode in GRIDS[grid]:
         name = cell_name(variant, inputs, mode)
         names.append(name)
-        if _finished(uri, grid, name):
+        if run_finished(uri, grid, name):
             logger.info("%s/%s already finished: skipped", grid, name)
             continue
         out = os.path.join(output_root, grid, name)
@@ -98,7 +84,7 @@ def run_grid(
         drop_resume_point(out)
     for baseline, run_baseline in ((THRESHOLD, run_threshold_baseline), (VOXEL, run_voxel_baseline)):
         names.append(baseline)
-        if _finished(uri, grid, baseline):
+        if run_finished(uri, grid, baseline):
             logger.info("%s/%s already finished: skipped", grid, baseline)
         else:
             run_baseline(grid, datalist, output_root, uri, config_dir)

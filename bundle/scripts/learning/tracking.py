@@ -137,6 +137,21 @@ def latest_run(client: Any, experiment_name: str, run_name: str) -> Any | None:
     return runs[0] if runs else None
 
 
+def run_finished(tracking_uri: str, experiment_name: str, run_name: str) -> bool:
+    """True when a run named ``run_name`` in ``experiment_name`` ended (FINISHED) with validation or test
+    metrics: a finished training (or evaluation) that a rerun should skip, not resume."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return False
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
+    return any(
+        r.info.status == "FINISHED" and any(k.startswith(("test_", "val_")) for k in r.data.metrics) for r in runs
+    )
+
+
 def log_to_training_run(
     tracking_uri: str,
     experiment_name: str,
