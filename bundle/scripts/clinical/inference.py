@@ -184,7 +184,7 @@ class SaveStudyOutputsd(MapTransform):
         study = d[self.study_key]
         pid = str(study["id"])
         reference = nib.load(study["cbf"])
-        label = np.asarray(_array(d[self.keys[0]])[0], dtype=np.uint8)
+        label = np.asarray(convert_to_numpy(d[self.keys[0]])[0], dtype=np.uint8)
         if label.shape != reference.shape:
             raise CTPDataError(
                 f"patient {pid}: prediction shape {label.shape} differs from {study['cbf']} {reference.shape}."
@@ -193,12 +193,14 @@ class SaveStudyOutputsd(MapTransform):
         staging.mkdir(parents=True, exist_ok=True)
         save_nifti(staging / "label.nii.gz", label, reference.affine, header=reference.header)
         if self.probabilities_key and self.probabilities_key in d:
-            probabilities = np.moveaxis(np.asarray(_array(d[self.probabilities_key]), dtype=np.float32), 0, -1)
+            probabilities = np.moveaxis(
+                np.asarray(convert_to_numpy(d[self.probabilities_key]), dtype=np.float32), 0, -1
+            )
             save_nifti(staging / "probabilities.nii.gz", probabilities, reference.affine)
         tmax = np.asarray(nib.load(study["tmax"]).dataobj, dtype=np.float32)
         mip = np.asarray(nib.load(study["mip"]).dataobj, dtype=np.float32)
-        brain = _array(d["brain"])[0] > 0 if "brain" in d else brain_mask_from_mip(mip)
-        nihss = int(_array(study["nihss"]).reshape(-1)[0])
+        brain = convert_to_numpy(d["brain"])[0] > 0 if "brain" in d else brain_mask_from_mip(mip)
+        nihss = int(convert_to_numpy(study["nihss"]).reshape(-1)[0])
         report = clinical_report(
             label,
             tmax,
@@ -215,10 +217,6 @@ class SaveStudyOutputsd(MapTransform):
         _move_into_place(staging, self.output_dir / pid, self.overwrite)
         d["report"] = report
         return d
-
-
-def _array(value: Any) -> np.ndarray:
-    return convert_to_numpy(value)
 
 
 def _move_into_place(staging: Path, target: Path, overwrite: bool) -> None:
