@@ -47,6 +47,11 @@ def tiny_overrides(datalist: Path, out: Path, uri: str, *extra: str) -> list[str
     ]
 
 
+STAGE_AFTER_EVERY_VALIDATION = ("--patience", "1", "--finetuning", "gradual", "--min_delta", "1000")
+"""Gradual fine-tuning where only the first validation counts as an improvement (min_delta 1000), so every
+later one moves a stage (patience 1)."""
+
+
 def trained_epochs(checkpoint: dict) -> int:
     return checkpoint["trainer"]["iteration"] // checkpoint["trainer"]["epoch_length"]
 
@@ -66,22 +71,9 @@ def trained(tiny_cohort, tmp_path_factory):
     weights = base / "vgg16.pth"
     torch.manual_seed(0)
     torch.save({f"features.{k}": v for k, v in vgg16_layers().state_dict().items()}, weights)
-    # min_delta 1000: only the first validation counts as an improvement, so every later one moves a stage
 
     def args_for(output_dir: Path) -> list[str]:
-        args = tiny_overrides(
-            tiny_cohort,
-            output_dir,
-            uri,
-            "--max_epochs",
-            "6",
-            "--patience",
-            "1",
-            "--finetuning",
-            "gradual",
-            "--min_delta",
-            "1000",
-        )
+        args = tiny_overrides(tiny_cohort, output_dir, uri, "--max_epochs", "6", *STAGE_AFTER_EVERY_VALIDATION)
         args[args.index("--pretrained") + 1] = str(weights)
         return args
 
@@ -261,12 +253,7 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
         uri,
         "--max_epochs",
         "4",
-        "--patience",
-        "1",
-        "--finetuning",
-        "gradual",
-        "--min_delta",
-        "1000",
+        *STAGE_AFTER_EVERY_VALIDATION,
         "--batch_size",
         "1",
         "--dist_backend",
