@@ -3,17 +3,21 @@ patient's outputs (label, probabilities, clinical report, montage) into its fold
 
 Inputs (``--input``): a datalist JSON (items of ``split``), a folder of patient folders, or one patient
 folder. A patient folder holds ``cbf/cbv/ttp/tmax/mip.nii.gz`` or a raw ``ctp.nii.gz`` (4D, frame interval
-in pixdim[4]); a datalist item has the map paths or a ``ctp`` path. NIHSS comes from the datalist item,
-else from ``--nihss``; a model with NIHSS input refuses a study without it.
+in pixdim[4]) or a DICOM CTP study (:mod:`scripts.io.dicom`); a datalist item has the map paths or a ``ctp``
+path (NIfTI or DICOM folder). A folder holding several DICOM studies, each in its own subfolder, is a
+folder of patients. NIHSS comes from the datalist item, else from ``--nihss``; a model with NIHSS input
+refuses a study without it.
 
 Outputs: ``<output_dir>/<id>/`` with ``label.nii.gz`` (uint8, the input map's affine and header),
 ``probabilities.nii.gz`` (optional, 3 channels), ``report.json``, ``report.png`` and, for raw input,
-``maps/``. Each folder is built as ``.<id>.partial`` and renamed into place when complete, so a failed or
-interrupted run leaves no half-written patient.
+``maps/``; for a DICOM study also ``seg.dcm``, ``report_sr.dcm`` and ``report_sc.dcm`` in the input's study
+(:mod:`scripts.clinical.dicom_outputs`). Each folder is built as ``.<id>.partial`` and renamed into place
+when complete, so a failed or interrupted run leaves no half-written patient.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -29,6 +33,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
 from ..io import MAP_KEYS, SPLITS, CTPDataError, check_patient, read_datalist, resolve_paths, save_json, save_nifti
+from ..io.dicom import dicom_files, is_dicom_folder
 from ..perfusion.brain_mask import brain_mask_from_mip
 from .report import clinical_report, save_montage
 
@@ -43,6 +48,22 @@ def _patient_folder(folder: Path) -> dict | None:
     if (folder / "ctp.nii.gz").is_file():
         return {"id": folder.name, "ctp": str(folder / "ctp.nii.gz")}
     return None
+
+
+def _dicom_studies(folder: Path) -> list[dict]:
+    """One item per DICOM study (StudyInstanceUID) under ``folder``: the folder itself when it holds one
+    study, else each study's own subfolder (its name is the patient id)."""
+    files = dicom_files(folder)
+    by_study: dict[str, set[str]] = {}
+    for path, header in files:
+        top = path.relative_to(folder).parts[0] if len(path.relative_to(folder).parts) > 1 else ""
+        by_study.setdefault(str(header.get("StudyInstanceUID", "")), set()).add(top)
+    if len(by_study) == 1:
+        return [{"id": folder.name, "ctp": str(folder)}]
+    tops = [next(iter(t)) for t in by_study.values() if len(t) == 1 and "" not in t]
+    if len(tops) != len(by_study) or len(set(tops)) != len(tops):
+        raise CTPDataError(f"{folder}: {len(by_study)} DICOM studies mixed in one folder; put each in its own folder.")
+    return [{"id": top, "ctp": str(folder / top)} for top in sorted(tops)]
 
 
 def find_studies(source: str | os.PathLike, split: str = "test") -> list[dict]:
@@ -68,9 +89,12 @@ def find_studies(source: str | os.PathLike, split: str = "test") -> list[dict]:
     if single is not None:
         return [single]
     items = [item for item in (_patient_folder(p) for p in sorted(path.iterdir()) if p.is_dir()) if item is not None]
+    if not items and is_dicom_folder(path):
+        return _dicom_studies(path)
     if not items:
         raise CTPDataError(
-            f"{path}: no patient found (folders with {', '.join(k + '.nii.gz' for k in MAP_KEYS)} or ctp.nii.gz)."
+            f"{path}: no patient found (folders with {', '.join(k + '.nii.gz' for k in MAP_KEYS)} or ctp.nii.gz, "
+            "or DICOM studies)."
         )
     return items
 
@@ -145,11 +169,13 @@ def _prepare_study(
         logger.info("patient %s: computing maps from %s", pid, item["ctp"])
         paths = compute_maps(item["ctp"], staging, overwrite=True, **dict(perfusion or {}))
         item.update({k: paths[k] for k in MAP_KEYS})
+        if "dicom" in json.loads((staging / "perfusion.json").read_text()):
+            item["dicom_reference"] = str(staging / "perfusion.json")
     for key in MAP_KEYS:
         if not Path(item[key]).is_file():
             raise CTPDataError(f"patient {pid}: {key} file not found: {item[key]}.")
     check_patient(item, keys=MAP_KEYS)
-    item["study"] = {k: item[k] for k in ("id", *MAP_KEYS, "ctp") if k in item}
+    item["study"] = {k: item[k] for k in ("id", *MAP_KEYS, "ctp", "dicom_reference") if k in item}
     item["study"]["nihss"] = int(value) if value is not None else -1
     return item
 
@@ -213,7 +239,13 @@ class SaveStudyOutputsd(MapTransform):
         report["inputs"] = {k: str(study[k]) for k in ("ctp", *MAP_KEYS) if k in study}
         save_json(staging / "report.json", report)
         if self.montage:
-            save_montage(staging / "report.png", mip, label, report)
+            save_montage(staging / "report.png", mip, label, report, affine=reference.affine)
+        if "dicom_reference" in study:
+            from .dicom_outputs import save_dicom_outputs
+
+            references = json.loads(Path(study["dicom_reference"]).read_text())["dicom"]["reference_files"]
+            montage = staging / "report.png" if self.montage else None
+            save_dicom_outputs(staging, label, report, references, montage)
         _move_into_place(staging, self.output_dir / pid, self.overwrite)
         d["report"] = report
         return d

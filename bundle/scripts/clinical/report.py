@@ -82,9 +82,15 @@ def save_montage(
     report: Mapping[str, Any],
     window: tuple[float, float] = (0.0, 120.0),
     columns: int = 4,
+    affine: np.ndarray | None = None,
 ) -> str:
     """PNG of every slice: ``background`` (the MIP in HU, greyscale) with penumbra filled green and core filled
-    magenta, titled with the volumes and mismatch; written atomically."""
+    magenta, titled with the volumes and mismatch; written atomically.
+
+    With the volumes' ``affine`` the slices are shown as radiologists read axial images (patient's right on
+    the screen's left, anterior up, slices from feet to head) and each panel is marked R / L / A / P.
+    Without it the arrays are shown as stored, unmarked.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,6 +98,13 @@ def save_montage(
     from matplotlib.colors import ListedColormap
 
     overlay = ListedColormap([(0, 0, 0, 0), (0.1, 0.9, 0.2, 0.5), (1.0, 0.1, 0.9, 0.75)])
+    origin = "lower"
+    if affine is not None:  # to L-P-S index order; shown with row 0 on top: right on the left, anterior up
+        from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+        transform = ornt_transform(io_orientation(affine), axcodes2ornt(("L", "P", "S")))
+        background, label = (apply_orientation(np.asarray(a), transform) for a in (background, label))
+        origin = "upper"
     slices = background.shape[2]
     columns = min(columns, slices)
     rows = -(-slices // columns)
@@ -100,9 +113,27 @@ def save_montage(
         ax.axis("off")
         if z >= slices:
             continue
-        ax.imshow(background[..., z].T, cmap="gray", vmin=window[0], vmax=window[1], origin="lower")
-        ax.imshow(label[..., z].T, cmap=overlay, vmin=0, vmax=2, origin="lower", interpolation="nearest")
+        ax.imshow(background[..., z].T, cmap="gray", vmin=window[0], vmax=window[1], origin=origin)
+        ax.imshow(label[..., z].T, cmap=overlay, vmin=0, vmax=2, origin=origin, interpolation="nearest")
         ax.text(0.02, 0.97, f"{z + 1}", color="white", fontsize=8, transform=ax.transAxes, va="top")
+        if affine is not None:
+            for x, y, mark, align in (
+                (0.02, 0.5, "R", "left"),
+                (0.98, 0.5, "L", "right"),
+                (0.5, 0.97, "A", "center"),
+                (0.5, 0.03, "P", "center"),
+            ):
+                ax.text(
+                    x,
+                    y,
+                    mark,
+                    color="yellow",
+                    fontsize=9,
+                    fontweight="bold",
+                    transform=ax.transAxes,
+                    ha=align,
+                    va="center",
+                )
     volumes, mismatch = report["volumes_ml"], report["mismatch"]
     ratio = "n/a" if mismatch["ratio"] is None else f"{mismatch['ratio']:.1f}"
     figure.suptitle(

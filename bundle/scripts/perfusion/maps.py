@@ -1,4 +1,5 @@
-"""Bundle workflow: perfusion maps from one raw 4D CTP NIfTI series, written as 3D NIfTI maps."""
+"""Bundle workflow: perfusion maps from one raw CTP series (4D NIfTI or a DICOM study folder), written as 3D
+NIfTI maps."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import load_ctp, load_frame_times, save_json, save_nifti
+from ..io import save_json, save_nifti
+from ..io.dicom import load_ctp_series
 from .deconvolution import PerfusionMaps, compute_perfusion_maps
 
 
@@ -16,16 +18,19 @@ def compute_maps(
     output_dir: str | os.PathLike,
     overwrite: bool = False,
     aif: str | os.PathLike | None = None,
+    frame_interval: float | None = None,
     **settings,
 ) -> dict[str, str]:
     """Compute CBF, CBV, MTT, TTP, Tmax and MIP from ``ctp`` into ``output_dir``; return the written paths.
 
     Args:
         ctp: 4D NIfTI (X, Y, slices, time) in HU with the frame interval in pixdim[4], or uneven per-frame
-            times in a JSON sidecar (``ctp.json``: ``{"FrameTimesStart": [0, 1, 2, 3.5, ...]}``).
+            times in a JSON sidecar (``ctp.json``: ``{"FrameTimesStart": [0, 1, 2, 3.5, ...]}``); or a DICOM
+            study folder (:mod:`scripts.io.dicom`), whose provenance goes into ``perfusion.json``.
         output_dir: folder for ``<map>.nii.gz`` and ``perfusion.json`` (AIF and settings used).
         overwrite: replace maps already in ``output_dir``.
         aif: optional text file with one AIF value (HU above baseline) per frame.
+        frame_interval: seconds between frames, for DICOM images whose only timing is TemporalPositionIndex.
         settings: keyword arguments of :func:`scripts.perfusion.deconvolution.compute_perfusion_maps`.
     """
     if ctp is None:
@@ -37,8 +42,7 @@ def compute_maps(
         raise FileExistsError(
             f"{out}: maps already exist ({existing[0]}, ...); pass overwrite=True (--overwrite true)."
         )
-    series, interval, affine = load_ctp(ctp)
-    frame_times = load_frame_times(ctp, series.shape[-1])
+    series, interval, affine, frame_times, dicom = load_ctp_series(ctp, frame_interval)
     given_aif = None
     if aif is not None:
         try:
@@ -60,5 +64,7 @@ def compute_maps(
         **maps.info,
         **settings,
     }
+    if dicom is not None:
+        report["dicom"] = dicom
     save_json(out / "perfusion.json", report)
     return {name: str(path) for name, path in targets.items()}

@@ -1,0 +1,349 @@
+"""DICOM CT perfusion in: a study folder becomes a 4D series in HU with per-frame times and a NIfTI (RAS) affine.
+
+pydicom reads every file (pixel data decoded by its plugins: pylibjpeg-libjpeg for JPEG Lossless,
+pylibjpeg-openjpeg for JPEG 2000, pylibjpeg-rle for RLE, pyjpegls for JPEG-LS); nothing here parses or
+encodes DICOM by hand. What this module adds is the CTP logic that DICOM leaves to the reader:
+
+- **Which files.** Every file under the folder (searched recursively; a ``DICOMDIR`` file is skipped, its
+  referenced files are in the tree). Files that are not DICOM are skipped; DICOM files that are not CT are
+  refused. Derived images (``ImageType`` DERIVED, e.g. vendor maps) are not part of the series.
+- **Frames, whatever the vendor layout** (one series with many acquisitions, or one series per time point):
+  the images are grouped by slice position, and each position's images are sorted by time; frame *k* is
+  the *k*-th image of every position. Every position must have the same number of images.
+- **Time** comes from the first of :data:`TIME_SOURCES` that every image carries: ``AcquisitionDateTime``,
+  ``AcquisitionTime`` (with ``AcquisitionDate``), ``ContentTime`` (with ``ContentDate``), ``TriggerTime``
+  (ms), ``TemporalPositionIndex`` (an order only: needs ``frame_interval``). A frame's time is the median
+  of its slices' times; frame times are seconds from the first frame, uneven intervals kept.
+- **Geometry.** Slices are ordered by ``ImagePositionPatient`` along the slice normal (row x column
+  direction); the affine maps (column, row, slice) indices to RAS millimetres as NIfTI writers do (DICOM's
+  LPS with x and y negated). ``RescaleSlope``/``RescaleIntercept`` are applied (the modality LUT).
+
+Refused, each with one line naming a file: mixed image sizes, spacings or orientations; a non-CT modality;
+gantry tilt (``GantryDetectorTilt`` or slice positions sheared off the normal; resample the series first,
+e.g. with dcm2niix, which corrects tilt); uneven slice spacing or a missing slice position; a slice
+position with fewer images than the others (a missing slice in a frame); two images at one position and
+time; images without usable time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .files import CTPDataError, save_json, save_nifti
+from .images import MIN_FRAMES, frame_times_sidecar, load_ctp, load_frame_times, validate_frame_times
+
+logger = logging.getLogger(__name__)
+
+TIME_SOURCES = ("AcquisitionDateTime", "AcquisitionTime", "ContentTime", "TriggerTime", "TemporalPositionIndex")
+"""Where a CTP image's time is read from, first match wins (the one attribute every image carries)."""
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+POSITION_TOLERANCE_MM = 0.01
+SPACING_TOLERANCE = 0.05  # relative difference of a slice gap from the median gap
+
+
+@dataclass
+class DicomSeries:
+    """A CTP series read from DICOM: ``array`` (X=column, Y=row, slice, time) in HU, ``affine`` (RAS, mm),
+    ``frame_times`` (s from the first frame), and per slice the first frame's file (``reference_files``,
+    in the array's slice order; a DICOM SEG references them)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    frame_times: np.ndarray
+    reference_files: list[Path]
+    time_source: str
+    study: dict = field(default_factory=dict)
+
+
+def _pydicom():
+    import pydicom  # noqa: F401  (imported lazily: the NIfTI paths do not need it)
+
+    return pydicom
+
+
+def dicom_files(folder: str | os.PathLike) -> list[tuple[Path, object]]:
+    """``(path, header)`` of every DICOM file under ``folder`` (pixel data not read); non-DICOM files skipped."""
+    pydicom = _pydicom()
+    root = Path(folder)
+    if root.is_file() and root.name.upper() == "DICOMDIR":
+        root = root.parent
+    if not root.is_dir():
+        raise CTPDataError(f"{root}: DICOM input not found (a folder of DICOM files or a DICOMDIR).")
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path.name.upper() == "DICOMDIR" or path.name.startswith("."):
+            continue
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except pydicom.errors.InvalidDicomError:
+            logger.debug("%s: not DICOM, skipped", path)
+            continue
+        except Exception as err:  # truncated or corrupt files raise several types
+            raise CTPDataError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err}).") from err
+        found.append((path, header))
+    if not found:
+        raise CTPDataError(f"{root}: no DICOM file found.")
+    return found
+
+
+def is_dicom_folder(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a DICOMDIR or a folder holding at least one DICOM file (checked by its preamble)."""
+    path = Path(path)
+    if path.is_file():
+        return path.name.upper() == "DICOMDIR"
+    if not path.is_dir():
+        return False
+    for candidate in path.rglob("*"):
+        if candidate.is_file() and not candidate.name.startswith("."):
+            try:
+                with open(candidate, "rb") as handle:
+                    handle.seek(128)
+                    if handle.read(4) == b"DICM":
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def _is_derived(header) -> bool:
+    return "DERIVED" in [str(v).upper() for v in (header.get("ImageType") or [])]
+
+
+def _seconds(header, source: str) -> float | None:
+    """The time of one image in seconds from ``source`` (see :data:`TIME_SOURCES`), ``None`` when absent."""
+    pydicom = _pydicom()
+    value = header.get(source)
+    if value in (None, ""):
+        return None
+    if source == "AcquisitionDateTime":
+        dt = pydicom.valuerep.DT(value)
+        return dt.replace(tzinfo=None).timestamp() if isinstance(dt, datetime.datetime) else None
+    if source in ("AcquisitionTime", "ContentTime"):
+        tm = pydicom.valuerep.TM(value)
+        seconds = tm.hour * 3600 + tm.minute * 60 + tm.second + tm.microsecond / 1e6
+        date = header.get(source.replace("Time", "Date"))
+        if date:
+            day = pydicom.valuerep.DA(date)
+            seconds += datetime.datetime(day.year, day.month, day.day).timestamp()
+        return seconds
+    if source == "TriggerTime":
+        return float(value) / 1000.0
+    return float(value)  # TemporalPositionIndex: an order, scaled by the frame interval later
+
+
+def _geometry(path: Path, header) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[int, int]]:
+    try:
+        orientation = np.asarray(header.ImageOrientationPatient, dtype=np.float64)
+        position = np.asarray(header.ImagePositionPatient, dtype=np.float64)
+        spacing = tuple(float(v) for v in header.PixelSpacing)
+        size = (int(header.Rows), int(header.Columns))
+    except (AttributeError, TypeError, ValueError) as err:
+        raise CTPDataError(
+            f"{path}: missing or bad geometry ({err}); a CT image needs ImagePositionPatient, "
+            "ImageOrientationPatient, PixelSpacing, Rows and Columns."
+        ) from err
+    if orientation.size != 6 or position.size != 3 or len(spacing) != 2:
+        raise CTPDataError(f"{path}: ImageOrientationPatient, ImagePositionPatient or PixelSpacing is malformed.")
+    return orientation, position, spacing, size
+
+
+def _check_ct(path: Path, header) -> None:
+    modality = str(header.get("Modality", ""))
+    if modality != "CT":
+        raise CTPDataError(f"{path}: modality {modality or 'missing'}; a CT perfusion study holds CT images only.")
+    tilt = float(header.get("GantryDetectorTilt", 0) or 0)
+    if abs(tilt) > 1e-3:
+        raise CTPDataError(
+            f"{path}: gantry tilt of {tilt:g} degrees; resample the series to an untilted grid first "
+            "(e.g. dcm2niix corrects tilt)."
+        )
+
+
+def _time_source(images: list[tuple[Path, object]]) -> str:
+    for source in TIME_SOURCES:
+        if all(header.get(source) not in (None, "") for _, header in images):
+            return source
+    missing = next(path for path, header in images if all(header.get(s) in (None, "") for s in TIME_SOURCES))
+    raise CTPDataError(
+        f"{missing}: no usable acquisition time (none of {', '.join(TIME_SOURCES)}); cannot order the CTP frames."
+    )
+
+
+def read_ctp_dicom(
+    folder: str | os.PathLike, frame_interval: float | None = None, files: list[tuple[Path, object]] | None = None
+) -> DicomSeries:
+    """Read the CT perfusion series under ``folder`` (see the module docstring for rules and refusals).
+
+    Args:
+        folder: a folder of DICOM files (any depth) or a DICOMDIR.
+        frame_interval: seconds between frames; needed only when the images carry no time but
+            ``TemporalPositionIndex``.
+        files: the ``(path, header)`` pairs of :func:`dicom_files` when already read.
+    """
+    images = [(p, h) for p, h in (files if files is not None else dicom_files(folder)) if not _is_derived(h)]
+    if not images:
+        raise CTPDataError(f"{folder}: no original CT images (only derived images such as vendor maps).")
+    for path, header in images:
+        _check_ct(path, header)
+    first_path, first = images[0]
+    orientation, _, spacing, size = _geometry(first_path, first)
+    for path, header in images[1:]:
+        o, _, s, z = _geometry(path, header)
+        if z != size or not np.allclose(s, spacing, atol=1e-4) or not np.allclose(o, orientation, atol=1e-4):
+            raise CTPDataError(
+                f"{path}: image size {z[1]}x{z[0]}, spacing {s} or orientation differs from {first_path} "
+                f"({size[1]}x{size[0]}, {spacing}); a CTP study must be one grid (mixed series?)."
+            )
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    source = _time_source(images)
+    if source == "TemporalPositionIndex" and not frame_interval:
+        raise CTPDataError(
+            f"{first_path}: the images carry only TemporalPositionIndex (an order, no time); "
+            "pass frame_interval (seconds between frames)."
+        )
+
+    # group by slice position along the normal; refuse positions sheared off the normal (tilt)
+    by_position: dict[float, list[tuple[float, Path]]] = {}
+    in_plane_ref = None
+    for path, header in images:
+        _, position, _, _ = _geometry(path, header)
+        in_plane = np.array([position @ row_dir, position @ col_dir])
+        if in_plane_ref is None:
+            in_plane_ref = in_plane
+        elif np.abs(in_plane - in_plane_ref).max() > 0.1:
+            raise CTPDataError(
+                f"{path}: slice origin is shifted {np.abs(in_plane - in_plane_ref).max():.2f} mm in-plane from "
+                f"{first_path}: the slices are sheared (gantry tilt); resample the series first (e.g. dcm2niix)."
+            )
+        key = round(float(position @ normal) / POSITION_TOLERANCE_MM) * POSITION_TOLERANCE_MM
+        by_position.setdefault(key, []).append((_seconds(header, source), path))
+    positions = sorted(by_position)
+    counts = {z: len(v) for z, v in by_position.items()}
+    n_frames = max(counts.values())
+    short = [z for z in positions if counts[z] != n_frames]
+    if short:
+        z = short[0]
+        raise CTPDataError(
+            f"{by_position[z][0][1]}: the slice at {z:g} mm has {counts[z]} images, other slices {n_frames}: "
+            "a frame is missing this slice."
+        )
+    if n_frames < MIN_FRAMES:
+        raise CTPDataError(f"{folder}: {n_frames} frames is too few for perfusion analysis (need >= {MIN_FRAMES}).")
+    if len(positions) > 1:
+        gaps = np.diff(positions)
+        median = float(np.median(gaps))
+        bad = np.flatnonzero(np.abs(gaps - median) > SPACING_TOLERANCE * median)
+        if bad.size:
+            i = int(bad[0])
+            raise CTPDataError(
+                f"{by_position[positions[i + 1]][0][1]}: slice gap {gaps[i]:.3g} mm between {positions[i]:g} and "
+                f"{positions[i + 1]:g} mm, others {median:.3g} mm: a slice position is missing or spacing is uneven."
+            )
+    else:
+        median = float(first.get("SliceThickness", 1.0) or 1.0)
+    grid = np.empty((len(positions), n_frames), dtype=object)
+    times = np.empty((len(positions), n_frames))
+    for k, z in enumerate(positions):
+        members = sorted(by_position[z], key=lambda item: item[0])
+        for t, (seconds, path) in enumerate(members):
+            if t and seconds == members[t - 1][0]:
+                raise CTPDataError(
+                    f"{path}: same position ({z:g} mm) and time as {members[t - 1][1]}: duplicate image."
+                )
+            grid[k, t], times[k, t] = path, seconds
+    frame_times = np.median(times, axis=0)
+    frame_times = frame_times - frame_times[0]
+    if source == "TemporalPositionIndex":
+        frame_times = frame_times * float(frame_interval)
+    try:
+        frame_times = validate_frame_times(frame_times, n_frames, name=f"{folder} frame times ({source})")
+    except ValueError as err:
+        raise CTPDataError(str(err)) from err
+
+    array = np.empty((size[1], size[0], len(positions), n_frames), dtype=np.float32)
+    for k in range(len(positions)):
+        for t in range(n_frames):
+            array[:, :, k, t] = read_pixels(grid[k, t]).T
+    _, origin, _, _ = _geometry(grid[0, 0], dict(images)[grid[0, 0]])
+    affine = np.eye(4)
+    affine[:3, 0] = LPS_TO_RAS @ row_dir * spacing[1]
+    affine[:3, 1] = LPS_TO_RAS @ col_dir * spacing[0]
+    affine[:3, 2] = LPS_TO_RAS @ normal * median
+    affine[:3, 3] = LPS_TO_RAS @ origin
+    study = {key: str(first.get(key, "")) for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
+    return DicomSeries(array, affine, frame_times, [Path(p) for p in grid[:, 0]], source, study)
+
+
+def provenance(series: DicomSeries, folder: str | os.PathLike) -> dict:
+    """What a converted series came from: the folder, UIDs, time source and the first frame's files."""
+    return {
+        "folder": str(folder),
+        **series.study,
+        "time_source": series.time_source,
+        "reference_files": [str(p) for p in series.reference_files],
+    }
+
+
+def load_ctp_series(
+    path: str | os.PathLike, frame_interval: float | None = None
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray | None, dict | None]:
+    """A raw CTP series from a 4D NIfTI (with optional frame-time sidecar) or a DICOM folder:
+    ``(array, frame_interval_s, affine, frame_times or None, DICOM provenance or None)``."""
+    if is_dicom_folder(path):
+        series = read_ctp_dicom(path, frame_interval)
+        interval = float(np.median(np.diff(series.frame_times)))
+        return series.array, interval, series.affine, series.frame_times, provenance(series, path)
+    array, interval, affine = load_ctp(path)
+    return array, interval, affine, load_frame_times(path, array.shape[3]), None
+
+
+def convert_dicom_study(
+    folder: str | os.PathLike, output_dir: str | os.PathLike, frame_interval: float | None = None
+) -> dict[str, str]:
+    """Convert a DICOM CTP study to the datalist format: ``ctp.nii.gz`` (int16 HU) and its sidecar
+    ``ctp.json`` (``FrameTimesStart`` and the DICOM provenance). Returns the written paths."""
+    series = read_ctp_dicom(folder, frame_interval)
+    out = Path(output_dir)
+    interval = float(np.median(np.diff(series.frame_times)))
+    hu = np.clip(np.round(series.array), -32768, 32767).astype(np.int16)
+    ctp = save_nifti(out / "ctp.nii.gz", hu, series.affine, frame_interval=interval)
+    sidecar = save_json(
+        frame_times_sidecar(ctp),
+        {"FrameTimesStart": series.frame_times.round(6).tolist(), "dicom": provenance(series, folder)},
+    )
+    return {"ctp": str(ctp), "sidecar": str(sidecar)}
+
+
+def read_header(path: str | os.PathLike):
+    """The header of one DICOM file (pixel data not read)."""
+    return _pydicom().dcmread(path, stop_before_pixels=True)
+
+
+def read_pixels(path: str | os.PathLike) -> np.ndarray:
+    """One image's pixels (rows, columns) in modality units (HU for CT), decoded whatever the transfer syntax."""
+    pydicom = _pydicom()
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+        return np.asarray(pydicom.pixels.apply_modality_lut(pixels, ds), dtype=np.float32)
+    except Exception as err:  # decoders raise many types: missing plugin, corrupt stream, truncated file
+        syntax = ""
+        try:
+            syntax = f" (transfer syntax {ds.file_meta.TransferSyntaxUID.name})"
+        except Exception:
+            pass
+        raise CTPDataError(f"{path}: cannot decode the pixel data{syntax}: {err}") from err
+
+
+def series_slices(paths: Sequence[str | os.PathLike]) -> list:
+    """The headers of ``paths`` (the source images a DICOM SEG or report references), pixel data not read."""
+    return [read_header(p) for p in paths]
