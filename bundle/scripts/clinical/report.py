@@ -75,6 +75,14 @@ def clinical_report(
     }
 
 
+def radiological(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``volume`` reordered to L-P-S index order, so that ``volume[..., z].T`` drawn with row 0 on top shows
+    an axial slice as radiologists read it: the patient's right on the screen's left, anterior up."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    return apply_orientation(np.asarray(volume), ornt_transform(io_orientation(affine), axcodes2ornt("LPS")))
+
+
 def save_montage(
     path: str | os.PathLike,
     background: np.ndarray,
@@ -99,16 +107,12 @@ def save_montage(
 
     overlay = ListedColormap([(0, 0, 0, 0), (0.1, 0.9, 0.2, 0.5), (1.0, 0.1, 0.9, 0.75)])
     origin = "lower"
-    if affine is not None:  # to L-P-S index order; shown with row 0 on top: right on the left, anterior up
-        from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-
-        transform = ornt_transform(io_orientation(affine), axcodes2ornt(("L", "P", "S")))
-        background, label = (apply_orientation(np.asarray(a), transform) for a in (background, label))
-        origin = "upper"
+    if affine is not None:
+        background, label, origin = radiological(background, affine), radiological(label, affine), "upper"
     slices = background.shape[2]
     columns = min(columns, slices)
     rows = -(-slices // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.4 * rows + 0.6), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(max(2.4 * columns, 7.2), 2.4 * rows + 0.6), squeeze=False)
     for z, ax in enumerate(axes.flat):
         ax.axis("off")
         if z >= slices:

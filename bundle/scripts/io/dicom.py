@@ -227,6 +227,11 @@ def read_ctp_dicom(
         key = round(float(position @ normal) / POSITION_TOLERANCE_MM) * POSITION_TOLERANCE_MM
         by_position.setdefault(key, []).append((_seconds(header, source), path))
     positions = sorted(by_position)
+    for z in positions:
+        members = by_position[z] = sorted(by_position[z], key=lambda item: item[0])
+        for (seconds, path), (previous, other) in zip(members[1:], members[:-1]):
+            if seconds == previous:
+                raise CTPDataError(f"{path}: same position ({z:g} mm) and time as {other}: duplicate image.")
     counts = {z: len(v) for z, v in by_position.items()}
     n_frames = max(counts.values())
     short = [z for z in positions if counts[z] != n_frames]
@@ -253,12 +258,7 @@ def read_ctp_dicom(
     grid = np.empty((len(positions), n_frames), dtype=object)
     times = np.empty((len(positions), n_frames))
     for k, z in enumerate(positions):
-        members = sorted(by_position[z], key=lambda item: item[0])
-        for t, (seconds, path) in enumerate(members):
-            if t and seconds == members[t - 1][0]:
-                raise CTPDataError(
-                    f"{path}: same position ({z:g} mm) and time as {members[t - 1][1]}: duplicate image."
-                )
+        for t, (seconds, path) in enumerate(by_position[z]):
             grid[k, t], times[k, t] = path, seconds
     frame_times = np.median(times, axis=0)
     frame_times = frame_times - frame_times[0]

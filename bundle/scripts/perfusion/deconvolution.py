@@ -308,6 +308,10 @@ def validate_series(ctp: np.ndarray, frame_interval: float, name: str = "ctp") -
         raise ValueError(f"{name}: the series contains NaN or infinite values.")
 
 
+EVEN_TOLERANCE_S = 1e-3
+"""Frame times whose steps agree within this (the precision of DICOM times) are even: not resampled."""
+
+
 def uniform_grid(frame_times: np.ndarray, max_upsampling: float = 4.0) -> np.ndarray:
     """An even time grid over the acquisition at its shortest frame interval (at most ``max_upsampling``
     times as many frames as acquired)."""
@@ -360,11 +364,15 @@ def compute_perfusion_maps(
         baseline_frames: pre-bolus frames; by default those before the AIF reaches 10 % of its peak.
         frame_times: acquisition time of each frame (s, strictly increasing) for uneven sampling; the
             series (and a given ``aif``) are resampled linearly to an even grid at the shortest interval.
+            Times with steps equal within :data:`EVEN_TOLERANCE_S` are taken as even, without resampling.
     """
     n_acquired = ctp.shape[-1] if ctp.ndim == 4 else 0
     info: dict = {}
     if frame_times is not None and ctp.ndim == 4:
         times = validate_frame_times(frame_times, n_acquired)
+        if np.ptp(np.diff(times)) <= EVEN_TOLERANCE_S:  # even after all: no resampling
+            frame_interval, frame_times = float((times[-1] - times[0]) / (times.size - 1)), None
+    if frame_times is not None and ctp.ndim == 4:
         grid = uniform_grid(times)
         frame_interval = float(grid[1] - grid[0])
         info.update(frame_times_resampled=True, resampled_frames=int(grid.size))

@@ -1,0 +1,249 @@
+"""DICOM in and out: CTP studies as scanners write them (layouts, transfer syntaxes, timing, geometry), the
+refusals, and the DICOM SEG / SR / SC outputs read back against the NIfTI outputs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.fileset import FileSet
+from test_inference import bundle
+
+from scripts.clinical.dicom_outputs import read_segmentation, sr_volumes
+from scripts.clinical.report import radiological
+from scripts.io import CTPDataError, save_json, save_nifti
+from scripts.io.dicom import convert_dicom_study, read_ctp_dicom, read_pixels
+from scripts.perfusion.maps import compute_maps
+from scripts.simulation.dicom_study import TRANSFER_SYNTAXES, write_ctp_dicom
+
+
+def make_ctp(folder: Path, shape=(16, 12, 4, 12), affine=None, times=None, seed=0) -> Path:
+    """A 4D HU series (integers, -1024..3071) with an optional uneven-timing sidecar."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(-1024, 3072, size=shape).astype(np.int16)
+    affine = np.diag([0.8, 0.9, 5.0, 1.0]) if affine is None else affine
+    path = save_nifti(folder / "ctp.nii.gz", data, affine, frame_interval=1.0)
+    if times is not None:
+        save_json(folder / "ctp.json", {"FrameTimesStart": list(times)})
+    return path
+
+
+def files_of(study: Path) -> list[Path]:
+    return sorted(study.rglob("*.dcm"))
+
+
+def edit(path: Path, **attributes) -> None:
+    ds = pydicom.dcmread(path)
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("layout", ["single", "per-frame"])
+@pytest.mark.parametrize("syntax", list(TRANSFER_SYNTAXES))
+def test_dicom_ctp_round_trips_every_layout_and_transfer_syntax(tmp_path, syntax, layout):
+    ctp = make_ctp(tmp_path, shape=(64, 48, 3, 10))  # JPEG 2000 needs >= 2^5 pixels a side
+    study = tmp_path / "dicom"
+    info = write_ctp_dicom(ctp, study, layout=layout, transfer_syntax=syntax)
+    files = files_of(study)
+    assert info["files"] == len(files) == 3 * 10
+    assert {pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID for f in files} == {
+        TRANSFER_SYNTAXES[syntax]
+    }
+    series_count = len({pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID for f in files})
+    assert series_count == (1 if layout == "single" else 10)
+    series = read_ctp_dicom(study)
+    reference = nib.load(ctp)
+    assert np.array_equal(series.array, np.asarray(reference.dataobj, dtype=np.float32))
+    assert np.allclose(series.affine, reference.affine, atol=1e-4)
+    assert np.allclose(series.frame_times, np.arange(10), atol=1e-6)
+    references = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.reference_files]
+    assert [r.AcquisitionNumber for r in references] == [1, 1, 1]  # the first frame, one image per slice
+    assert [float(r.SliceLocation) for r in references] == sorted(float(r.SliceLocation) for r in references)
+
+
+def test_jpeg_lossless_first_order_from_another_encoder_decodes():
+    """Transfer syntax 1.2.840.10008.1.2.4.70 (what most CT scanners write), encoded by GDCM (a file shipped
+    with pydicom), decodes through the bundle's reader to the same pixels as its RLE twin."""
+    jpeg = get_testdata_file("SC_rgb_jpeg_gdcm.dcm")
+    assert pydicom.dcmread(jpeg).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    assert np.array_equal(read_pixels(jpeg), read_pixels(get_testdata_file("SC_rgb_rle.dcm")))
+
+
+def test_uneven_times_and_each_time_source(tmp_path):
+    times = [0, 1, 2, 3, 4, 5, 6.5, 8, 10, 12, 15, 18]
+    ctp = make_ctp(tmp_path, times=times)
+    for tags in (["AcquisitionDateTime"], ["AcquisitionTime"], ["ContentTime"], ["TriggerTime"]):
+        study = tmp_path / tags[0]
+        write_ctp_dicom(ctp, study, time_tags=tags)
+        series = read_ctp_dicom(study)
+        assert series.time_source == tags[0] and np.allclose(series.frame_times, times, atol=1e-3)
+    study = tmp_path / "index"
+    write_ctp_dicom(ctp, study, time_tags=["TemporalPositionIndex"])
+    with pytest.raises(CTPDataError, match="only TemporalPositionIndex.*frame_interval"):
+        read_ctp_dicom(study)
+    assert np.allclose(read_ctp_dicom(study, frame_interval=2.0).frame_times, np.arange(12) * 2.0)
+    study = tmp_path / "none"
+    write_ctp_dicom(ctp, study, time_tags=[])
+    with pytest.raises(CTPDataError, match=r"IM\d+_\d+\.dcm: no usable acquisition time"):
+        read_ctp_dicom(study)
+
+
+def test_oblique_grid_is_read_exactly(tmp_path):
+    angle = np.deg2rad(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]) @ np.array(
+        [[1, 0, 0], [0, np.cos(angle / 2), -np.sin(angle / 2)], [0, np.sin(angle / 2), np.cos(angle / 2)]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.7, 0.75, 4.0])
+    affine[:3, 3] = [-40, 30, 12]
+    ctp = make_ctp(tmp_path, affine=affine)
+    write_ctp_dicom(ctp, tmp_path / "dicom")
+    series = read_ctp_dicom(tmp_path / "dicom")
+    assert np.allclose(series.affine, affine, atol=1e-4)
+    assert np.array_equal(series.array, np.asarray(nib.load(ctp).dataobj, dtype=np.float32))
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    ctp = make_ctp(tmp_path)
+    write_ctp_dicom(ctp, tmp_path / "dicom")
+    return tmp_path / "dicom"
+
+
+def _image(study: Path, frame: int, slice_: int) -> Path:
+    return next(study.rglob(f"IM{frame:03d}_{slice_:03d}.dcm"))
+
+
+def test_refuses_tilt_with_the_file_named(study):
+    edit(_image(study, 0, 1), GantryDetectorTilt=15)
+    with pytest.raises(CTPDataError, match=r"IM000_001\.dcm: gantry tilt of 15 degrees"):
+        read_ctp_dicom(study)
+
+
+def test_refuses_sheared_slices(study):
+    for frame in range(12):  # a tilted acquisition: each slice's origin moves in-plane
+        path = _image(study, frame, 2)
+        position = [float(v) for v in pydicom.dcmread(path).ImagePositionPatient]
+        edit(path, ImagePositionPatient=[position[0], position[1] + 2.0, position[2]])
+    with pytest.raises(CTPDataError, match=r"IM\d+_002\.dcm: slice origin is shifted 2\.00 mm in-plane"):
+        read_ctp_dicom(study)
+
+
+def test_refuses_mixed_sizes(study):
+    edit(_image(study, 3, 0), PixelSpacing=[0.5, 0.5])
+    with pytest.raises(CTPDataError, match=r"IM003_000\.dcm: image size .* differs .*mixed series"):
+        read_ctp_dicom(study)
+
+
+def test_refuses_a_missing_slice_in_a_frame(study):
+    _image(study, 5, 2).unlink()
+    with pytest.raises(CTPDataError, match="has 11 images, other slices 12: a frame is missing this slice"):
+        read_ctp_dicom(study)
+
+
+def test_refuses_a_missing_slice_position(study):
+    for frame in range(12):
+        _image(study, frame, 1).unlink()
+    with pytest.raises(CTPDataError, match=r"slice gap 10 mm .* a slice position is missing"):
+        read_ctp_dicom(study)
+
+
+def test_refuses_duplicates(study):
+    original = _image(study, 4, 1)
+    copy = original.with_name("copy.dcm")
+    shutil.copy(original, copy)
+    edit(copy, SOPInstanceUID=pydicom.uid.generate_uid())
+    with pytest.raises(CTPDataError, match="duplicate image"):
+        read_ctp_dicom(study)
+
+
+def test_refuses_non_ct(study):
+    edit(_image(study, 0, 0), Modality="MR")
+    with pytest.raises(CTPDataError, match=r"IM000_000\.dcm: modality MR"):
+        read_ctp_dicom(study)
+
+
+def test_refuses_a_truncated_file(study):
+    path = _image(study, 7, 3)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CTPDataError, match=r"IM007_003\.dcm: "):
+        read_ctp_dicom(study)
+
+
+def test_skips_non_dicom_files_and_reads_a_dicomdir(study, tmp_path):
+    (study / "README.txt").write_text("exported by PACS")
+    reference = read_ctp_dicom(study)
+    media = FileSet()  # DICOM media as PACS export it: a DICOMDIR and extension-less files in subfolders
+    for path in files_of(study):
+        media.add(path)
+    media.write(tmp_path / "media")
+    series = read_ctp_dicom(tmp_path / "media" / "DICOMDIR")
+    assert np.array_equal(series.array, reference.array) and np.allclose(series.affine, reference.affine)
+
+
+def test_converter_writes_the_datalist_format(study, tmp_path):
+    written = convert_dicom_study(study, tmp_path / "patient")
+    converted = nib.load(written["ctp"])
+    sidecar = json.loads(Path(written["sidecar"]).read_text())
+    source = nib.load(tmp_path / "ctp.nii.gz")
+    assert np.array_equal(np.asarray(converted.dataobj), np.asarray(source.dataobj))
+    assert np.allclose(converted.affine, source.affine, atol=1e-4)
+    assert sidecar["FrameTimesStart"] == list(range(12)) and len(sidecar["dicom"]["reference_files"]) == 4
+
+
+def test_radiological_display_puts_the_patients_right_on_the_left():
+    volume = np.zeros((4, 3, 2))
+    volume[3, 0, 0] = 1  # RAS affine: the largest x is the patient's right, the smallest y posterior
+    shown = radiological(volume, np.diag([1.0, 1.0, 1.0, 1.0]))
+    assert shown[0, 2, 0] == 1  # first column (screen left), last row (screen bottom = posterior)
+    flipped = radiological(volume[::-1], np.diag([-1.0, 1.0, 1.0, 1.0]))  # LAS storage: same picture
+    assert np.array_equal(flipped, shown)
+
+
+def test_dicom_study_to_seg_and_report_end_to_end(tiny_cohort, tmp_path):
+    """A synthetic study as JPEG Lossless DICOM (series per time point) -> inference -> DICOM SEG equal voxel
+    for voxel to label.nii.gz in the input's geometry, SR volumes equal to report.json, maps identical to
+    the NIfTI path's."""
+    content = json.loads(tiny_cohort.read_text())
+    ctp, other = (tiny_cohort.parent / item["ctp"] for item in (content["test"][0], content["training"][0]))
+    studies = tmp_path / "studies"  # two studies, each in its own folder: two patients
+    write_ctp_dicom(ctp, studies / "patient-a", layout="per-frame", transfer_syntax="jpeg-lossless")
+    write_ctp_dicom(other, studies / "patient-b")
+    out = tmp_path / "out"
+    bundle(
+        "inference",
+        "--input",
+        str(studies),
+        "--output_dir",
+        str(out),
+        config="['bundle/configs/inference.json','bundle/configs/inference_threshold.json']",
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["patient-a", "patient-b"]
+    folder = out / "patient-a"
+    label = nib.load(folder / "label.nii.gz")
+    values = np.asarray(label.dataobj)
+    assert (values > 0).any()  # a lesion to compare
+    assert np.array_equal(read_segmentation(folder / "seg.dcm", label.affine, label.shape), values)
+    source = pydicom.dcmread(next((studies / "patient-a").rglob("*.dcm")), stop_before_pixels=True)
+    seg = pydicom.dcmread(folder / "seg.dcm")
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["penumbra", "core"]
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "ctp-stroke-bundle"
+    report = json.loads((folder / "report.json").read_text())
+    volumes = sr_volumes(folder / "report_sr.dcm")
+    assert volumes == {k: report["volumes_ml"][k] for k in ("penumbra", "core")}
+    sc = pydicom.dcmread(folder / "report_sc.dcm")
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.PhotometricInterpretation == "RGB"
+    nifti_maps = compute_maps(ctp, tmp_path / "nifti_maps")
+    for name in ("cbf", "tmax", "mip"):
+        from_dicom = nib.load(folder / "maps" / f"{name}.nii.gz")
+        from_nifti = nib.load(nifti_maps[name])
+        # float rounding only: DICOM stores the spacing to 6 decimals, which moves the smoothing kernel by 1e-8
+        assert np.allclose(from_dicom.get_fdata(), from_nifti.get_fdata(), rtol=1e-5, atol=1e-4), name
+        assert np.allclose(from_dicom.affine, from_nifti.affine, atol=1e-4)
