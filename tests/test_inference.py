@@ -165,10 +165,13 @@ def test_report_volumes_and_criteria():
     assert imaging_criteria(0, 20, None)["DEFUSE-3"]  # no core: the ratio is infinite
 
 
+PLAUSIBLE = {"cbf": 40.0, "cbv": 3.0, "ttp": 20.0, "tmax": 1.0, "mip": 60.0}  # brain tissue, DESIGN.md units
+
+
 def _patient(folder: Path, shape=(32, 32, 2), **replace) -> Path:
     folder.mkdir(parents=True)
-    for key in ("cbf", "cbv", "ttp", "tmax", "mip"):
-        array = replace.get(key, np.full(shape, 20.0, np.float32))
+    for key, value in PLAUSIBLE.items():
+        array = replace.get(key, np.full(shape, value, np.float32))
         save_nifti(folder / f"{key}.nii.gz", array, np.diag([1.0, 1.0, 5.0, 1.0]))
     return folder
 
@@ -220,6 +223,50 @@ def test_bad_inputs_stop_with_the_file_named_and_leave_nothing(tmp_path, checkpo
         and result.stderr.strip().splitlines()[-1].startswith("error: ")
         and "cbv.nii.gz" in result.stderr
     )
+
+
+def test_unreadable_and_implausible_maps_are_refused_with_the_file_named(tiny_cohort, checkpoint, tmp_path):
+    """A truncated map stops inference with one line naming it; maps scaled by a vendor's 100, negated, Tmax in
+    ms or a MIP stored without its HU intercept are refused naming the map and what was found, unless the
+    user overrides the check."""
+    item = json.loads(tiny_cohort.read_text())["test"][0]
+    source = tiny_cohort.parent / item["id"]
+
+    def patient(name: str, key: str | None = None, change=None) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for map_key in PLAUSIBLE:
+            shutil.copy(source / f"{map_key}.nii.gz", folder / f"{map_key}.nii.gz")
+        if key is not None:
+            img = nib.load(folder / f"{key}.nii.gz")
+            save_nifti(folder / f"{key}.nii.gz", change(np.asarray(img.dataobj, np.float32)), img.affine)
+        return folder
+
+    out = tmp_path / "out"
+    truncated = patient("truncated")
+    content = (truncated / "cbf.nii.gz").read_bytes()
+    (truncated / "cbf.nii.gz").write_bytes(content[: len(content) // 2])
+    result = bundle(
+        "inference", "--input", str(truncated), "--checkpoint", str(checkpoint), "--nihss", "3",
+        "--output_dir", str(out), check=False,
+    )  # fmt: skip
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert last.startswith("error: ") and "cbf.nii.gz: the voxel data cannot be read" in last
+    cases = {
+        "cbf_x100": ("cbf", lambda a: a * 100, r"cbf\.nii\.gz: cbf has a median of [\d.]+ ml/100 g/min"),
+        "cbf_negated": ("cbf", lambda a: -a, r"cbf\.nii\.gz: cbf is negative in 100% of the brain"),
+        "cbv_x10": ("cbv", lambda a: a * 10, r"cbv\.nii\.gz: cbv has a median of"),
+        "tmax_ms": ("tmax", lambda a: a * 1000, r"tmax\.nii\.gz: tmax has a median of [\d.]+ s"),
+        "ttp_ms": ("ttp", lambda a: a * 1000, r"ttp\.nii\.gz: ttp has a median"),
+        "mip_unsigned": ("mip", lambda a: a + 1024, r"mip\.nii\.gz: mip does not look like HU"),
+    }
+    for name, (key, change, message) in cases.items():
+        folder = patient(name, key, change)
+        with pytest.raises(CTPDataError, match=message + ".*--check_values false"):
+            prepare_studies(folder, out)
+        assert prepare_studies(folder, out, check_values=False)[0]["id"] == name  # the documented override
+    assert prepare_studies(patient("untouched"), out)[0]["id"] == "untouched"
 
 
 def test_ckpt_export_gives_torchscript_equal_to_eager(checkpoint, tmp_path):

@@ -116,11 +116,13 @@ def prepare_studies(
     needs_nihss: bool = False,
     overwrite: bool = False,
     perfusion: Mapping[str, Any] | None = None,
+    check_values: bool = True,
 ) -> list[dict]:
     """Find and check the studies, compute maps for raw 4D series; return dataset items for the inference config.
 
-    Every check runs before any network: missing or mismatched maps, NaN/inf, a series without frame
-    timing, missing NIHSS for a NIHSS model, existing outputs without ``overwrite``, an unwritable folder.
+    Every check runs before any network: missing, unreadable or mismatched maps, NaN/inf, map values
+    implausible for their kind (unless ``check_values`` is false), a series without frame timing, missing
+    NIHSS for a NIHSS model, existing outputs without ``overwrite``, an unwritable folder.
     """
     out = Path(output_dir)
     _check_writable(out)
@@ -130,7 +132,7 @@ def prepare_studies(
     if not studies:
         raise CTPDataError(f"{source}: no study in split '{split}'.")
     try:
-        return [_prepare_study(item, out, nihss, needs_nihss, overwrite, perfusion) for item in studies]
+        return [_prepare_study(item, out, nihss, needs_nihss, overwrite, perfusion, check_values) for item in studies]
     except BaseException:
         for stale in out.glob(PARTIAL.format("*")):  # maps computed before the failure
             shutil.rmtree(stale, ignore_errors=True)
@@ -138,7 +140,13 @@ def prepare_studies(
 
 
 def _prepare_study(
-    item: dict, out: Path, nihss: int | None, needs_nihss: bool, overwrite: bool, perfusion: Mapping[str, Any] | None
+    item: dict,
+    out: Path,
+    nihss: int | None,
+    needs_nihss: bool,
+    overwrite: bool,
+    perfusion: Mapping[str, Any] | None,
+    check_values: bool = True,
 ) -> dict:
     """Check one study, compute its maps when only a raw series is given; return its dataset item."""
     from ..perfusion.maps import compute_maps
@@ -174,7 +182,7 @@ def _prepare_study(
     for key in MAP_KEYS:
         if not Path(item[key]).is_file():
             raise CTPDataError(f"patient {pid}: {key} file not found: {item[key]}.")
-    check_patient(item, keys=MAP_KEYS)
+    check_patient(item, keys=MAP_KEYS, check_values=check_values)
     item["study"] = {k: item[k] for k in ("id", *MAP_KEYS, "ctp", "dicom_reference") if k in item}
     item["study"]["nihss"] = int(value) if value is not None else -1
     return item

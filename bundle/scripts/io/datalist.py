@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import CTPDataError
-from .images import load_map
+from .images import check_map_values, load_map
 
 MAP_KEYS = ("cbf", "cbv", "ttp", "tmax", "mip")
 
@@ -100,9 +100,10 @@ def load_datalist(
     return result
 
 
-def check_patient(item: dict, keys: tuple[str, ...] = (*MAP_KEYS, "label")) -> None:
-    """Load a validated item's maps and label (``keys``): same shape and affine, finite, label values in {0, 1, 2}."""
-    reference_key, reference_shape, reference_affine = None, None, None
+def check_patient(item: dict, keys: tuple[str, ...] = (*MAP_KEYS, "label"), check_values: bool = True) -> None:
+    """Load a validated item's maps and label (``keys``): same shape and affine, finite, label values in {0, 1, 2},
+    and (``check_values``) map values plausible for their kind (:func:`~scripts.io.images.check_map_values`)."""
+    reference_key, reference_shape, reference_affine, tissue = None, None, None, None
     for key in keys:
         data, affine = load_map(item[key])
         if reference_key is None:
@@ -115,6 +116,10 @@ def check_patient(item: dict, keys: tuple[str, ...] = (*MAP_KEYS, "label")) -> N
             raise CTPDataError(
                 f"patient {item['id']}: {item[key]} has a different affine (voxel grid) from {reference_key}."
             )
+        if check_values:
+            check_map_values(key, data, item[key], tissue)
+        if key == "cbf":
+            tissue = data != 0
         if key == "label":
             bad = np.setdiff1d(np.unique(data), LABEL_VALUES)
             if bad.size:

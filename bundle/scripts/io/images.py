@@ -44,6 +44,15 @@ def _load(path: Path) -> nib.Nifti1Image:
         raise CTPDataError(f"{path}: not a readable NIfTI file ({err}).") from err
 
 
+def _data(path: Path, img: nib.Nifti1Image) -> np.ndarray:
+    """The image's voxels as float32, or one error naming the file when they cannot be read (truncated gzip,
+    short file)."""
+    try:
+        return np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # EOFError, OSError, zlib.error, ValueError ... from a damaged file
+        raise CTPDataError(f"{path}: the voxel data cannot be read, the file is truncated or corrupt ({err}).") from err
+
+
 def frame_times_sidecar(path: str | os.PathLike) -> Path:
     """The BIDS-style JSON sidecar of a series: ``ctp.nii.gz`` -> ``ctp.json``."""
     path = Path(path)
@@ -96,7 +105,7 @@ def load_ctp(path: str | os.PathLike) -> tuple[np.ndarray, float, np.ndarray]:
                 f"{path}: no frame interval in the header (pixdim[4] = {interval}); set it in seconds "
                 f"or give per-frame times in {frame_times_sidecar(path).name} (FrameTimesStart)."
             )
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = _data(path, img)
     if not np.isfinite(data).all():
         raise CTPDataError(f"{path}: contains NaN or infinite values.")
     return data, interval, img.affine
@@ -108,10 +117,64 @@ def load_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     img = _load(path)
     if img.ndim != 3:
         raise CTPDataError(f"{path}: a map must be 3D (X, Y, slices), got shape {img.shape}.")
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = _data(path, img)
     if not np.isfinite(data).all():
         raise CTPDataError(f"{path}: contains {int((~np.isfinite(data)).sum())} NaN or infinite voxels.")
     return data, img.affine
+
+
+MAP_RANGES = {
+    "cbf": (5.0, 150.0, "ml/100 g/min"),
+    "cbv": (0.5, 15.0, "ml/100 g"),
+    "ttp": (1.0, 100.0, "s"),
+    "tmax": (-2.0, 30.0, "s"),
+}
+"""Plausible median of a map's non-zero voxels (tissue; maps are zero outside the brain) in the units of
+``shared/DESIGN.md``. Brain tissue: CBF about 20-80 ml/100 g/min, CBV 2-5 ml/100 g, TTP 10-40 s from the
+series start, Tmax 0-3 s, so a map scaled by a power of ten (a vendor's stored values without their
+slope), or in ms, falls outside."""
+MIP_TISSUE_HU = (10.0, 300.0)
+"""Plausible median MIP (HU) in the brain: parenchyma at 30-40 HU plus its contrast enhancement."""
+NEGATIVE_FRACTION = 0.01
+OVERRIDE = "check the map's units and scaling, or pass --check_values false to use it as it is"
+
+
+def check_map_values(key: str, data: np.ndarray, path: str | os.PathLike, tissue: np.ndarray | None = None) -> None:
+    """Refuse a map whose values are physically implausible for its kind (see :data:`MAP_RANGES`): negative
+    flow, volume or time, a power-of-ten scale, Tmax in ms, a MIP not in HU (its median inside ``tissue``,
+    the CBF map's non-zero voxels, outside :data:`MIP_TISSUE_HU`). ``CTPDataError`` names the file, the
+    map and what was found."""
+    if key == "mip":
+        if tissue is None or not tissue.any():
+            return
+        median = float(np.median(data[tissue]))
+        if not MIP_TISSUE_HU[0] <= median <= MIP_TISSUE_HU[1]:
+            raise CTPDataError(
+                f"{path}: mip does not look like HU: its median in the brain is {median:.4g}, expected "
+                f"{MIP_TISSUE_HU[0]:g} to {MIP_TISSUE_HU[1]:g} HU (stored values without the rescale intercept?); "
+                f"{OVERRIDE}."
+            )
+        return
+    if key not in MAP_RANGES:
+        return
+    low, high, unit = MAP_RANGES[key]
+    tissue = data[data != 0]
+    if tissue.size == 0:
+        if key == "tmax":  # no delay anywhere: possible, and nothing to judge the scale by
+            return
+        raise CTPDataError(f"{path}: {key} is zero everywhere; {OVERRIDE}.")
+    negative = float((tissue < min(low, 0.0) - 1.0).mean()) if key == "tmax" else float((tissue < 0).mean())
+    if negative > NEGATIVE_FRACTION:
+        raise CTPDataError(
+            f"{path}: {key} is negative in {negative:.0%} of the brain (a negated map?); {key} cannot be "
+            f"negative; {OVERRIDE}."
+        )
+    median = float(np.median(tissue))
+    if not low <= median <= high:
+        raise CTPDataError(
+            f"{path}: {key} has a median of {median:.4g} {unit} in the brain, expected {low:g} to {high:g} {unit} "
+            f"(scaled by a power of ten, or in other units?); {OVERRIDE}."
+        )
 
 
 def voxel_volume_ml(spacing: Sequence[float]) -> float:
