@@ -18,7 +18,7 @@ from scripts.clinical.report import radiological
 from scripts.io import CTPDataError, save_json, save_nifti
 from scripts.io.dicom import convert_dicom_study, read_ctp_dicom, read_pixels
 from scripts.perfusion.maps import compute_maps
-from scripts.simulation.dicom_study import TRANSFER_SYNTAXES, write_ctp_dicom
+from scripts.simulation.dicom_study import TRANSFER_SYNTAXES, write_ctp_dicom, write_map_series
 
 
 def make_ctp(folder: Path, shape=(16, 12, 4, 12), affine=None, times=None, seed=0) -> Path:
@@ -247,3 +247,62 @@ def test_dicom_study_to_seg_and_report_end_to_end(tiny_cohort, tmp_path):
         # float rounding only: DICOM stores the spacing to 6 decimals, which moves the smoothing kernel by 1e-8
         assert np.allclose(from_dicom.get_fdata(), from_nifti.get_fdata(), rtol=1e-5, atol=1e-4), name
         assert np.allclose(from_dicom.affine, from_nifti.affine, atol=1e-4)
+
+
+VENDOR = {  # SeriesDescription and RescaleSlope as perfusion software exports them
+    "cbf": ("Perfusion CBF [ml/100g/min]", 0.01),
+    "cbv": ("Perfusion CBV [ml/100g]", 0.001),
+    "ttp": ("Perfusion TTP [s]", 0.01),
+    "tmax": ("Perfusion Tmax [s]", 0.01),
+    "mtt": ("Perfusion MTT [s]", 0.01),
+}
+
+
+def _vendor_study(tiny_cohort, folder: Path, with_ctp=True) -> Path:
+    item = json.loads(tiny_cohort.read_text())["validation"][0]
+    patient = tiny_cohort.parent / item["id"]
+    info = write_ctp_dicom(tiny_cohort.parent / item["ctp"], folder / "ctp") if with_ctp else {}
+    maps = {name: patient / f"{name}.nii.gz" for name in VENDOR}
+    write_map_series(
+        maps,
+        folder / "maps",
+        {name: description for name, (description, _) in VENDOR.items()},
+        {name: slope for name, (_, slope) in VENDOR.items()},
+        study_uid=info.get("study"),
+        frame_of_reference=info.get("frame_of_reference"),
+    )
+    return patient
+
+
+def test_vendor_maps_are_imported_with_their_rescale_slope(tiny_cohort, tmp_path):
+    patient = _vendor_study(tiny_cohort, tmp_path / "study")
+    out = tmp_path / "patient"
+    bundle(
+        "converting", "--input", str(tmp_path / "study"), "--output_dir", str(out), config="bundle/configs/dicom.json"
+    )
+    for name, (_, slope) in VENDOR.items():
+        imported, source = nib.load(out / f"{name}.nii.gz"), nib.load(patient / f"{name}.nii.gz")
+        assert np.abs(imported.get_fdata() - source.get_fdata()).max() <= slope / 2 + 1e-6, name
+        assert np.allclose(imported.affine, source.affine, atol=1e-4)
+    mip = nib.load(out / "mip.nii.gz").get_fdata()  # no MIP series: the CTP series' maximum over time
+    assert np.array_equal(mip, nib.load(out / "ctp.nii.gz").get_fdata().max(axis=-1))
+    again = bundle(
+        "converting", "--input", str(tmp_path / "study"), "--output_dir", str(out), config="bundle/configs/dicom.json",
+        check=False,
+    )  # fmt: skip
+    assert again.returncode == 1 and "already exists" in again.stderr.splitlines()[-1]
+
+
+def test_vendor_maps_without_their_slope_or_matching_name_are_refused(tiny_cohort, tmp_path):
+    _vendor_study(tiny_cohort, tmp_path / "unscaled", with_ctp=False)
+    for path in (tmp_path / "unscaled" / "maps").rglob("*cbf/*.dcm"):  # exported without its 0.01 slope
+        edit(path, RescaleSlope=1)
+    with pytest.raises(CTPDataError, match=r"series100_cbf.*\.dcm: cbf has a median of [\d.]+ ml/100 g/min"):
+        convert_dicom_study(tmp_path / "unscaled", tmp_path / "out")
+    _vendor_study(tiny_cohort, tmp_path / "renamed", with_ctp=False)
+    with pytest.raises(CTPDataError, match="no MIP series and no CTP series"):
+        convert_dicom_study(tmp_path / "renamed", tmp_path / "out2")
+    with pytest.raises(CTPDataError, match=r"no series for cbf.*map_patterns"):
+        convert_dicom_study(tmp_path / "renamed", tmp_path / "out3", map_patterns={"cbf": "blood flow"})
+    with pytest.raises(CTPDataError, match="both match the cbf pattern"):
+        convert_dicom_study(tmp_path / "renamed", tmp_path / "out4", map_patterns={"cbf": "perfusion"})

@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import CTPDataError, save_json, save_nifti
-from .images import MIN_FRAMES, frame_times_sidecar, load_ctp, load_frame_times, validate_frame_times
+from .images import MIN_FRAMES, check_map_values, frame_times_sidecar, load_ctp, load_frame_times, validate_frame_times
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,82 @@ def _time_source(images: list[tuple[Path, object]]) -> str:
     )
 
 
+@dataclass
+class _Stack:
+    """Images on one slice grid: ``members[z]`` = the ``(order value, path)`` of every image at position ``z``
+    (mm along the normal), sorted; ``positions`` ascending."""
+
+    positions: list[float]
+    members: dict[float, list[tuple[float, Path]]]
+    orientation: np.ndarray
+    spacing: tuple[float, float]
+    size: tuple[int, int]
+    gap: float
+    origin: np.ndarray
+
+    def affine(self) -> np.ndarray:
+        """(column, row, slice) indices to RAS mm."""
+        row_dir, col_dir = self.orientation[:3], self.orientation[3:]
+        affine = np.eye(4)
+        affine[:3, 0] = LPS_TO_RAS @ row_dir * self.spacing[1]
+        affine[:3, 1] = LPS_TO_RAS @ col_dir * self.spacing[0]
+        affine[:3, 2] = LPS_TO_RAS @ np.cross(row_dir, col_dir) * self.gap
+        affine[:3, 3] = LPS_TO_RAS @ self.origin
+        return affine
+
+
+def _stack(images: list[tuple[Path, object]], order, what: str, order_name: str = "time") -> _Stack:
+    """Check that ``images`` share one grid (size, spacing, orientation, no shear, even slice gaps, no two
+    images at one position and ``order`` value) and group them by slice position."""
+    first_path, first = images[0]
+    orientation, _, spacing, size = _geometry(first_path, first)
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    members: dict[float, list[tuple[float, Path]]] = {}
+    origins: dict[float, np.ndarray] = {}
+    in_plane_ref = None
+    for path, header in images:
+        o, position, sp, z = _geometry(path, header)
+        if z != size or not np.allclose(sp, spacing, atol=1e-4) or not np.allclose(o, orientation, atol=1e-4):
+            raise CTPDataError(
+                f"{path}: image size {z[1]}x{z[0]}, spacing {sp} or orientation differs from {first_path} "
+                f"({size[1]}x{size[0]}, {spacing}); a {what} must be one grid (mixed series?)."
+            )
+        in_plane = np.array([position @ row_dir, position @ col_dir])
+        if in_plane_ref is None:
+            in_plane_ref = in_plane
+        elif np.abs(in_plane - in_plane_ref).max() > 0.1:
+            raise CTPDataError(
+                f"{path}: slice origin is shifted {np.abs(in_plane - in_plane_ref).max():.2f} mm in-plane from "
+                f"{first_path}: the slices are sheared (gantry tilt); resample the series first (e.g. dcm2niix)."
+            )
+        key = round(float(position @ normal) / POSITION_TOLERANCE_MM) * POSITION_TOLERANCE_MM
+        members.setdefault(key, []).append((order(header), path))
+        origins.setdefault(key, position)
+    positions = sorted(members)
+    for z in positions:
+        group = members[z] = sorted(members[z], key=lambda item: item[0])
+        for (value, path), (previous, other) in zip(group[1:], group[:-1]):
+            if value == previous:
+                raise CTPDataError(
+                    f"{path}: same position ({z:g} mm){' and ' + order_name if order_name else ''} as {other}: "
+                    "duplicate image."
+                )
+    if len(positions) > 1:
+        gaps = np.diff(positions)
+        gap = float(np.median(gaps))
+        bad = np.flatnonzero(np.abs(gaps - gap) > SPACING_TOLERANCE * gap)
+        if bad.size:
+            i = int(bad[0])
+            raise CTPDataError(
+                f"{members[positions[i + 1]][0][1]}: slice gap {gaps[i]:.3g} mm between {positions[i]:g} and "
+                f"{positions[i + 1]:g} mm, others {gap:.3g} mm: a slice position is missing or spacing is uneven."
+            )
+    else:
+        gap = float(first.get("SliceThickness", 1.0) or 1.0)
+    return _Stack(positions, members, orientation, spacing, size, gap, origins[positions[0]])
+
+
 def read_ctp_dicom(
     folder: str | os.PathLike, frame_interval: float | None = None, files: list[tuple[Path, object]] | None = None
 ) -> DicomSeries:
@@ -193,73 +270,25 @@ def read_ctp_dicom(
         raise CTPDataError(f"{folder}: no original CT images (only derived images such as vendor maps).")
     for path, header in images:
         _check_ct(path, header)
-    first_path, first = images[0]
-    orientation, _, spacing, size = _geometry(first_path, first)
-    for path, header in images[1:]:
-        o, _, s, z = _geometry(path, header)
-        if z != size or not np.allclose(s, spacing, atol=1e-4) or not np.allclose(o, orientation, atol=1e-4):
-            raise CTPDataError(
-                f"{path}: image size {z[1]}x{z[0]}, spacing {s} or orientation differs from {first_path} "
-                f"({size[1]}x{size[0]}, {spacing}); a CTP study must be one grid (mixed series?)."
-            )
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
     source = _time_source(images)
     if source == "TemporalPositionIndex" and not frame_interval:
         raise CTPDataError(
-            f"{first_path}: the images carry only TemporalPositionIndex (an order, no time); "
+            f"{images[0][0]}: the images carry only TemporalPositionIndex (an order, no time); "
             "pass frame_interval (seconds between frames)."
         )
-
-    # group by slice position along the normal; refuse positions sheared off the normal (tilt)
-    by_position: dict[float, list[tuple[float, Path]]] = {}
-    in_plane_ref = None
-    for path, header in images:
-        _, position, _, _ = _geometry(path, header)
-        in_plane = np.array([position @ row_dir, position @ col_dir])
-        if in_plane_ref is None:
-            in_plane_ref = in_plane
-        elif np.abs(in_plane - in_plane_ref).max() > 0.1:
-            raise CTPDataError(
-                f"{path}: slice origin is shifted {np.abs(in_plane - in_plane_ref).max():.2f} mm in-plane from "
-                f"{first_path}: the slices are sheared (gantry tilt); resample the series first (e.g. dcm2niix)."
-            )
-        key = round(float(position @ normal) / POSITION_TOLERANCE_MM) * POSITION_TOLERANCE_MM
-        by_position.setdefault(key, []).append((_seconds(header, source), path))
-    positions = sorted(by_position)
-    for z in positions:
-        members = by_position[z] = sorted(by_position[z], key=lambda item: item[0])
-        for (seconds, path), (previous, other) in zip(members[1:], members[:-1]):
-            if seconds == previous:
-                raise CTPDataError(f"{path}: same position ({z:g} mm) and time as {other}: duplicate image.")
-    counts = {z: len(v) for z, v in by_position.items()}
+    stack = _stack(images, lambda header: _seconds(header, source), "CTP study")
+    counts = {z: len(v) for z, v in stack.members.items()}
     n_frames = max(counts.values())
-    short = [z for z in positions if counts[z] != n_frames]
+    short = [z for z in stack.positions if counts[z] != n_frames]
     if short:
         z = short[0]
         raise CTPDataError(
-            f"{by_position[z][0][1]}: the slice at {z:g} mm has {counts[z]} images, other slices {n_frames}: "
+            f"{stack.members[z][0][1]}: the slice at {z:g} mm has {counts[z]} images, other slices {n_frames}: "
             "a frame is missing this slice."
         )
     if n_frames < MIN_FRAMES:
         raise CTPDataError(f"{folder}: {n_frames} frames is too few for perfusion analysis (need >= {MIN_FRAMES}).")
-    if len(positions) > 1:
-        gaps = np.diff(positions)
-        median = float(np.median(gaps))
-        bad = np.flatnonzero(np.abs(gaps - median) > SPACING_TOLERANCE * median)
-        if bad.size:
-            i = int(bad[0])
-            raise CTPDataError(
-                f"{by_position[positions[i + 1]][0][1]}: slice gap {gaps[i]:.3g} mm between {positions[i]:g} and "
-                f"{positions[i + 1]:g} mm, others {median:.3g} mm: a slice position is missing or spacing is uneven."
-            )
-    else:
-        median = float(first.get("SliceThickness", 1.0) or 1.0)
-    grid = np.empty((len(positions), n_frames), dtype=object)
-    times = np.empty((len(positions), n_frames))
-    for k, z in enumerate(positions):
-        for t, (seconds, path) in enumerate(by_position[z]):
-            grid[k, t], times[k, t] = path, seconds
+    times = np.array([[seconds for seconds, _ in stack.members[z]] for z in stack.positions])
     frame_times = np.median(times, axis=0)
     frame_times = frame_times - frame_times[0]
     if source == "TemporalPositionIndex":
@@ -268,19 +297,105 @@ def read_ctp_dicom(
         frame_times = validate_frame_times(frame_times, n_frames, name=f"{folder} frame times ({source})")
     except ValueError as err:
         raise CTPDataError(str(err)) from err
+    array = np.empty((stack.size[1], stack.size[0], len(stack.positions), n_frames), dtype=np.float32)
+    for k, z in enumerate(stack.positions):
+        for t, (_, path) in enumerate(stack.members[z]):
+            array[:, :, k, t] = read_pixels(path).T
+    study = {key: str(images[0][1].get(key, "")) for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
+    references = [stack.members[z][0][1] for z in stack.positions]
+    return DicomSeries(array, stack.affine(), frame_times, references, source, study)
 
-    array = np.empty((size[1], size[0], len(positions), n_frames), dtype=np.float32)
-    for k in range(len(positions)):
-        for t in range(n_frames):
-            array[:, :, k, t] = read_pixels(grid[k, t]).T
-    _, origin, _, _ = _geometry(grid[0, 0], dict(images)[grid[0, 0]])
-    affine = np.eye(4)
-    affine[:3, 0] = LPS_TO_RAS @ row_dir * spacing[1]
-    affine[:3, 1] = LPS_TO_RAS @ col_dir * spacing[0]
-    affine[:3, 2] = LPS_TO_RAS @ normal * median
-    affine[:3, 3] = LPS_TO_RAS @ origin
-    study = {key: str(first.get(key, "")) for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
-    return DicomSeries(array, affine, frame_times, [Path(p) for p in grid[:, 0]], source, study)
+
+DEFAULT_MAP_PATTERNS = {
+    "cbf": r"\bCBF\b",
+    "cbv": r"\bCBV\b",
+    "ttp": r"\bTTP\b",
+    "tmax": r"\bT[ _-]?max\b",
+    "mtt": r"\bMTT\b",
+    "mip": r"\bMIP\b",
+}
+"""Regular expressions (case-insensitive) matched against a derived series' SeriesDescription, per map."""
+REQUIRED_MAPS = ("cbf", "cbv", "ttp", "tmax")
+
+
+def read_map_series(images: list[tuple[Path, object]], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One derived map series (one image per slice) as ``(array (column, row, slice), RAS affine)`` in the
+    map's physical units (each image's RescaleSlope / RescaleIntercept applied)."""
+    stack = _stack(images, lambda header: 0.0, f"{name} map series", order_name="")
+    array = np.empty((stack.size[1], stack.size[0], len(stack.positions)), dtype=np.float32)
+    for k, z in enumerate(stack.positions):
+        array[:, :, k] = read_pixels(stack.members[z][0][1]).T
+    return array, stack.affine()
+
+
+def find_map_series(
+    files: list[tuple[Path, object]], patterns: dict[str, str] | None = None
+) -> dict[str, list[tuple[Path, object]]]:
+    """The derived series matching each map's SeriesDescription pattern (:data:`DEFAULT_MAP_PATTERNS`,
+    overridable per map); one error naming both series when two match one map."""
+    patterns = {**DEFAULT_MAP_PATTERNS, **(patterns or {})}
+    series: dict[str, list[tuple[Path, object]]] = {}
+    for path, header in files:
+        if _is_derived(header):
+            series.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((path, header))
+    found: dict[str, list[tuple[Path, object]]] = {}
+    described: dict[str, str] = {}
+    for images in series.values():
+        description = str(images[0][1].get("SeriesDescription", ""))
+        for name, pattern in patterns.items():
+            if re.search(pattern, description, flags=re.IGNORECASE):
+                if name in found:
+                    raise CTPDataError(
+                        f"{images[0][0]}: series '{description}' and '{described[name]}' both match the {name} "
+                        f"pattern {pattern!r}; make the pattern more specific (map_patterns)."
+                    )
+                found[name], described[name] = images, description
+                break
+    return found
+
+
+def import_vendor_maps(
+    folder: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    patterns: dict[str, str] | None = None,
+    files: list[tuple[Path, object]] | None = None,
+) -> dict[str, str]:
+    """Write the vendor map series under ``folder`` as ``<map>.nii.gz`` into ``output_dir``.
+
+    CBF, CBV, TTP and Tmax are required, MTT and MIP optional; without a MIP series the MIP is computed
+    from the study's CTP series (the maximum over time) when there is one. Values are checked against
+    plausible ranges for their kind (:func:`~scripts.io.images.check_map_values`), so a map exported
+    without its rescale slope is refused naming the file. Returns the written paths.
+    """
+    files = files if files is not None else dicom_files(folder)
+    found = find_map_series(files, patterns)
+    missing = [name for name in REQUIRED_MAPS if name not in found]
+    if missing:
+        descriptions = sorted({str(h.get("SeriesDescription", "")) for _, h in files if _is_derived(h)})
+        raise CTPDataError(
+            f"{folder}: no series for {', '.join(missing)} among the derived series {descriptions}; set "
+            "map_patterns (a regular expression per map, matched against SeriesDescription)."
+        )
+    maps = {name: read_map_series(images, name) for name, images in found.items()}
+    reference, reference_affine = maps["cbf"]
+    tissue = reference != 0
+
+    def check(name: str, source: str | os.PathLike) -> None:
+        array, affine = maps[name]
+        if array.shape != reference.shape or not np.allclose(affine, reference_affine, atol=1e-3):
+            raise CTPDataError(f"{source}: the {name} series is not on the cbf series' grid.")
+        check_map_values(name, array, source, tissue)
+
+    for name in maps:
+        check(name, found[name][0][0])
+    if "mip" not in maps:
+        if not any(not _is_derived(h) for _, h in files):
+            raise CTPDataError(f"{folder}: no MIP series and no CTP series to compute the MIP from.")
+        series = read_ctp_dicom(folder, files=files)
+        maps["mip"] = (series.array.max(axis=-1), series.affine)
+        check("mip", folder)
+    out = Path(output_dir)
+    return {name: str(save_nifti(out / f"{name}.nii.gz", array, affine)) for name, (array, affine) in maps.items()}
 
 
 def provenance(series: DicomSeries, folder: str | os.PathLike) -> dict:
@@ -307,20 +422,42 @@ def load_ctp_series(
 
 
 def convert_dicom_study(
-    folder: str | os.PathLike, output_dir: str | os.PathLike, frame_interval: float | None = None
+    folder: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    frame_interval: float | None = None,
+    map_patterns: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, str]:
-    """Convert a DICOM CTP study to the datalist format: ``ctp.nii.gz`` (int16 HU) and its sidecar
-    ``ctp.json`` (``FrameTimesStart`` and the DICOM provenance). Returns the written paths."""
-    series = read_ctp_dicom(folder, frame_interval)
+    """Convert a DICOM study to a patient folder of the datalist format; return the written paths.
+
+    The CTP series (original images) becomes ``ctp.nii.gz`` (int16 HU) with its sidecar ``ctp.json``
+    (``FrameTimesStart`` and the DICOM provenance); vendor map series (derived images matched by
+    ``map_patterns``, see :func:`import_vendor_maps`) become ``cbf.nii.gz``, ``cbv.nii.gz``, ... .
+    """
+    if folder is None or output_dir is None:
+        raise ValueError("pass --input (a DICOM study folder or DICOMDIR) and --output_dir (the patient folder).")
     out = Path(output_dir)
-    interval = float(np.median(np.diff(series.frame_times)))
-    hu = np.clip(np.round(series.array), -32768, 32767).astype(np.int16)
-    ctp = save_nifti(out / "ctp.nii.gz", hu, series.affine, frame_interval=interval)
-    sidecar = save_json(
-        frame_times_sidecar(ctp),
-        {"FrameTimesStart": series.frame_times.round(6).tolist(), "dicom": provenance(series, folder)},
-    )
-    return {"ctp": str(ctp), "sidecar": str(sidecar)}
+    existing = sorted(out.glob("*.nii.gz")) if out.is_dir() else []
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]}: already exists; pass --overwrite true or choose another --output_dir.")
+    files = dicom_files(folder)
+    written: dict[str, str] = {}
+    has_ctp = any(not _is_derived(header) for _, header in files)
+    if any(_is_derived(header) for _, header in files):
+        try:
+            written.update(import_vendor_maps(folder, out, map_patterns, files))
+        except CTPDataError as err:
+            if not has_ctp or "no series for" not in str(err):
+                raise
+            logger.warning("%s: derived series are not vendor maps, skipped (%s)", folder, err)
+    if has_ctp:
+        series = read_ctp_dicom(folder, frame_interval, files)
+        interval = float(np.median(np.diff(series.frame_times)))
+        hu = np.clip(np.round(series.array), -32768, 32767).astype(np.int16)
+        ctp = save_nifti(out / "ctp.nii.gz", hu, series.affine, frame_interval=interval)
+        sidecar = {"FrameTimesStart": series.frame_times.round(6).tolist(), "dicom": provenance(series, folder)}
+        written.update(ctp=str(ctp), sidecar=str(save_json(frame_times_sidecar(ctp), sidecar)))
+    return written
 
 
 def read_header(path: str | os.PathLike):
