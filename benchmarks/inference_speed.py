@@ -49,6 +49,7 @@ def make_study(root: Path, size: int, slices: int) -> Path:
         "n_frames": 60,
         "frame_interval": 1.0,
         "save_ctp": True,
+        "lesion_model": "fate",
     }
     simulate_patient(task)
     return root / task["id"]
