@@ -1,17 +1,31 @@
-"""MONAI Deploy application: CT perfusion maps (or raw 4D CTP) in, core/penumbra labels and clinical reports out.
+"""MONAI Deploy application: a DICOM CT perfusion study (or NIfTI maps / raw 4D CTP) in; core/penumbra labels,
+clinical reports and, for DICOM input, a DICOM SEG, a DICOM SR and a Secondary Capture out.
 
 Optional: needs ``pip install monai-deploy-app-sdk`` (it pulls holoscan and CUDA builds, so it is not a
 dependency of the bundle or its CI). The operator runs the bundle's own inference workflow
 (``bundle/configs/inference.json``) in-process, so the app gives exactly the outputs of
-``python -m monai.bundle run inference``: per patient ``label.nii.gz``, ``report.json``, ``report.png``.
-The SDK's generic ``MonaiBundleInferenceOperator`` feeds one in-memory image per input name and returns one
-prediction; this bundle needs five co-registered maps per study (or a raw series turned into maps first)
-plus NIHSS, and writes a report per patient, hence this small operator around the same workflow.
+``python -m monai.bundle run inference``: per patient ``label.nii.gz``, ``report.json``, ``report.png`` and,
+for a DICOM study, ``seg.dcm`` (DICOM SEG referencing the CT images), ``report_sr.dcm`` (TID 1500 volumes) and
+``report_sc.dcm`` (the montage), all in the input's study.
 
-Run (input: a folder of patient folders, one patient folder or a datalist JSON):
+Why not the SDK's ``DICOMDataLoaderOperator`` / ``DICOMSeriesSelectorOperator`` and its DICOM SEG writer:
+they select *one* series and hand on one 3D image, while a CTP study is 4D and often stored as one series per
+time point (the loader would split it into dozens of series), and the SEG must reference one time point's
+images. The bundle's reader (``bundle/scripts/io/dicom.py``, pydicom) groups the whole study by slice position
+and time; its writer (``bundle/scripts/clinical/dicom_outputs.py``) uses highdicom, as the SDK's SEG writer
+does. The SDK's generic ``MonaiBundleInferenceOperator`` likewise feeds one in-memory image per input name;
+this bundle needs five co-registered maps per study (or a raw series turned into maps first) plus NIHSS.
 
-    python deploy/app.py -i INPUT -o OUTPUT [-m bundle/models/model.pt]
+Run (input: a DICOM study folder or DICOMDIR, a folder of studies or patients, one patient folder, or a
+datalist JSON):
+
+    python deploy/app.py -i INPUT -o OUTPUT [-m bundle/models/model.pt] [--nihss 12]
     monai-deploy package deploy/app.py --config deploy/app.yaml --tag ctp-stroke:latest -l DEBUG
+
+Sending the results back to a PACS (any DICOM C-STORE client; e.g. pynetdicom's, ``pip install pynetdicom``):
+
+    python -m pynetdicom storescu PACS_HOST 104 -aec PACS_AET -aet CTPSTROKE \\
+        OUTPUT/*/seg.dcm OUTPUT/*/report_sr.dcm OUTPUT/*/report_sc.dcm
 """
 
 from __future__ import annotations
@@ -96,12 +110,14 @@ def main() -> None:
     parser.add_argument("-i", "--input", required=True)
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("-m", "--model", default=None)
+    parser.add_argument("--nihss", type=int, default=None, help="NIHSS for a study without one (DICOM has none)")
     args, _ = parser.parse_known_args()
     try:
         import monai.deploy  # noqa: F401
     except ImportError:
         print("monai-deploy-app-sdk is not installed: running the bundle's inference directly.", file=sys.stderr)
-        print(run_bundle_inference(args.input, args.output, args.model))
+        extra = {} if args.nihss is None else {"nihss": args.nihss}
+        print(run_bundle_inference(args.input, args.output, args.model, **extra))
         return
     create_app().run()
 

@@ -3,6 +3,7 @@ refusals, and the DICOM SEG / SR / SC outputs read back against the NIfTI output
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -11,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.fileset import FileSet
-from test_inference import bundle
+from test_inference import ROOT, bundle
 
 from scripts.clinical.dicom_outputs import read_segmentation, sr_volumes
 from scripts.clinical.report import radiological
@@ -306,3 +307,40 @@ def test_vendor_maps_without_their_slope_or_matching_name_are_refused(tiny_cohor
         convert_dicom_study(tmp_path / "renamed", tmp_path / "out3", map_patterns={"cbf": "blood flow"})
     with pytest.raises(CTPDataError, match="both match the cbf pattern"):
         convert_dicom_study(tmp_path / "renamed", tmp_path / "out4", map_patterns={"cbf": "perfusion"})
+
+
+def test_deploy_app_takes_a_dicom_study(tiny_cohort, tmp_path):
+    """deploy/app.py's operator body (the SDK cannot be installed here) on a DICOMDIR-less study folder."""
+    sys.path.insert(0, str(ROOT / "deploy"))
+    try:
+        from app import run_bundle_inference
+    finally:
+        sys.path.pop(0)
+    item = json.loads(tiny_cohort.read_text())["test"][0]
+    study = tmp_path / "CT-perfusion"
+    write_ctp_dicom(tiny_cohort.parent / item["ctp"], study, transfer_syntax="rle")
+    done = run_bundle_inference(study, tmp_path / "out", threshold=True, nihss=8)
+    assert done == ["CT-perfusion"]
+    assert {p.name for p in (tmp_path / "out" / "CT-perfusion").iterdir()} >= {
+        "seg.dcm",
+        "report_sr.dcm",
+        "report.json",
+    }
+
+
+def test_writing_and_computing_workflows_on_dicom(tiny_cohort, tmp_path):
+    """The documented commands: a cohort study written as DICOM (``writing``), maps computed from it
+    (``computing --ctp <DICOM folder>``) with the DICOM provenance recorded."""
+    item = json.loads(tiny_cohort.read_text())["training"][1]
+    study = tmp_path / "study"
+    bundle(
+        "writing", "--ctp", str(tiny_cohort.parent / item["ctp"]), "--output_dir", str(study),
+        "--transfer_syntax", "jpeg-ls", "--layout", "per-frame", config="bundle/configs/dicom.json",
+    )  # fmt: skip
+    assert len(files_of(study)) == 2 * 40
+    bundle(
+        "computing", "--ctp", str(study), "--output_dir", str(tmp_path / "maps"), config="bundle/configs/perfusion.json"
+    )
+    record = json.loads((tmp_path / "maps" / "perfusion.json").read_text())
+    assert record["dicom"]["time_source"] == "AcquisitionDateTime" and len(record["dicom"]["reference_files"]) == 2
+    assert nib.load(tmp_path / "maps" / "cbf.nii.gz").shape == (64, 64, 2)

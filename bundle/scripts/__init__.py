@@ -1,10 +1,10 @@
 """What MONAI lacks for CT perfusion stroke segmentation, in layers that import downwards only:
 
-* :mod:`scripts.io`: datalists, NIfTI inputs and atomic outputs (the bottom layer);
+* :mod:`scripts.io`: datalists, NIfTI and DICOM inputs and atomic outputs (the bottom layer);
 * :mod:`scripts.perfusion`: perfusion maps from a 4D series, brain mask, the threshold rule, an independent phantom;
 * :mod:`scripts.simulation`: the synthetic CTP cohort (tracer kinetics, anatomy, tissue fate);
 * :mod:`scripts.learning`: networks, loss, metrics, training handlers, experiments and the loss search;
-* :mod:`scripts.clinical`: inference on a patient and the clinical report;
+* :mod:`scripts.clinical`: inference on a patient, the clinical report and its DICOM SEG / SR;
 * :mod:`scripts.cli`: how the bundle's workflows end on a user error.
 """
 

@@ -1,5 +1,7 @@
-"""The bottom layer: datalists, NIfTI maps and series, atomic file writing, and the input error type."""
+"""The bottom layer: datalists, NIfTI maps and series, DICOM CTP studies and vendor maps, atomic file writing,
+and the input error type."""
 
+from . import dicom
 from .datalist import (
     FILE_KEYS,
     GROUPS,
@@ -15,7 +17,9 @@ from .datalist import (
 )
 from .files import CTPDataError, save_bytes, save_csv, save_json, save_nifti, save_text
 from .images import (
+    MAP_RANGES,
     MIN_FRAMES,
+    check_map_values,
     frame_times_sidecar,
     load_ctp,
     load_frame_times,
@@ -30,9 +34,11 @@ __all__ = [
     "GROUPS",
     "LABEL_VALUES",
     "MAP_KEYS",
+    "MAP_RANGES",
     "MIN_FRAMES",
     "REQUIRED_KEYS",
     "SPLITS",
+    "check_map_values",
     "check_patient",
     "frame_times_sidecar",
     "load_ctp",
@@ -41,6 +47,7 @@ __all__ = [
     "load_map",
     "read_datalist",
     "resolve_paths",
+    "dicom",
     "save_bytes",
     "save_csv",
     "save_json",

@@ -1,5 +1,6 @@
-"""The synthetic CTP cohort: tracer kinetics, anatomy and lesions, the tissue-fate model, one study, a cohort."""
+"""The synthetic CTP cohort: tracer kinetics, anatomy and lesions, the tissue-fate model, one study, a cohort,
+and a study written as DICOM."""
 
-from . import cohort, fate, phantom, simulate, tracer
+from . import cohort, dicom_study, fate, phantom, simulate, tracer
 
-__all__ = ["cohort", "fate", "phantom", "simulate", "tracer"]
+__all__ = ["cohort", "dicom_study", "fate", "phantom", "simulate", "tracer"]
