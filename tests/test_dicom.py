@@ -169,6 +169,12 @@ def test_refuses_non_ct(study):
         read_ctp_dicom(study)
 
 
+def test_refuses_multi_frame_images(study):
+    edit(_image(study, 2, 2), NumberOfFrames=4)
+    with pytest.raises(CTPDataError, match=r"IM002_002\.dcm: a multi-frame \(Enhanced\) CT image"):
+        read_ctp_dicom(study)
+
+
 def test_refuses_a_truncated_file(study):
     path = _image(study, 7, 3)
     path.write_bytes(path.read_bytes()[:-100])

@@ -19,6 +19,7 @@ encodes DICOM by hand. What this module adds is the CTP logic that DICOM leaves 
   LPS with x and y negated). ``RescaleSlope``/``RescaleIntercept`` are applied (the modality LUT).
 
 Refused, each with one line naming a file: mixed image sizes, spacings or orientations; a non-CT modality;
+multi-frame (Enhanced CT) images, not supported yet;
 gantry tilt (``GantryDetectorTilt`` or slice positions sheared off the normal; resample the series first,
 e.g. with dcm2niix, which corrects tilt); uneven slice spacing or a missing slice position; a slice
 position with fewer images than the others (a missing slice in a frame); two images at one position and
@@ -160,6 +161,11 @@ def _check_ct(path: Path, header) -> None:
     modality = str(header.get("Modality", ""))
     if modality != "CT":
         raise CTPDataError(f"{path}: modality {modality or 'missing'}; a CT perfusion study holds CT images only.")
+    if int(header.get("NumberOfFrames", 1) or 1) > 1:
+        raise CTPDataError(
+            f"{path}: a multi-frame (Enhanced) CT image; export the study as single-frame CT images (most "
+            "scanners and PACS offer it), which this reader takes."
+        )
     tilt = float(header.get("GantryDetectorTilt", 0) or 0)
     if abs(tilt) > 1e-3:
         raise CTPDataError(
