@@ -83,6 +83,12 @@ def test_uneven_times_and_each_time_source(tmp_path):
         write_ctp_dicom(ctp, study, time_tags=tags)
         series = read_ctp_dicom(study)
         assert series.time_source == tags[0] and np.allclose(series.frame_times, times, atol=1e-3)
+    study = tmp_path / "series-start"  # AcquisitionDateTime is the series' start on every image: skipped
+    write_ctp_dicom(ctp, study, time_tags=["AcquisitionDateTime", "AcquisitionTime"])
+    for path in files_of(study):
+        edit(path, AcquisitionDateTime="20260101080000.000000")
+    series = read_ctp_dicom(study)
+    assert series.time_source == "AcquisitionTime" and np.allclose(series.frame_times, times, atol=1e-3)
     study = tmp_path / "index"
     write_ctp_dicom(ctp, study, time_tags=["TemporalPositionIndex"])
     with pytest.raises(CTPDataError, match="only TemporalPositionIndex.*frame_interval"):

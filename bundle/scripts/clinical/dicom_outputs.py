@@ -44,6 +44,20 @@ def _save(dataset, path: str | os.PathLike) -> Path:
     return save_bytes(path, buffer.getvalue())
 
 
+def _instance(series_number: int, description: str) -> dict[str, Any]:
+    """The identity of a new single-instance series of this bundle (highdicom's constructor arguments)."""
+    from pydicom.uid import generate_uid
+
+    return {
+        "series_instance_uid": generate_uid(),
+        "series_number": series_number,
+        "sop_instance_uid": generate_uid(),
+        "instance_number": 1,
+        "manufacturer": BUNDLE_NAME,
+        "series_description": f"{description} (research use only)",
+    }
+
+
 def _local(value: str, meaning: str):
     from highdicom.sr import CodedConcept
 
@@ -87,7 +101,6 @@ def write_segmentation(label: np.ndarray, sources: Sequence, path: str | os.Path
     """Write ``label`` (X=column, Y=row, slice; 0/1/2) as a DICOM SEG over ``sources`` (one header per slice,
     in the label's slice order); return the dataset."""
     import highdicom as hd
-    from pydicom.uid import generate_uid
 
     label = np.asarray(label, dtype=np.uint8)
     if label.shape[2] != len(sources):
@@ -98,16 +111,11 @@ def write_segmentation(label: np.ndarray, sources: Sequence, path: str | os.Path
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(),
-        series_instance_uid=generate_uid(),
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=BUNDLE_NAME,
         manufacturer_model_name="slow-fusion core/penumbra segmentation",
         software_versions=bundle_version(),
         device_serial_number="none",
-        series_description="Core and penumbra (research use only)",
         omit_empty_frames=False,
+        **_instance(SEG_SERIES_NUMBER, "Core and penumbra"),
     )
     _save(seg, path)
     return seg
@@ -190,12 +198,7 @@ def write_report_sr(report: Mapping[str, Any], seg, sources: Sequence, path: str
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, seg],
         content=measurement_report,
-        series_instance_uid=generate_uid(),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=BUNDLE_NAME,
-        series_description="Core and penumbra volumes (research use only)",
+        **_instance(SR_SERIES_NUMBER, "Core and penumbra volumes"),
     )
     _save(sr, path)
     return sr
@@ -218,7 +221,6 @@ def write_montage_sc(png: str | os.PathLike, source, path: str | os.PathLike):
     """Write the montage PNG as an RGB Secondary Capture image in the study of ``source``; return the dataset."""
     import highdicom as hd
     from matplotlib import image
-    from pydicom.uid import generate_uid
 
     rgb = (np.asarray(image.imread(png))[..., :3] * 255).round().astype(np.uint8)
     sc = hd.sc.SCImage.from_ref_dataset(
@@ -227,13 +229,8 @@ def write_montage_sc(png: str | os.PathLike, source, path: str | os.PathLike):
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=generate_uid(),
-        series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=BUNDLE_NAME,
         patient_orientation=("L", "P"),
-        series_description="Core and penumbra montage (research use only)",
+        **_instance(SC_SERIES_NUMBER, "Core and penumbra montage"),
     )
     _save(sc, path)
     return sc

@@ -10,20 +10,23 @@ encodes DICOM by hand. What this module adds is the CTP logic that DICOM leaves 
 - **Frames, whatever the vendor layout** (one series with many acquisitions, or one series per time point):
   the images are grouped by slice position, and each position's images are sorted by time; frame *k* is
   the *k*-th image of every position. Every position must have the same number of images.
-- **Time** comes from the first of :data:`TIME_SOURCES` that every image carries: ``AcquisitionDateTime``,
-  ``AcquisitionTime`` (with ``AcquisitionDate``), ``ContentTime`` (with ``ContentDate``), ``TriggerTime``
-  (ms), ``TemporalPositionIndex`` (an order only: needs ``frame_interval``). A frame's time is the median
-  of its slices' times; frame times are seconds from the first frame, uneven intervals kept.
+- **Time** comes from the first of :data:`TIME_SOURCES` that every image carries, with distinct values
+  at each slice position: ``AcquisitionDateTime``, ``AcquisitionTime`` (with ``AcquisitionDate``),
+  ``ContentTime`` (with ``ContentDate``), ``TriggerTime`` (ms), ``TemporalPositionIndex`` (an order only:
+  needs ``frame_interval``). A frame's time is the median of its slices' times; frame times are seconds
+  from the first frame, uneven intervals kept.
 - **Geometry.** Slices are ordered by ``ImagePositionPatient`` along the slice normal (row x column
   direction); the affine maps (column, row, slice) indices to RAS millimetres as NIfTI writers do (DICOM's
   LPS with x and y negated). ``RescaleSlope``/``RescaleIntercept`` are applied (the modality LUT).
 
 Refused, each with one line naming a file: mixed image sizes, spacings or orientations; a non-CT modality;
-multi-frame (Enhanced CT) images, not supported yet;
-gantry tilt (``GantryDetectorTilt`` or slice positions sheared off the normal; resample the series first,
-e.g. with dcm2niix, which corrects tilt); uneven slice spacing or a missing slice position; a slice
-position with fewer images than the others (a missing slice in a frame); two images at one position and
-time; images without usable time.
+multi-frame (Enhanced CT) images, not supported yet; gantry tilt (``GantryDetectorTilt`` or slice positions
+sheared off the normal; resample the series first, e.g. with dcm2niix, which corrects tilt); uneven slice
+spacing or a missing slice position; a slice position with fewer images than the others (a missing slice
+in a frame); two images at one position and time; images without usable time; undecodable pixel data.
+
+MONAI's own DICOM readers (``LoadImage`` with ``PydicomReader`` / ``ITKReader``) stack one series into a 3D
+volume; they do not group a study's images by time, hence this reader.
 """
 
 from __future__ import annotations
@@ -175,13 +178,19 @@ def _check_ct(path: Path, header) -> None:
 
 
 def _time_source(images: list[tuple[Path, object]]) -> str:
-    for source in TIME_SOURCES:
-        if all(header.get(source) not in (None, "") for _, header in images):
+    """The first of :data:`TIME_SOURCES` that every image carries with distinct values at each slice position
+    (some scanners stamp every image of a series with the series' start in one of them)."""
+    carried = [s for s in TIME_SOURCES if all(header.get(s) not in (None, "") for _, header in images)]
+    if not carried:
+        missing = next(path for path, header in images if all(header.get(s) in (None, "") for s in TIME_SOURCES))
+        raise CTPDataError(
+            f"{missing}: no usable acquisition time (none of {', '.join(TIME_SOURCES)}); cannot order the CTP frames."
+        )
+    positions = [tuple(np.round(np.asarray(h.get("ImagePositionPatient") or [0, 0, 0], float), 2)) for _, h in images]
+    for source in carried:
+        if len({(p, _seconds(h, source)) for p, (_, h) in zip(positions, images)}) == len(images):
             return source
-    missing = next(path for path, header in images if all(header.get(s) in (None, "") for s in TIME_SOURCES))
-    raise CTPDataError(
-        f"{missing}: no usable acquisition time (none of {', '.join(TIME_SOURCES)}); cannot order the CTP frames."
-    )
+    return carried[0]  # none tells the frames apart: the duplicate check names the images
 
 
 @dataclass
