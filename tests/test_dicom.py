@@ -15,6 +15,7 @@ from pydicom.fileset import FileSet
 from test_inference import ROOT, bundle
 
 from scripts.clinical.dicom_outputs import read_segmentation, sr_volumes
+from scripts.clinical.inference import find_studies
 from scripts.clinical.report import radiological
 from scripts.io import CTPDataError, save_json, save_nifti
 from scripts.io.dicom import convert_dicom_study, read_ctp_dicom, read_pixels
@@ -175,6 +176,18 @@ def test_refuses_non_ct(study):
         read_ctp_dicom(study)
 
 
+def test_refuses_a_malformed_time(study):
+    edit(_image(study, 6, 0), AcquisitionDateTime="garbage")
+    with pytest.raises(CTPDataError, match=r"IM006_000\.dcm: AcquisitionDateTime 'garbage' is not a valid time"):
+        read_ctp_dicom(study)
+
+
+def test_refuses_an_image_far_from_its_frame(study):
+    edit(_image(study, 6, 0), AcquisitionDateTime="2026")  # valid DICOM (a year), 8 h before the others
+    with pytest.raises(CTPDataError, match=r"IM006_000\.dcm: its AcquisitionDateTime is .* cannot be assembled"):
+        read_ctp_dicom(study)
+
+
 def test_refuses_multi_frame_images(study):
     edit(_image(study, 2, 2), NumberOfFrames=4)
     with pytest.raises(CTPDataError, match=r"IM002_002\.dcm: a multi-frame \(Enhanced\) CT image"):
@@ -197,6 +210,7 @@ def test_skips_non_dicom_files_and_reads_a_dicomdir(study, tmp_path):
     media.write(tmp_path / "media")
     series = read_ctp_dicom(tmp_path / "media" / "DICOMDIR")
     assert np.array_equal(series.array, reference.array) and np.allclose(series.affine, reference.affine)
+    assert find_studies(tmp_path / "media" / "DICOMDIR") == [{"id": "media", "ctp": str(tmp_path / "media")}]
 
 
 def test_converter_writes_the_datalist_format(study, tmp_path):

@@ -70,6 +70,8 @@ def find_studies(source: str | os.PathLike, split: str = "test") -> list[dict]:
     """Study items (``id``, map paths or ``ctp``, optional ``nihss``) from a datalist, a folder of patients or
     one patient."""
     path = Path(source)
+    if path.is_file() and path.name.upper() == "DICOMDIR":  # DICOM media: the study tree is beside it
+        path = path.parent
     if path.is_file():
         content = read_datalist(path)
         splits = [s for s in SPLITS if s in content] if split == "all" else [split]

@@ -69,7 +69,7 @@ class DicomSeries:
 
 
 def _pydicom():
-    import pydicom  # noqa: F401  (imported lazily: the NIfTI paths do not need it)
+    import pydicom  # imported lazily: the NIfTI paths do not need it
 
     return pydicom
 
@@ -124,10 +124,17 @@ def _is_derived(header) -> bool:
 
 def _seconds(header, source: str) -> float | None:
     """The time of one image in seconds from ``source`` (see :data:`TIME_SOURCES`), ``None`` when absent."""
-    pydicom = _pydicom()
     value = header.get(source)
     if value in (None, ""):
         return None
+    try:
+        return _parse_time(header, source, value)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise CTPDataError(f"{header.filename}: {source} {value!r} is not a valid time ({err}).") from err
+
+
+def _parse_time(header, source: str, value) -> float | None:
+    pydicom = _pydicom()
     if source == "AcquisitionDateTime":
         dt = pydicom.valuerep.DT(value)
         return dt.replace(tzinfo=None).timestamp() if isinstance(dt, datetime.datetime) else None
@@ -305,6 +312,16 @@ def read_ctp_dicom(
         raise CTPDataError(f"{folder}: {n_frames} frames is too few for perfusion analysis (need >= {MIN_FRAMES}).")
     times = np.array([[seconds for seconds, _ in stack.members[z]] for z in stack.positions])
     frame_times = np.median(times, axis=0)
+    steps = np.diff(frame_times)
+    if steps.size and np.all(steps > 0):  # each image near its frame's time, or the frames are mixed up
+        local = np.minimum(np.r_[steps, np.inf], np.r_[np.inf, steps])
+        off = np.abs(times - frame_times) / local
+        if off.max() > 1.0:
+            k, t = np.unravel_index(int(np.argmax(off)), off.shape)
+            raise CTPDataError(
+                f"{stack.members[stack.positions[k]][t][1]}: its {source} is {abs(times[k, t] - frame_times[t]):.3g} s "
+                f"from the other slices of frame {t + 1}, more than a frame interval: the frames cannot be assembled."
+            )
     frame_times = frame_times - frame_times[0]
     if source == "TemporalPositionIndex":
         frame_times = frame_times * float(frame_interval)
