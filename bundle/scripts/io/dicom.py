@@ -23,7 +23,8 @@ Refused, each with one line naming a file: mixed image sizes, spacings or orient
 multi-frame (Enhanced CT) images, not supported yet; gantry tilt (``GantryDetectorTilt`` or slice positions
 sheared off the normal; resample the series first, e.g. with dcm2niix, which corrects tilt); uneven slice
 spacing or a missing slice position; a slice position with fewer images than the others (a missing slice
-in a frame); two images at one position and time; images without usable time; undecodable pixel data.
+in a frame); two images at one position and time; images without usable or with malformed time, or with a
+time more than a frame interval from the other slices of their frame; undecodable pixel data.
 
 MONAI's own DICOM readers (``LoadImage`` with ``PydicomReader`` / ``ITKReader``) stack one series into a 3D
 volume; they do not group a study's images by time, hence this reader.
