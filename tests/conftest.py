@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from scripts.simulation.cohort import generate_cohort
+
+
+def pytest_configure(config) -> None:
+    """The suite must not depend on the user's MLflow or Optuna settings (a shell with MLFLOW_TRACKING_URI
+    set would otherwise send the tests' runs into the user's store): they are cleared for the session and
+    for every process it starts. Tests that need one set it themselves."""
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "OPTUNA_"))]:
+        del os.environ[key]
+
 
 TINY = {"n_patients": 5, "size": 64, "slices": 2, "n_frames": 40, "noise_hu": 6.0, "seed": 3, "workers": 1}
 

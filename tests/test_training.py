@@ -312,7 +312,8 @@ def test_multi_gpu_config_drops_the_logging_handlers_on_other_ranks():
     parser.read_config([str(ROOT / "bundle/configs/train.json"), str(ROOT / "bundle/configs/multi_gpu_train.json")])
     train_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["train#handlers"]]
     val_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["validate#handlers"]]
-    assert train_handlers[-1] == "MLFlowHandler" and "MLFlowHandler" not in train_handlers[:-1]
+    mlflow_handler = "scripts.learning.tracking.MLFlowHandler"
+    assert train_handlers[-1] == mlflow_handler and mlflow_handler not in train_handlers[:-1]
     assert val_handlers[0] == "StatsHandler" and all(h != "StatsHandler" for h in val_handlers[1:])
     assert (
         "@rank == 0" in parser["validate#evaluator#val_handlers"]
@@ -514,3 +515,24 @@ def test_staged_fine_tuning_moves_on_a_real_plateau_reloads_the_best_weights_and
     assert all(torch.equal(seen["weights"][k], v) for k, v in epoch2.items())  # reloaded epoch 2's weights
     assert (seen["state"], seen["lr"], seen["params"]) == (0, 0.01, 4)  # 4 tensors: encoder and decoder
     assert trainer.state.epoch == 7  # best 0.35 at epoch 5, then 2 validations without improvement: stop
+
+
+def test_a_configured_tracking_uri_wins_over_the_environment(tmp_path, monkeypatch):
+    """MONAI's MLFlowHandler lets MLFLOW_TRACKING_URI beat its tracking_uri argument; the bundle's handler
+    (what train.json uses) keeps the bundle's order: the configured store first, the environment only
+    without one."""
+    import mlflow
+    from ignite.engine import Engine
+
+    from scripts.learning.tracking import MLFlowHandler
+
+    configured, environment = (f"sqlite:///{tmp_path / name}.db" for name in ("configured", "environment"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", environment)
+    for uri, name in ((configured, "explicit"), (None, "from-environment")):
+        engine = Engine(lambda engine, batch: 0.0)
+        MLFlowHandler(tracking_uri=uri, experiment_name=name, run_name=name, iteration_log=False).attach(engine)
+        engine.run([0], max_epochs=1)
+        assert os.environ["MLFLOW_TRACKING_URI"] == environment  # the user's setting is left as it was
+    assert mlflow.MlflowClient(configured).get_experiment_by_name("explicit") is not None
+    assert mlflow.MlflowClient(environment).get_experiment_by_name("explicit") is None
+    assert mlflow.MlflowClient(environment).get_experiment_by_name("from-environment") is not None

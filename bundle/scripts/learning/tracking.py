@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+from monai.handlers import MLFlowHandler as _MonaiMLFlowHandler
 
 from ..io import save_json
 
@@ -24,6 +25,26 @@ logger = logging.getLogger(__name__)
 def default_tracking_uri(tracking_uri: str | None = None) -> str:
     """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the bundle's SQLite store ``mlruns/mlflow.db``."""
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlruns/mlflow.db")
+
+
+class MLFlowHandler(_MonaiMLFlowHandler):
+    """MONAI's ``MLFlowHandler`` with the bundle's precedence: a given ``tracking_uri`` wins over
+    ``MLFLOW_TRACKING_URI``.
+
+    MONAI 1.6.1's handler lets the environment variable win over its ``tracking_uri`` argument, so with the
+    variable set a training logged to the environment's store while its evaluation, stage logs and loss
+    search logged to the configured one. The bundle's order (``shared/DESIGN.md``) is the command line or
+    config value, then the environment, then the default (:func:`default_tracking_uri`); the configs pass
+    that resolved value here.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, **kwargs: Any) -> None:
+        hidden = os.environ.pop("MLFLOW_TRACKING_URI", None) if tracking_uri else None
+        try:
+            super().__init__(tracking_uri=tracking_uri, **kwargs)
+        finally:
+            if hidden is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = hidden
 
 
 def data_version(datalist: str | os.PathLike) -> str:
