@@ -89,6 +89,16 @@ def test_bad_settings_are_refused_before_any_trial(tiny_cohort, tmp_path, in_roo
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_study_refuses_another_search_space(tiny_cohort, tmp_path, in_root):
+    """Two searches in one study would mix trials drawn from different ranges: the second is refused."""
+    existing = optuna.create_study(study_name="exp1", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    existing.set_user_attr("search_space", {"gamma": [1.0, 3.0], "alpha": [0.3, 0.7]})
+    existing.set_user_attr("tie_beta", True)
+    with pytest.raises(ValueError, match="study 'exp1' was created with .*use another study_name"):
+        study(tiny_cohort, tmp_path, 1, search_space={"gamma": [1.0, 2.0], "alpha": [0.3, 0.7]})
+    assert not (tmp_path / "runs").exists()
+
+
 def test_objectives_from_metric_names():
     metrics = {
         "val_dice_penumbra_LVO": 0.8,

@@ -217,6 +217,18 @@ def run_study(
             "use another study_name for another objective."
         )
     study.set_user_attr("objective", objective)
+    ranges = {
+        "search_space": {k: [float(v) for v in bounds] for k, bounds in space.items()},
+        "tie_beta": bool(tie_beta),
+    }
+    recorded = {key: study.user_attrs[key] for key in ranges if key in study.user_attrs}
+    if recorded and recorded != ranges:
+        raise ValueError(
+            f"study {study_name!r} was created with {recorded}, not {ranges}: its trials would mix two searches; "
+            "use another study_name for another search space."
+        )
+    for key, value in ranges.items():
+        study.set_user_attr(key, value)
     client = mlflow.MlflowClient(tracking_uri=uri)
     parent = latest_run(client, experiment_name, study_name)
     if parent is None:
