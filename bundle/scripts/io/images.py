@@ -158,18 +158,18 @@ def check_map_values(key: str, data: np.ndarray, path: str | os.PathLike, tissue
     if key not in MAP_RANGES:
         return
     low, high, unit = MAP_RANGES[key]
-    tissue = data[data != 0]
-    if tissue.size == 0:
+    brain = data[data != 0]
+    if brain.size == 0:
         if key == "tmax":  # no delay anywhere: possible, and nothing to judge the scale by
             return
         raise CTPDataError(f"{path}: {key} is zero everywhere; {OVERRIDE}.")
-    negative = float((tissue < min(low, 0.0) - 1.0).mean()) if key == "tmax" else float((tissue < 0).mean())
+    negative = float((brain < low - 1.0).mean()) if key == "tmax" else float((brain < 0).mean())
     if negative > NEGATIVE_FRACTION:
         raise CTPDataError(
             f"{path}: {key} is negative in {negative:.0%} of the brain (a negated map?); {key} cannot be "
             f"negative; {OVERRIDE}."
         )
-    median = float(np.median(tissue))
+    median = float(np.median(brain))
     if not low <= median <= high:
         raise CTPDataError(
             f"{path}: {key} has a median of {median:.4g} {unit} in the brain, expected {low:g} to {high:g} {unit} "
