@@ -18,6 +18,18 @@ def pytest_configure(config) -> None:
         del os.environ[key]
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """Base URL of a throwaway PostgreSQL cluster with databases ``optuna`` and ``mlflow`` (tests/postgres.py);
+    skipped only where no PostgreSQL binaries exist (CI has them)."""
+    import postgres as pg
+
+    if pg.binaries() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    with pg.cluster() as url:
+        yield url
+
+
 TINY = {"n_patients": 5, "size": 64, "slices": 2, "n_frames": 40, "noise_hu": 6.0, "seed": 3, "workers": 1}
 
 

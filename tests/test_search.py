@@ -99,6 +99,25 @@ def test_a_study_refuses_another_search_space(tiny_cohort, tmp_path, in_root):
     assert not (tmp_path / "runs").exists()
 
 
+def test_search_on_postgresql_storage_and_tracking(tiny_cohort, tmp_path, in_root, postgres):
+    """The README's scale-out settings, run for real: the Optuna storage and the MLflow tracking store are
+    both PostgreSQL databases (a throwaway cluster); trials are distinct and nested under the study's run."""
+    optuna_url, mlflow_url = postgres + "optuna", postgres + "mlflow"
+    client = mlflow.MlflowClient(mlflow_url)  # artifacts under tmp_path, not MLflow's default ./mlruns
+    client.create_experiment("exp1", artifact_location=(tmp_path / "artifacts").as_uri())
+    summary = study(tiny_cohort, tmp_path, 2, pruner="none", storage=optuna_url, tracking_uri=mlflow_url)
+    assert summary["trials"] == 2 and summary["complete"] == 2
+    trials = optuna.load_study(study_name="exp1", storage=optuna_url).trials
+    assert [t.number for t in trials] == [0, 1] and len({t.params["gamma"] for t in trials}) == 2
+    experiment = client.get_experiment_by_name("exp1")
+    parent = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'exp1'")[0]
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == 2 and all("val_dice_core_LVO" in c.data.metrics for c in children)
+    assert {float(c.data.params["gamma"]) for c in children} == {t.params["gamma"] for t in trials}
+
+
 def test_objectives_from_metric_names():
     metrics = {
         "val_dice_penumbra_LVO": 0.8,
