@@ -59,9 +59,8 @@ def network_rows(datalist: str, inputs: str, seed: int, root: Path, uri: str) ->
             "--experiment_name",
             "seeds",
         ]
-        if not run_finished(
-            uri, "seeds", out.name
-        ):  # a finished run keeps its resume point: ask MLflow, not the folder
+        # a finished run keeps its resume point: ask MLflow whether it finished, not the folder
+        if not run_finished(uri, "seeds", out.name):
             bundle(
                 "training",
                 "--config_file",

@@ -244,10 +244,10 @@ def save_dicom_outputs(
     montage: str | os.PathLike | None = None,
 ) -> list[str]:
     """Write ``seg.dcm``, ``report_sr.dcm`` and (with a montage PNG) ``report_sc.dcm`` into ``folder``."""
-    from ..io.dicom import series_slices
+    from ..io.dicom import read_header
 
     folder = Path(folder)
-    sources = series_slices(reference_files)
+    sources = [read_header(path) for path in reference_files]
     seg = write_segmentation(label, sources, folder / "seg.dcm")
     write_report_sr(report, seg, sources, folder / "report_sr.dcm")
     written = [str(folder / "seg.dcm"), str(folder / "report_sr.dcm")]

@@ -36,7 +36,6 @@ import datetime
 import logging
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +66,11 @@ class DicomSeries:
     reference_files: list[Path]
     time_source: str
     study: dict = field(default_factory=dict)
+
+    @property
+    def frame_interval(self) -> float:
+        """The median step between frames (s)."""
+        return float(np.median(np.diff(self.frame_times)))
 
 
 def _pydicom():
@@ -448,8 +452,7 @@ def load_ctp_series(
     ``(array, frame_interval_s, affine, frame_times or None, DICOM provenance or None)``."""
     if is_dicom_folder(path):
         series = read_ctp_dicom(path, frame_interval)
-        interval = float(np.median(np.diff(series.frame_times)))
-        return series.array, interval, series.affine, series.frame_times, provenance(series, path)
+        return series.array, series.frame_interval, series.affine, series.frame_times, provenance(series, path)
     array, interval, affine = load_ctp(path)
     return array, interval, affine, load_frame_times(path, array.shape[3]), None
 
@@ -485,9 +488,8 @@ def convert_dicom_study(
             logger.warning("%s: derived series are not vendor maps, skipped (%s)", folder, err)
     if has_ctp:
         series = read_ctp_dicom(folder, frame_interval, files)
-        interval = float(np.median(np.diff(series.frame_times)))
         hu = np.clip(np.round(series.array), -32768, 32767).astype(np.int16)
-        ctp = save_nifti(out / "ctp.nii.gz", hu, series.affine, frame_interval=interval)
+        ctp = save_nifti(out / "ctp.nii.gz", hu, series.affine, frame_interval=series.frame_interval)
         sidecar = {"FrameTimesStart": series.frame_times.round(6).tolist(), "dicom": provenance(series, folder)}
         written.update(ctp=str(ctp), sidecar=str(save_json(frame_times_sidecar(ctp), sidecar)))
     return written
@@ -512,8 +514,3 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
         except Exception:
             pass
         raise CTPDataError(f"{path}: cannot decode the pixel data{syntax}: {err}") from err
-
-
-def series_slices(paths: Sequence[str | os.PathLike]) -> list:
-    """The headers of ``paths`` (the source images a DICOM SEG or report references), pixel data not read."""
-    return [read_header(p) for p in paths]

@@ -61,43 +61,51 @@ def _uid() -> str:
     return generate_uid()
 
 
+def _geometry_attributes(orientation: list[float], spacing: list[float], gap: float) -> dict:
+    return {
+        "ImageOrientationPatient": [round(v, 6) for v in orientation],
+        "PixelSpacing": [round(v, 6) for v in spacing],
+        "SliceThickness": round(gap, 4),
+    }
+
+
 def _image(
     stored: np.ndarray,
     syntax: str,
-    common: dict,
-    position: np.ndarray,
     attributes: dict,
+    position: np.ndarray,
+    bits_stored: int = 12,
+    signed: bool = False,
 ):
-    """One CT Image Storage dataset holding ``stored`` (rows, columns) uint16, encoded with ``syntax``."""
+    """One CT Image Storage dataset with ``attributes`` holding ``stored`` (rows, columns; 16-bit, unsigned
+    or ``signed``), encoded with ``syntax``."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ImplicitVRLittleEndian
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = _uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _uid()
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    for key, value in {**common, **attributes}.items():
+    for key, value in attributes.items():
         setattr(ds, key, value)
     ds.ImagePositionPatient = [round(float(v), 4) for v in position]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, int(signed)
     uid = TRANSFER_SYNTAXES[syntax]
     if syntax == "jpeg-lossless":
         import imagecodecs
 
-        ds.PixelData = encapsulate([imagecodecs.ljpeg_encode(stored, bitspersample=12)])
+        ds.PixelData = encapsulate([imagecodecs.ljpeg_encode(stored, bitspersample=bits_stored)])
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = uid
     else:
         ds.file_meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if syntax == "implicit" else TRANSFER_SYNTAXES["explicit"]
         )
-        ds.PixelData = stored.astype("<u2").tobytes()
+        ds.PixelData = np.ascontiguousarray(stored).astype("<i2" if signed else "<u2").tobytes()
         if syntax not in ("explicit", "implicit"):
             ds.compress(uid)
     return ds
@@ -166,9 +174,7 @@ def write_ctp_dicom(
         "StudyDescription": "CT perfusion (synthetic)",
         "FrameOfReferenceUID": frame_of_reference,
         "PositionReferenceIndicator": "",
-        "ImageOrientationPatient": [round(v, 6) for v in orientation],
-        "PixelSpacing": [round(v, 6) for v in spacing],
-        "SliceThickness": round(gap, 4),
+        **_geometry_attributes(orientation, spacing, gap),
         "GantryDetectorTilt": 0,
         "KVP": 80,
         "RescaleIntercept": -1024,
@@ -192,7 +198,7 @@ def write_ctp_dicom(
                 "SliceLocation": round(float(positions[k][2]), 4),
                 **_stamp(float(times[t]) + k * SLICE_DELAY_S, time_tags, t),
             }
-            ds = _image(stored[:, :, k, t].T, transfer_syntax, common, positions[k], attributes)
+            ds = _image(stored[:, :, k, t].T, transfer_syntax, {**common, **attributes}, positions[k])
             folder = staging / (f"series{1:03d}" if layout == "single" else f"series{t + 1:03d}")
             folder.mkdir(parents=True, exist_ok=True)
             ds.save_as(folder / f"IM{t:03d}_{k:03d}.dcm", enforce_file_format=True)
@@ -214,9 +220,6 @@ def write_map_series(
 ) -> int:
     """Write NIfTI maps as vendor-style DICOM map series: one DERIVED\\SECONDARY CT series per map, stored
     value = map / slope (signed 16 bit), SeriesDescription from ``descriptions``. Returns the file count."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
-
     study_uid, frame_of_reference = study_uid or _uid(), frame_of_reference or _uid()
     count = 0
     for number, (name, path) in enumerate(maps.items(), start=100):
@@ -226,30 +229,23 @@ def write_map_series(
         if np.abs(stored).max() > 32767:
             raise CTPDataError(f"{path}: values do not fit 16 bits with slope {slopes[name]}.")
         stored = stored.astype(np.int16)
-        series_uid = _uid()
+        series = {
+            "Modality": "CT",
+            "ImageType": ["DERIVED", "SECONDARY", "PERFUSION"],
+            "PatientID": patient_id,
+            "PatientName": f"Synthetic^{patient_id}",
+            "StudyInstanceUID": study_uid,
+            "SeriesInstanceUID": _uid(),
+            "FrameOfReferenceUID": frame_of_reference,
+            "SeriesNumber": number,
+            "SeriesDescription": descriptions[name],
+            **_geometry_attributes(orientation, spacing, gap),
+            "RescaleIntercept": 0,
+            "RescaleSlope": slopes[name],
+        }
         for k in range(data.shape[2]):
-            ds = Dataset()
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _uid()
-            ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.Modality, ds.ImageType = "CT", ["DERIVED", "SECONDARY", "PERFUSION"]
-            ds.PatientID, ds.PatientName = patient_id, f"Synthetic^{patient_id}"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (
-                study_uid,
-                series_uid,
-                frame_of_reference,
-            )
-            ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = number, k + 1, descriptions[name]
-            ds.ImageOrientationPatient = [round(v, 6) for v in orientation]
-            ds.ImagePositionPatient = [round(float(v), 4) for v in positions[k]]
-            ds.PixelSpacing, ds.SliceThickness = [round(v, 6) for v in spacing], round(gap, 4)
-            ds.RescaleIntercept, ds.RescaleSlope = 0, slopes[name]
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
+            attributes = {**series, "InstanceNumber": k + 1}
+            ds = _image(stored[:, :, k].T, "explicit", attributes, positions[k], bits_stored=16, signed=True)
             folder = Path(output_dir) / f"series{number:03d}_{name}"
             folder.mkdir(parents=True, exist_ok=True)
             ds.save_as(folder / f"IM{k:03d}.dcm", enforce_file_format=True)
