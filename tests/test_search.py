@@ -99,25 +99,6 @@ def test_a_study_refuses_another_search_space(tiny_cohort, tmp_path, in_root):
     assert not (tmp_path / "runs").exists()
 
 
-def test_search_on_postgresql_storage_and_tracking(tiny_cohort, tmp_path, in_root, postgres):
-    """The README's scale-out settings, run for real: the Optuna storage and the MLflow tracking store are
-    both PostgreSQL databases (a throwaway cluster); trials are distinct and nested under the study's run."""
-    optuna_url, mlflow_url = postgres + "optuna", postgres + "mlflow"
-    client = mlflow.MlflowClient(mlflow_url)  # artifacts under tmp_path, not MLflow's default ./mlruns
-    client.create_experiment("exp1", artifact_location=(tmp_path / "artifacts").as_uri())
-    summary = study(tiny_cohort, tmp_path, 2, pruner="none", storage=optuna_url, tracking_uri=mlflow_url)
-    assert summary["trials"] == 2 and summary["complete"] == 2
-    trials = optuna.load_study(study_name="exp1", storage=optuna_url).trials
-    assert [t.number for t in trials] == [0, 1] and len({t.params["gamma"] for t in trials}) == 2
-    experiment = client.get_experiment_by_name("exp1")
-    parent = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'exp1'")[0]
-    children = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-    )
-    assert len(children) == 2 and all("val_dice_core_LVO" in c.data.metrics for c in children)
-    assert {float(c.data.params["gamma"]) for c in children} == {t.params["gamma"] for t in trials}
-
-
 def test_objectives_from_metric_names():
     metrics = {
         "val_dice_penumbra_LVO": 0.8,
@@ -135,60 +116,89 @@ def test_objectives_from_metric_names():
     assert objective_values(metrics, "dice_vs_dv") == pytest.approx((0.5, 4.0))
 
 
-def test_a_killed_workers_trial_is_retried_and_resumes_its_training(tiny_cohort, tmp_path, in_root):
-    """A worker running ``searching`` is killed with SIGKILL once its trial has saved epoch 1. After three
-    missed heartbeats the storage fails the trial and re-enqueues it (Optuna's RetryFailedTrialCallback); the
-    next worker runs the retry with the same parameters in the same folder and MLflow run, resumed from
-    epoch 1 (each epoch logged once), and the study holds exactly ``n_trials`` counted trials."""
-    import signal
+def searching(tiny_cohort, tmp_path, storage, uri, n_trials, overrides, log_name):
+    """Start one ``searching`` worker (the documented command) with heartbeats every second."""
     import subprocess
     import sys
+
+    command = [sys.executable, "-m", "monai.bundle", "run", "searching", "--config_file", "bundle/configs/search.json"]
+    settings = {
+        "datalist": str(tiny_cohort),
+        "storage": storage,
+        "tracking_uri": uri,
+        "output_root": str(tmp_path / "runs"),
+        "n_trials": str(n_trials),
+        "pruner": "none",
+        "heartbeat_interval": "1",
+        "training_overrides": repr(overrides),
+    }
+    for key, value in settings.items():
+        command += [f"--{key}", value]
+    log = open(tmp_path / log_name, "w")
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(worker, checkpoints, timeout=300):
+    """Poll until ``checkpoints`` holds epoch 1's resume point (or the worker ended)."""
     import time
 
-    storage, uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = {**TINY_TRAINING, "max_epochs": 3, "patience": 5}
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "searching",
-        "--config_file",
-        "bundle/configs/search.json",
-        "--datalist",
-        str(tiny_cohort),
-        "--storage",
-        storage,
-        "--tracking_uri",
-        uri,
-        "--output_root",
-        str(tmp_path / "runs"),
-        "--n_trials",
-        "1",
-        "--pruner",
-        "none",
-        "--heartbeat_interval",
-        "1",
-        "--training_overrides",
-        repr(overrides),
-    ]
-    worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    checkpoints = tmp_path / "runs" / "exp1" / "exp1_trial_000" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and worker.poll() is None and not list(checkpoints.glob("last*epoch=1.pt")):
+    deadline = time.time() + timeout
+    while time.time() < deadline and worker.poll() is None and not list(checkpoints().glob("last*epoch=1.pt")):
         time.sleep(0.05)
-    worker.send_signal(signal.SIGKILL)
-    _, stderr = worker.communicate()
-    assert list(checkpoints.glob("last*epoch=1.pt")), stderr[-3000:]
-    time.sleep(4)  # more than three heartbeat intervals: the killed trial is stale
-    summary = study(tiny_cohort, tmp_path, 1, pruner="none", heartbeat_interval=1, training_overrides=overrides)
-    assert (summary["complete"], summary["failed"], summary["retried"]) == (1, 1, 1)
-    trials = optuna.load_study(study_name="exp1", storage=storage).trials
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and trials[1].params == trials[0].params
-    assert not (tmp_path / "runs" / "exp1" / "exp1_trial_001").exists()  # the retry used trial 0's folder
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("exp1")
-    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'exp1_trial_000'")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    history = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss"))
-    assert history == [1, 2, 3]  # resumed after epoch 1, not restarted (that would log epoch 1 twice)
+    return list(checkpoints().glob("last*epoch=1.pt"))
+
+
+def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_root, postgres):
+    """The README's scale-out commands, run for real: two ``searching`` workers on one PostgreSQL Optuna
+    storage and one PostgreSQL MLflow store (a throwaway cluster). One is killed with SIGKILL mid-trial and
+    started again; the other goes on. The study ends with exactly ``n_trials`` complete trials, no sample
+    drawn twice, the killed trial failed by the heartbeat and retried (resumed) once, and every trial's run
+    nested under the one parent run, none left RUNNING. The retry runs in the killed trial's folder and MLflow
+    run, resumed from its epoch-1 checkpoint."""
+    import signal
+
+    optuna_url, mlflow_url = postgres + "optuna", postgres + "mlflow"
+    client = mlflow.MlflowClient(mlflow_url)  # artifacts under tmp_path, not MLflow's default ./mlruns
+    experiment_id = client.create_experiment("exp1", artifact_location=(tmp_path / "artifacts").as_uri())
+    overrides = {**TINY_TRAINING, "max_epochs": 2, "patience": 5}
+    first = searching(tiny_cohort, tmp_path, optuna_url, mlflow_url, 3, overrides, "first.log")
+    second = searching(tiny_cohort, tmp_path, optuna_url, mlflow_url, 3, overrides, "second.log")
+
+    def first_workers_checkpoints():  # the folder of the trial the first worker runs, once it has one
+        try:
+            trials = optuna.load_study(study_name="exp1", storage=optuna_url).trials
+        except KeyError:
+            trials = []
+        mine = [t.number for t in trials if t.user_attrs.get("worker", "").endswith(f":{first.pid}")]
+        return tmp_path / "runs" / "exp1" / f"exp1_trial_{mine[0] if mine else 999:03d}" / "checkpoints"
+
+    found = wait_for_checkpoint(first, first_workers_checkpoints)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert found, (tmp_path / "first.log").read_text()[-3000:]
+    again = searching(tiny_cohort, tmp_path, optuna_url, mlflow_url, 3, overrides, "again.log")
+    for worker, log in ((second, "second.log"), (again, "again.log")):
+        assert worker.wait(timeout=600) == 0, (tmp_path / log).read_text()[-3000:]
+
+    trials = optuna.load_study(study_name="exp1", storage=optuna_url).trials
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1 and len(trials) == 4, states
+    killed = next(t for t in trials if t.state.name == "FAIL")
+    assert killed.user_attrs["worker"].endswith(f":{first.pid}")
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == killed.number)
+    assert retry.state.name == "COMPLETE" and retry.params == killed.params
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len({t.params["gamma"] for t in complete}) == 3  # no sample run twice
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the study was shared
+    parents = client.search_runs([experiment_id], filter_string="attributes.run_name = 'exp1'")
+    assert len(parents) == 1
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'"
+    )
+    names = sorted(c.info.run_name for c in children)
+    assert names == sorted(f"exp1_trial_{t.number:03d}" for t in trials if t is not retry)
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert not client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+    resumed = next(c for c in children if c.info.run_name == f"exp1_trial_{killed.number:03d}")
+    history = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train_loss"))
+    assert history == [1, 2]  # resumed after epoch 1, not restarted (that would log epoch 1 twice)

@@ -19,7 +19,10 @@ import csv
 import logging
 import math
 import os
+import socket
 import tempfile
+import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from ..cli import bundle_workflow
 from ..io import save_csv, save_json, save_text
 from .checkpoints import drop_resume_point
 from .metrics import LESION_CLASSES, lesion_mean
+from .study_lock import StudyLock
 from .tracking import default_tracking_uri, experiment_id, latest_run, log_metrics
 
 logger = logging.getLogger(__name__)
@@ -87,9 +91,12 @@ def open_storage(url: str, heartbeat_interval: int = 60):
             heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
         )
     except Exception as err:  # SQLAlchemy raises many types for bad URLs, missing drivers, refused connections
-        raise ValueError(
-            f"{url}: cannot open the Optuna storage ({type(err).__name__}: {str(err).splitlines()[0]})."
-        ) from err
+        raise ValueError(_storage_error(url, err)) from err
+
+
+def _storage_error(url: str, err: BaseException) -> str:
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"{url}: cannot open the Optuna storage ({type(err).__name__}: {first})."
 
 
 def make_pruner(name: str):
@@ -107,15 +114,6 @@ def make_pruner(name: str):
         except ValueError as err:
             raise ValueError(f"pruner 'threshold:<x>' needs a number, got {name!r}.") from err
     raise ValueError(f"pruner must be 'median', 'none' or 'threshold:<x>', got {name!r}.")
-
-
-def _trial_count(storage: Any, study_name: str) -> int:
-    import optuna
-
-    try:
-        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
-    except KeyError:  # a new study
-        return 0
 
 
 class TrialPruning:
@@ -200,53 +198,36 @@ def run_study(
     check_training_inputs(datalist, "SF", "PMs+N", "gradual", "cpu")
     url = storage or "sqlite:///" + os.path.abspath("mlruns/optuna.db")
     uri = default_tracking_uri(tracking_uri)
-    storage_ = open_storage(url, heartbeat_interval)
-    existing = _trial_count(storage_, study_name)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage_,
-        load_if_exists=True,
-        directions=list(directions),
-        # seeded by the trials already in the study: a resumed study does not repeat its first samples
-        sampler=optuna.samplers.TPESampler(seed=seed + existing, n_startup_trials=4),
-        pruner=trial_pruner,
-    )
-    if study.user_attrs.get("objective", objective) != objective:
-        raise ValueError(
-            f"study {study_name!r} was created with objective {study.user_attrs['objective']!r}; "
-            "use another study_name for another objective."
+    lock = StudyLock(url, study_name)
+    try:
+        lock.acquire()
+    except Exception as err:  # SQLAlchemy raises many types for bad URLs, missing drivers, refused connections
+        raise ValueError(_storage_error(url, err)) from err
+    try:  # one worker at a time opens the study and its MLflow parent run
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=open_storage(url, heartbeat_interval),
+            load_if_exists=True,
+            directions=list(directions),
+            pruner=trial_pruner,
         )
-    study.set_user_attr("objective", objective)
-    ranges = {
-        "search_space": {k: [float(v) for v in bounds] for k, bounds in space.items()},
-        "tie_beta": bool(tie_beta),
-    }
-    recorded = {key: study.user_attrs[key] for key in ranges if key in study.user_attrs}
-    if recorded and recorded != ranges:
-        raise ValueError(
-            f"study {study_name!r} was created with {recorded}, not {ranges}: its trials would mix two searches; "
-            "use another study_name for another search space."
-        )
-    for key, value in ranges.items():
-        study.set_user_attr(key, value)
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    parent = latest_run(client, experiment_name, study_name)
-    if parent is None:
-        parent = client.create_run(
-            experiment_id(client, experiment_name),
-            run_name=study_name,
-            tags={"optuna_storage": url, "objective": objective},
-        )
-        for key, bounds in space.items():
-            client.log_param(parent.info.run_id, f"range_{key}", list(bounds))
-        client.log_param(parent.info.run_id, "tie_beta", tie_beta)
-    parent_id = parent.info.run_id
+        check_study_settings(study, objective, space, tie_beta)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        parent_id = study_parent_run(study, client, experiment_name, url, objective, space, tie_beta)
+    finally:
+        lock.release()
     client.update_run(parent_id, status="RUNNING")
-    done = finished_trials(study)
     overrides = {"max_epochs": 4, "patience": 1, **dict(training_overrides or {})}
     root = Path(output_root) / study_name
 
     def trial_objective(trial: optuna.Trial) -> float | tuple[float, ...]:
+        lock.release()  # the trial exists: other workers may ask for theirs
+        # seeded by the trial's number (unique across workers); the constant liar keeps parallel workers'
+        # samples away from each other's running trials
+        trial.study.sampler = optuna.samplers.TPESampler(
+            seed=seed + trial.number, n_startup_trials=4, constant_liar=True
+        )
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {name: trial.suggest_float(name, low, high) for name, (low, high) in space.items()}
         if tie_beta:
             params["beta"] = 1.0 - params["alpha"]
@@ -308,18 +289,97 @@ def run_study(
                 if run.info.status == "RUNNING" or state != "FINISHED":
                     client.set_terminated(run.info.run_id, status=state)
 
-    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:  # also other workers' trials
-        if finished_trials(study) >= int(n_trials):
-            study.stop()
-
-    remaining = int(n_trials) - done
-    if remaining > 0:
-        study.optimize(trial_objective, n_trials=remaining, catch=(Exception,), callbacks=[stop_when_done])
-    else:
-        logger.info("study %s already holds %d finished trials: nothing to run", study_name, done)
+    while True:
+        lock.acquire()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and enqueued again
+            done, running, waiting = trial_counts(study)
+            start = done < int(n_trials) and (waiting > 0 or done + running < int(n_trials))
+        except BaseException:
+            lock.release()
+            raise
+        if done >= int(n_trials):
+            lock.release()
+            break
+        if not start:  # the last trials run on other workers: wait, in case one dies and its trial comes back
+            lock.release()
+            time.sleep(min(5.0, float(heartbeat_interval)))
+            continue
+        try:  # ``trial_objective`` releases the lock as soon as Optuna has asked for the trial
+            study.optimize(trial_objective, n_trials=1, catch=(Exception,))
+        finally:
+            lock.release()
     summary = summarise_study(study, root, client, experiment_name, parent_id)
     client.set_terminated(parent_id)
     return summary
+
+
+def check_study_settings(study: Any, objective: str, space: Mapping[str, Sequence[float]], tie_beta: bool) -> None:
+    """Record the objective and search space on a new study; refuse a study created with other ones (its trials
+    would mix two searches)."""
+    if study.user_attrs.get("objective", objective) != objective:
+        raise ValueError(
+            f"study {study.study_name!r} was created with objective {study.user_attrs['objective']!r}; "
+            "use another study_name for another objective."
+        )
+    ranges = {
+        "search_space": {k: [float(v) for v in bounds] for k, bounds in space.items()},
+        "tie_beta": bool(tie_beta),
+    }
+    recorded = {key: study.user_attrs[key] for key in ranges if key in study.user_attrs}
+    if recorded and recorded != ranges:
+        raise ValueError(
+            f"study {study.study_name!r} was created with {recorded}, not {ranges}: its trials would mix two "
+            "searches; use another study_name for another search space."
+        )
+    for key, value in {"objective": objective, **ranges}.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
+def study_parent_run(
+    study: Any,
+    client: Any,
+    experiment_name: str,
+    storage_url: str,
+    objective: str,
+    space: Mapping[str, Sequence[float]],
+    tie_beta: bool,
+) -> str:
+    """The id of the study's MLflow parent run, created once and recorded on the study (``mlflow_parent_run``)
+    so every worker nests its trials under the same run; call it under the :class:`StudyLock`."""
+    import mlflow
+
+    recorded = study.user_attrs.get("mlflow_parent_run")
+    if recorded:
+        try:
+            client.get_run(recorded)
+            return recorded
+        except mlflow.exceptions.MlflowException:  # recorded in another tracking store: a new parent here
+            pass
+    run = latest_run(client, experiment_name, study.study_name)
+    if run is None:
+        run = client.create_run(
+            experiment_id(client, experiment_name),
+            run_name=study.study_name,
+            tags={"optuna_storage": storage_url, "objective": objective},
+        )
+        for key, bounds in space.items():
+            client.log_param(run.info.run_id, f"range_{key}", list(bounds))
+        client.log_param(run.info.run_id, "tie_beta", tie_beta)
+    study.set_user_attr("mlflow_parent_run", run.info.run_id)
+    return run.info.run_id
+
+
+def trial_counts(study: Any) -> tuple[int, int, int]:
+    """(finished, running, waiting) trials of ``study``, finished as counted by :func:`finished_trials`."""
+    import optuna
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    running, waiting = states.count(optuna.trial.TrialState.RUNNING), states.count(optuna.trial.TrialState.WAITING)
+    return finished_trials(study), running, waiting
 
 
 def finished_trials(study: Any) -> int:
