@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--n_trials", type=int, default=4)
     parser.add_argument("--max_epochs", type=int, default=2)
     parser.add_argument("--patients", type=int, default=8)
+    parser.add_argument("--workdir", default=None, help="keep the cohort, runs and worker logs here")
     args = parser.parse_args()
     overrides = {
         "max_epochs": args.max_epochs,
@@ -65,7 +66,8 @@ def main() -> None:
         "slices_per_volume": 2,
     }
     with tempfile.TemporaryDirectory() as tmp, postgres.cluster() as url:
-        out = Path(tmp)
+        out = Path(args.workdir or tmp)
+        out.mkdir(parents=True, exist_ok=True)
         datalist = generate_cohort(
             out / "cohort", n_patients=args.patients, size=64, slices=4, n_frames=40, seed=3, workers=1
         )
@@ -87,6 +89,8 @@ def main() -> None:
                 sum(1 for t in trials if t.user_attrs.get("worker", "").endswith(f":{p.pid}")) for p in procs
             )
             complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+            if complete < args.n_trials:
+                print(f"not all trials completed: {[t.state.name for t in trials]}; logs in {out}")
             baseline = baseline or wall
             print(f"| {count} | {wall:.1f} | {complete} | {per_worker} | {wall / baseline:.2f} |")
 

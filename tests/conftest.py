@@ -26,7 +26,17 @@ def postgres():
 
     if pg.binaries() is None:
         pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
-    with pg.cluster() as url:
+    with pg.cluster(("optuna", "mlflow")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres, tmp_path_factory):
+    """Tracking URI of an ``mlflow server`` on the PostgreSQL cluster's ``mlflow`` database, with a local
+    artifact destination (tests/mlflow_server.py)."""
+    import mlflow_server as server
+
+    with server.server(postgres + "mlflow", tmp_path_factory.mktemp("mlflow_server")) as url:
         yield url
 
 

@@ -24,7 +24,7 @@ def binaries() -> Path | None:
     return Path(found).parent if found else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -37,7 +37,7 @@ def cluster(databases: tuple[str, ...] = ("optuna", "mlflow")) -> Iterator[str]:
     if bin_dir is None:
         raise FileNotFoundError("no PostgreSQL binaries (initdb, pg_ctl)")
     root = Path(tempfile.mkdtemp(prefix="ctp-pg-"))
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     as_root = os.geteuid() == 0
     if as_root:
         shutil.chown(root, "postgres")
@@ -50,7 +50,8 @@ def cluster(databases: tuple[str, ...] = ("optuna", "mlflow")) -> Iterator[str]:
 
     try:
         run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        # an MLflow server and several Optuna workers each hold connection pools: more than the default 100
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400"
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
         try:
             for name in databases:

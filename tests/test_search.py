@@ -84,6 +84,9 @@ def test_bad_settings_are_refused_before_any_trial(tiny_cohort, tmp_path, in_roo
         study(tiny_cohort, tmp_path, 1, objective="hd95")
     with pytest.raises(ValueError, match="cannot open the Optuna storage"):
         study(tiny_cohort, tmp_path, 1, storage="postgresql://nobody@127.0.0.1:9/none")
+    with pytest.raises(ValueError, match="http://127.0.0.1:9: the MLflow tracking store does not answer"):
+        study(tiny_cohort, tmp_path, 1, tracking_uri="http://127.0.0.1:9")
+    assert not (tmp_path / "optuna.db").exists()  # refused before the study was created
     with pytest.raises(ValueError, match="pruner must be"):
         study(tiny_cohort, tmp_path, 1, pruner="hyperband")
     assert not (tmp_path / "runs").exists()
@@ -148,18 +151,17 @@ def wait_for_checkpoint(worker, checkpoints, timeout=300):
     return list(checkpoints().glob("last*epoch=1.pt"))
 
 
-def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_root, postgres):
+def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_root, postgres, mlflow_server):
     """The README's scale-out commands, run for real: two ``searching`` workers on one PostgreSQL Optuna
-    storage and one PostgreSQL MLflow store (a throwaway cluster). One is killed with SIGKILL mid-trial and
+    storage (a throwaway cluster) logging to one MLflow tracking server over HTTP (its backend store on the
+    same cluster). One is killed with SIGKILL mid-trial and
     started again; the other goes on. The study ends with exactly ``n_trials`` complete trials, no sample
     drawn twice, the killed trial failed by the heartbeat and retried (resumed) once, and every trial's run
     nested under the one parent run, none left RUNNING. The retry runs in the killed trial's folder and MLflow
     run, resumed from its epoch-1 checkpoint."""
     import signal
 
-    optuna_url, mlflow_url = postgres + "optuna", postgres + "mlflow"
-    client = mlflow.MlflowClient(mlflow_url)  # artifacts under tmp_path, not MLflow's default ./mlruns
-    experiment_id = client.create_experiment("exp1", artifact_location=(tmp_path / "artifacts").as_uri())
+    optuna_url, mlflow_url = postgres + "optuna", mlflow_server
     overrides = {**TINY_TRAINING, "max_epochs": 2, "patience": 5}
     first = searching(tiny_cohort, tmp_path, optuna_url, mlflow_url, 3, overrides, "first.log")
     second = searching(tiny_cohort, tmp_path, optuna_url, mlflow_url, 3, overrides, "second.log")
@@ -190,6 +192,8 @@ def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_roo
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert len({t.params["gamma"] for t in complete}) == 3  # no sample run twice
     assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the study was shared
+    client = mlflow.MlflowClient(mlflow_url)
+    experiment_id = client.get_experiment_by_name("exp1").experiment_id
     parents = client.search_runs([experiment_id], filter_string="attributes.run_name = 'exp1'")
     assert len(parents) == 1
     children = client.search_runs(

@@ -217,6 +217,14 @@ def test_bad_training_inputs_stop_before_training(tiny_cohort, tmp_path):
         check_training_inputs(tmp_path / "empty.json", "SF", "PMs", "frozen", "cpu")
     result = bundle("training", "bundle/configs/train.json", "--datalist", str(tmp_path / "none.json"), check=False)
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    for unreachable in ("http://127.0.0.1:9", "postgresql://nobody@127.0.0.1:9/mlflow"):
+        with pytest.raises(ValueError, match=f"^{unreachable}: the MLflow tracking store does not answer"):
+            check_training_inputs(tiny_cohort, "SF", "PMs", "frozen", "cpu", tracking_uri=unreachable)
+    args = tiny_overrides(tiny_cohort, tmp_path / "unreachable", "http://127.0.0.1:9")
+    result = bundle("training", "bundle/configs/train.json", *args, check=False)  # before any run or folder
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: http://127.0.0.1:9: the MLflow tracking store")
+    assert not (tmp_path / "unreachable" / "checkpoints").exists()
 
 
 def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
@@ -242,7 +250,9 @@ def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
 
 
 def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
-    """multi_gpu_train.json under torchrun on CPU: stages move in step, only rank 0 logs and saves."""
+    """multi_gpu_train.json under torchrun on CPU, killed with SIGKILL after its first checkpoint and resumed
+    with ``--resume true``: it ends at the uninterrupted run's epoch count in one MLflow run; stages move in
+    step, only rank 0 logs and saves."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "ddp"
     weights = tmp_path / "vgg16.pth"
@@ -281,9 +291,17 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
         "['bundle/configs/train.json','bundle/configs/multi_gpu_train.json']",
         *args,
     ]
-    result = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # killed with SIGKILL (launcher and both ranks) once epoch 1 is saved, then resumed with --resume true
+    with open(tmp_path / "killed.log", "w") as log:
+        killed = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, env=env, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and killed.poll() is None and not list(out.glob("checkpoints/last*epoch=1.pt")):
+            time.sleep(0.05)
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    assert list(out.glob("checkpoints/last*epoch=1.pt")), (tmp_path / "killed.log").read_text()[-4000:]
+    result = subprocess.run(command + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     last = list((out / "checkpoints").glob("last*.pt"))
     assert len(last) == 1 and len(list((out / "model").glob("best*.pt"))) == 1
@@ -301,7 +319,9 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 opened no run of its own
     stages = client.get_metric_history(runs[0].info.run_id, "finetuning_stage")
     assert sorted(m.value for m in stages) == [0.0, 1.0, 2.0]  # logged once each, by rank 0
-    assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == 4
+    history = client.get_metric_history(runs[0].info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one run across the kill, each epoch logged once
+    assert not client.search_runs([runs[0].info.experiment_id], filter_string="attributes.status = 'RUNNING'")
 
 
 def test_multi_gpu_config_drops_the_logging_handlers_on_other_ranks():

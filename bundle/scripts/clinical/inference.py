@@ -332,16 +332,25 @@ def load_model(
     precision: str = "fp32",
     channels_last: bool = False,
     device: str | torch.device = "cpu",
+    tracking_uri: str | None = None,
 ) -> torch.nn.Module:
     """Load the trained weights into ``network`` (clear errors for a missing or unfitting checkpoint); in eval
-    mode on ``device``, wrapped in :class:`FastInference` when a speed option is asked for."""
-    from ..learning.checkpoints import load_network_weights
+    mode on ``device``, wrapped in :class:`FastInference` when a speed option is asked for.
 
-    if not checkpoint or not Path(checkpoint).is_file():
+    ``checkpoint`` is a file, or an MLflow model URI (``models:/NAME/VERSION``, ``models:/NAME@alias``) of a
+    network registered by the training (``--registered_model_name``), fetched from ``tracking_uri``'s store.
+    """
+    from ..learning.checkpoints import fit_weights, load_network_weights
+    from ..learning.registry import is_model_uri, registered_weights
+
+    if is_model_uri(checkpoint):
+        fit_weights(network, registered_weights(str(checkpoint), tracking_uri), str(checkpoint))
+    elif not checkpoint or not Path(checkpoint).is_file():
         raise CTPDataError(
             f"{checkpoint or 'bundle/models/model.pt'}: no trained model; train first or pass --checkpoint PATH."
         )
-    load_network_weights(network, checkpoint)
+    else:
+        load_network_weights(network, checkpoint)
     network.to(device).eval()
     return (
         network

@@ -1,5 +1,6 @@
 """Learning: encoders and the multi-input networks, loss, metrics, training handlers (fine-tuning stages,
-checkpoints, tracking), the voxel-wise baseline, the experiment grids and the Optuna loss search."""
+checkpoints, tracking, the model registry), the voxel-wise baseline, the experiment grids and the Optuna loss
+search (with the lock its workers share)."""
 
 from . import (
     checkpoints,
@@ -10,7 +11,9 @@ from . import (
     losses,
     metrics,
     networks,
+    registry,
     search,
+    study_lock,
     tracking,
     training,
     vgg,
@@ -26,7 +29,9 @@ __all__ = [
     "losses",
     "metrics",
     "networks",
+    "registry",
     "search",
+    "study_lock",
     "tracking",
     "training",
     "vgg",

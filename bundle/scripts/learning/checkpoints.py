@@ -65,15 +65,19 @@ def load_network_weights(
     missing = [k for k in required if k not in state]
     if missing:
         raise CTPDataError(f"{path}: checkpoint lacks {missing}; it was not written by this training config.")
-    weights = state.get(key, state)
+    fit_weights(network, state.get(key, state), path)
+    return state
+
+
+def fit_weights(network: torch.nn.Module, weights: Any, source: str | os.PathLike) -> None:
+    """Load the state dict ``weights`` into ``network``; a mismatch stops with a message naming ``source``."""
     try:
         network.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0]
         raise CTPDataError(
-            f"{path}: checkpoint does not match this network (another variant or input set?): {first}"
+            f"{source}: checkpoint does not match this network (another variant or input set?): {first}"
         ) from err
-    return state
 
 
 def resume_from_last(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: dict, resume: bool) -> str | None:

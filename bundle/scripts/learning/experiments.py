@@ -23,7 +23,7 @@ from ..io import save_csv, save_text
 from ..perfusion.thresholds import ThresholdSegmentation
 from .checkpoints import drop_resume_point
 from .metrics import markdown_table
-from .tracking import default_tracking_uri, experiment_id, log_metrics, run_finished
+from .tracking import check_tracking_uri, experiment_id, log_metrics, run_finished
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def run_grid(
     """Train and evaluate every cell of ``grid`` not finished yet; return the run names."""
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}.")
-    uri = default_tracking_uri(tracking_uri)
+    uri = check_tracking_uri(tracking_uri)
     names = []
     for variant, inputs, mode in GRIDS[grid]:
         name = cell_name(variant, inputs, mode)
@@ -187,7 +187,7 @@ def build_tables(
     """Paper-style Markdown + CSV tables (mean ± SD per class and group, validation split) from MLflow."""
     import mlflow
 
-    uri = default_tracking_uri(tracking_uri)
+    uri = check_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     written: dict[str, Path] = {}
     for grid in grids:

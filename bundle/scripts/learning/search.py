@@ -34,7 +34,7 @@ from ..io import save_csv, save_json, save_text
 from .checkpoints import drop_resume_point
 from .metrics import LESION_CLASSES, lesion_mean
 from .study_lock import StudyLock
-from .tracking import default_tracking_uri, experiment_id, latest_run, log_metrics
+from .tracking import check_tracking_uri, experiment_id, latest_run, log_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def run_study(
 
     check_training_inputs(datalist, "SF", "PMs+N", "gradual", "cpu")
     url = storage or "sqlite:///" + os.path.abspath("mlruns/optuna.db")
-    uri = default_tracking_uri(tracking_uri)
+    uri = check_tracking_uri(tracking_uri)
     lock = StudyLock(url, study_name)
     try:
         lock.acquire()

@@ -27,24 +27,116 @@ def default_tracking_uri(tracking_uri: str | None = None) -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlruns/mlflow.db")
 
 
-class MLFlowHandler(_MonaiMLFlowHandler):
-    """MONAI's ``MLFlowHandler`` with the bundle's precedence: a given ``tracking_uri`` wins over
-    ``MLFLOW_TRACKING_URI``.
+def check_tracking_uri(tracking_uri: str | None = None, timeout: float = 10.0) -> str:
+    """The resolved tracking URI (:func:`default_tracking_uri`), once its store answers: a tracking server's
+    ``/health`` for ``http(s)://``, a connection for a database URL (SQLite files are created on use).
 
-    MONAI 1.6.1's handler lets the environment variable win over its ``tracking_uri`` argument, so with the
-    variable set a training logged to the environment's store while its evaluation, stage logs and loss
-    search logged to the configured one. The bundle's order (``shared/DESIGN.md``) is the command line or
-    config value, then the environment, then the default (:func:`default_tracking_uri`); the configs pass
-    that resolved value here.
+    MLflow's client retries an unreachable server for minutes and then fails deep inside a run; this fails
+    first, with one line naming the URL.
+    """
+    uri = default_tracking_uri(tracking_uri)
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    try:
+        if scheme in ("http", "https"):
+            import urllib.request
+
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                if response.status != 200:
+                    raise OSError(f"/health answered {response.status}")
+        elif scheme in ("postgresql", "mysql", "mssql"):
+            import sqlalchemy
+
+            sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool).connect().close()
+    except Exception as err:  # refused, timed out, unknown host, bad credentials, missing driver
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"{uri}: the MLflow tracking store does not answer ({type(err).__name__}: {first}).") from err
+    return uri
+
+
+class MLFlowHandler(_MonaiMLFlowHandler):
+    """MONAI's ``MLFlowHandler`` with the bundle's precedence and the records MLflow's UI shows.
+
+    - A given ``tracking_uri`` wins over ``MLFLOW_TRACKING_URI``. MONAI 1.6.1's handler lets the environment
+      variable win over its argument, so with the variable set a training logged to the environment's store
+      while its evaluation, stage logs and loss search logged to the configured one. The bundle's order
+      (``shared/DESIGN.md``) is the command line or config value, then the environment, then the default
+      (:func:`default_tracking_uri`); the configs pass that resolved value here.
+    - The experiment is marked as model training (:func:`mark_model_training`), so MLflow's UI opens it on
+      its runs, not on the GenAI traces overview.
+    - With ``datalist``, the run's input is the datalist as an MLflow dataset whose digest is its
+      :func:`data_version` (:func:`log_datalist`; the UI's Dataset column).
+    - The run carries MLflow's source tags (command, user, git commit; the UI's Source column).
     """
 
-    def __init__(self, tracking_uri: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        datalist: str | os.PathLike | None = None,
+        dataset_context: str = "training",
+        **kwargs: Any,
+    ) -> None:
+        self.datalist, self.dataset_context = datalist, dataset_context
+        if datalist is not None:
+            kwargs.setdefault("dataset_logger", self._log_datalist)
         hidden = os.environ.pop("MLFLOW_TRACKING_URI", None) if tracking_uri else None
         try:
             super().__init__(tracking_uri=tracking_uri, **kwargs)
         finally:
             if hidden is not None:
                 os.environ["MLFLOW_TRACKING_URI"] = hidden
+
+    def _set_experiment(self) -> None:
+        super()._set_experiment()
+        mark_model_training(self.client, self.experiment)
+
+    def start(self, engine: Any) -> None:
+        super().start(engine)
+        tag_source(self.client, self.cur_run)
+
+    def _log_datalist(self, dataset_dict: Any = None) -> None:
+        log_datalist(self.client, self.cur_run.info.run_id, self.datalist, self.dataset_context)
+
+
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+"""The experiment tag MLflow 3's UI reads to open an experiment on its runs (model training) rather than on
+the GenAI traces overview."""
+
+
+def mark_model_training(client: Any, experiment: Any) -> None:
+    """Tag ``experiment`` as a model-training experiment (:data:`EXPERIMENT_KIND`) unless it is tagged."""
+    key, value = EXPERIMENT_KIND
+    if experiment is not None and key not in (experiment.tags or {}):
+        client.set_experiment_tag(experiment.experiment_id, key, value)
+
+
+def tag_source(client: Any, run: Any) -> None:
+    """Set MLflow's default run tags (source name and type, user, git commit: ``mlflow.tracking.context``)
+    that ``run`` lacks; the source name is the ``monai.bundle run <workflow>`` command when launched so."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = resolve_tags()
+    if len(sys.argv) > 2 and "monai" in sys.argv[0] and sys.argv[1] == "run":
+        tags["mlflow.source.name"] = f"python -m monai.bundle run {sys.argv[2]}"
+    present = run.data.tags if run is not None else {}
+    for key, value in tags.items():
+        if key.startswith("mlflow.") and key not in present and key != "mlflow.runName":
+            client.set_tag(run.info.run_id, key, value)
+
+
+def log_datalist(client: Any, run_id: str, datalist: str | os.PathLike, context: str) -> None:
+    """Log ``datalist`` as the run's input dataset (name: the file's stem, digest: :func:`data_version`,
+    source: its path), tagged with the ``context`` it is first used for (``training``, or the evaluated split
+    of a run that did not train on it). MLflow links a dataset to a run once, so a run holds it once."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    path = Path(datalist).resolve()
+    dataset = MetaDataset(resolve_dataset_source(str(path)), name=path.stem, digest=data_version(path))
+    if any(d.dataset.digest == dataset.digest for d in client.get_run(run_id).inputs.dataset_inputs):
+        return
+    tag = InputTag(key="mlflow.data.context", value=context)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[tag])])
 
 
 def data_version(datalist: str | os.PathLike) -> str:
@@ -126,7 +218,10 @@ def save_resolved_config(path: str | os.PathLike, run_id: str, argv: Sequence[st
 def experiment_id(client: Any, name: str) -> str:
     """The id of MLflow experiment ``name``, created when it does not exist yet."""
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment is None:
+        experiment = client.get_experiment(client.create_experiment(name))
+    mark_model_training(client, experiment)
+    return experiment.experiment_id
 
 
 def log_metrics(client: Any, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
@@ -180,9 +275,12 @@ def log_to_training_run(
     metrics: dict,
     artifact_dirs: Sequence[str] = (),
     prefix: str = "val",
+    datalist: str | os.PathLike | None = None,
+    split: str | None = None,
 ) -> str | None:
     """Log evaluation metrics and reports into the newest MLflow run named ``run_name`` (the training run);
-    the evaluator's ``val_`` metric names take the split's ``prefix`` (``test_dice_lesion``, ...)."""
+    the evaluator's ``val_`` metric names take the split's ``prefix`` (``test_dice_lesion``, ...). With
+    ``datalist``, it is logged as the run's input dataset for the ``split`` (:func:`log_datalist`)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -197,6 +295,8 @@ def log_to_training_run(
     for folder in artifact_dirs:
         if Path(folder).is_dir():
             client.log_artifacts(run_id, str(folder), artifact_path=Path(folder).name)
+    if datalist is not None:
+        log_datalist(client, run_id, datalist, split or prefix)
     return run_id
 
 

@@ -17,6 +17,7 @@ from ..io import CTPDataError, load_datalist
 from .checkpoints import latest_checkpoint
 from .losses import FocalTverskyLoss
 from .networks import FINETUNING_SCHEDULES, INPUT_SETS, VARIANTS
+from .tracking import check_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,11 @@ def check_training_inputs(
     splits: Sequence[str] = ("training", "validation"),
     ckpt_dir: str | os.PathLike | None = None,
     resume: bool | str = False,
+    tracking_uri: str | None = None,
 ) -> None:
     """Fail before any training with one clear message: datalist, splits, variant, inputs, mode, device,
-    and an existing run in ``ckpt_dir`` that would be overwritten without ``resume``."""
+    an existing run in ``ckpt_dir`` that would be overwritten without ``resume``, and, when given, a
+    tracking store that does not answer."""
     resume = str2bool(resume)
     if ckpt_dir is not None and not resume and latest_checkpoint(ckpt_dir):
         raise FileExistsError(
@@ -52,18 +55,27 @@ def check_training_inputs(
     for split in splits:
         if not content[split]:
             raise CTPDataError(f"{datalist}: split '{split}' is empty; training needs patients in {', '.join(splits)}.")
+    if tracking_uri is not None:
+        check_tracking_uri(tracking_uri)
 
 
 def check_evaluation_inputs(
-    datalist: str | os.PathLike, split: str, checkpoint: str | None, model_dir: str | os.PathLike
+    datalist: str | os.PathLike,
+    split: str,
+    checkpoint: str | None,
+    model_dir: str | os.PathLike,
+    tracking_uri: str | None = None,
 ) -> None:
-    """Fail early: the split must exist and hold patients, and a trained checkpoint must be there."""
+    """Fail early: the split must exist and hold patients, a trained checkpoint must be there, and the
+    tracking store (when given) must answer."""
     if not load_datalist(datalist, splits=(split,))[split]:
         raise CTPDataError(f"{datalist}: split '{split}' is empty; nothing to evaluate.")
     if not checkpoint or not Path(checkpoint).is_file():
         raise CTPDataError(
             f"{model_dir}: no best checkpoint (best*.pt) to evaluate; train first or pass --checkpoint PATH."
         )
+    if tracking_uri is not None:
+        check_tracking_uri(tracking_uri)
 
 
 class ClipGradientValues:

@@ -1,0 +1,66 @@
+"""Training, evaluation, the model registry, inference from a registered model and the experiment tables
+against an MLflow tracking server over HTTP (``mlflow server`` with a PostgreSQL backend
+store; artifacts proxied by the server to a local folder)."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from test_training import CONFIGS, tiny_overrides
+from test_training import bundle as run_bundle
+
+from scripts.learning.experiments import build_tables
+from scripts.learning.registry import registered_weights
+from scripts.learning.tracking import data_version
+
+
+def bundle(run_id: str, config: str, *args: str, check: bool = True):
+    result = run_bundle(run_id, config, *args, check=False)
+    assert not check or result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_runs_log_to_a_tracking_server_and_tables_are_rebuilt_from_it(tiny_cohort, tmp_path, mlflow_server):
+    """The loss search's workers log to the same server in ``test_search.py``."""
+    out = tmp_path / "runs" / "exp3" / "SF_G-PMs-N"  # an Exp-3 cell's name, so `tabulating` finds it
+    args = tiny_overrides(tiny_cohort, out, mlflow_server, "--max_epochs", "1", "--experiment_name", "exp3")
+    bundle("training", "bundle/configs/train.json", *args, "--registered_model_name", "ctp-sf-tiny")
+    bundle("evaluating", CONFIGS, *args, "--split", "validation")
+    tables = build_tables(("exp3",), mlflow_server, str(tmp_path / "tables"))  # `tabulating`, from the server
+    client = mlflow.MlflowClient(mlflow_server)
+    assert client._tracking_client.tracking_uri == mlflow_server  # over HTTP, not a local store
+    experiment = client.get_experiment_by_name("exp3")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'SF_G-PMs-N'")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["variant"] == "SF" and run.data.params["inputs"] == "PMs+N"
+    assert {"train_loss", "val_dice_penumbra_LVO", "val_dice_core_LVO", "val_dv_ml_core_all"} <= set(run.data.metrics)
+    resolved = json.loads(Path(client.download_artifacts(run.info.run_id, "train_resolved.json", tmp_path)).read_text())
+    assert resolved["roi_size"] == [64, 64] and resolved["experiment_name"] == "exp3"
+    card = Path(client.download_artifacts(run.info.run_id, "validation/metrics_summary.md", tmp_path)).read_text()
+    assert "| SF_gradual(PMs+N) |" in card  # the model card's table, from the server
+    table = tables["exp3_md"].read_text()
+    assert "| SF_G-PMs-N | penumbra |" in table and "±" in table
+
+    # what MLflow's UI shows: a model-training experiment, the run's dataset, source and model
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (dataset,) = run.inputs.dataset_inputs
+    assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
+    assert dataset.dataset.digest == data_version(tiny_cohort) and dataset.dataset.name == tiny_cohort.stem
+    assert run.data.tags["mlflow.source.name"] == "python -m monai.bundle run training"
+    assert run.outputs.model_outputs  # the logged model
+    version = client.get_model_version("ctp-sf-tiny", "1")
+    assert version.run_id == run.info.run_id
+    best = torch.load(next((out / "model").glob("best*.pt")), weights_only=False)  # the network's state dict
+    registered = registered_weights("models:/ctp-sf-tiny/1", mlflow_server)
+    assert registered.keys() == best.keys() and all(torch.equal(registered[k], best[k]) for k in best)
+    client.set_registered_model_alias("ctp-sf-tiny", "champion", "1")
+    inference = ["--input", str(tiny_cohort), "--split", "test", "--tracking_uri", mlflow_server, "--output_dir"]
+    champion = [str(tmp_path / "inference"), "--checkpoint", "models:/ctp-sf-tiny@champion"]
+    bundle("inference", "bundle/configs/inference.json", *inference, *champion)
+    first = json.loads(tiny_cohort.read_text())["test"][0]["id"]
+    assert (tmp_path / "inference" / first / "label.nii.gz").is_file()
+    with pytest.raises(ValueError, match="^models:/ctp-sf-tiny/7: not found in the MLflow store http"):
+        registered_weights("models:/ctp-sf-tiny/7", mlflow_server)
