@@ -249,6 +249,23 @@ def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
     assert "±" in table and written["exp3_csv"].read_text().count("\n") > 3
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), children first."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
     """multi_gpu_train.json under torchrun on CPU, killed with SIGKILL after its first checkpoint and resumed
     with ``--resume true``: it ends at the uninterrupted run's epoch count in one MLflow run; stages move in
@@ -294,13 +311,15 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # killed with SIGKILL (launcher and both ranks) once epoch 1 is saved, then resumed with --resume true
     with open(tmp_path / "killed.log", "w") as log:
-        killed = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, env=env, start_new_session=True)
+        killed = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, env=env)
         deadline = time.time() + 300
         while time.time() < deadline and killed.poll() is None and not list(out.glob("checkpoints/last*epoch=1.pt")):
             time.sleep(0.05)
-        os.killpg(killed.pid, signal.SIGKILL)
+        for pid in [killed.pid, *descendants(killed.pid)]:  # torchrun starts its ranks in their own sessions
+            os.kill(pid, signal.SIGKILL)
         killed.wait()
     assert list(out.glob("checkpoints/last*epoch=1.pt")), (tmp_path / "killed.log").read_text()[-4000:]
+    assert [r.info.status for r in runs_named(uri, "ddp")[1]] == ["RUNNING"]  # killed mid-run
     result = subprocess.run(command + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     last = list((out / "checkpoints").glob("last*.pt"))
