@@ -7,7 +7,10 @@ the documented command and the wall time is measured from the first start to the
 wall time, the trials each worker ran, and the ratio to one worker. On one machine the workers share its
 cores: the ratio shows what several workers cost or gain there, not what several hosts would.
 
-Run: python benchmarks/search_workers.py [--workers 1 2] [--n_trials 4] [--max_epochs 2]
+Rows (``--workers``, default ``1 2 2x1``): one worker; two workers with PyTorch's default threads each (they
+compete for the cores); two workers with one thread each.
+
+Run: python benchmarks/search_workers.py [--workers 1 2 2x1] [--n_trials 4] [--max_epochs 2]
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import optuna  # noqa: E402
 import postgres  # noqa: E402
+import torch  # noqa: E402
 
 from scripts.simulation.cohort import generate_cohort  # noqa: E402
 
 
-def worker(datalist: Path, name: str, url: str, n_trials: int, overrides: dict, out: Path) -> subprocess.Popen:
+def worker(
+    datalist: Path, name: str, url: str, n_trials: int, overrides: dict, out: Path, threads: int | None
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "monai.bundle", "run", "searching", "--config_file", "bundle/configs/search.json"]
     settings = {
         "datalist": str(datalist),
@@ -47,12 +53,18 @@ def worker(datalist: Path, name: str, url: str, n_trials: int, overrides: dict, 
     for key, value in settings.items():
         command += [f"--{key}", value]
     log = open(out / f"{name}_{time.time_ns()}.log", "w")
-    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--workers",
+        nargs="+",
+        default=["1", "2", "2x1"],
+        help="worker counts; NxT runs N workers with T threads each (OMP_NUM_THREADS), else PyTorch's default",
+    )
     parser.add_argument("--n_trials", type=int, default=4)
     parser.add_argument("--max_epochs", type=int, default=2)
     parser.add_argument("--patients", type=int, default=8)
@@ -73,13 +85,15 @@ def main() -> None:
         )
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
         print(f"budget: {args.n_trials} trials x {args.max_epochs} epochs, {args.patients}-patient 64x64x4 cohort")
-        print("| workers | wall s | trials complete | trials per worker | ratio to 1 worker |")
-        print("|---|---|---|---|---|")
+        print("| workers | threads each | wall s | trials complete | trials per worker | ratio to the first row |")
+        print("|---|---|---|---|---|---|")
         baseline = None
-        for count in args.workers:
-            name = f"bench_{count}w"
+        for index, spec in enumerate(args.workers):
+            count, _, threads = spec.partition("x")
+            count, threads = int(count), int(threads) if threads else None
+            name = f"bench_{index}_{count}w"
             start = time.perf_counter()
-            procs = [worker(datalist, name, url, args.n_trials, overrides, out) for _ in range(count)]
+            procs = [worker(datalist, name, url, args.n_trials, overrides, out, threads) for _ in range(count)]
             codes = [p.wait() for p in procs]
             wall = time.perf_counter() - start
             if any(codes):
@@ -92,7 +106,8 @@ def main() -> None:
             if complete < args.n_trials:
                 print(f"not all trials completed: {[t.state.name for t in trials]}; logs in {out}")
             baseline = baseline or wall
-            print(f"| {count} | {wall:.1f} | {complete} | {per_worker} | {wall / baseline:.2f} |")
+            shown = threads or f"default ({torch.get_num_threads()})"
+            print(f"| {count} | {shown} | {wall:.1f} | {complete} | {per_worker} | {wall / baseline:.2f} |")
 
 
 if __name__ == "__main__":

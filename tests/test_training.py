@@ -1,5 +1,6 @@
 """A real (tiny) training and evaluation through `python -m monai.bundle`, with MLflow and resume."""
 
+import csv
 import json
 import os
 import signal
@@ -90,6 +91,11 @@ def test_training_writes_checkpoints_and_reports(trained):
     assert {"network", "optimizer", "trainer", "finetuning"} <= set(last)
     assert (trained["out"] / "validation" / "metrics_per_patient.csv").is_file()
     assert "| SF_gradual(PMs+N) |" in (trained["out"] / "test" / "metrics_summary.md").read_text()
+    montages = sorted(p.stem for p in (trained["out"] / "test" / "montages").glob("*.png"))  # one per patient
+    assert montages and montages == sorted(
+        row["id"] for row in csv.DictReader(open(trained["out"] / "test" / "metrics_per_patient.csv"))
+    )
+    assert (trained["out"] / "test" / "montages" / f"{montages[0]}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
@@ -129,6 +135,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     assert len(history) >= 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert any(a.startswith("best") for a in artifacts) and "test" in artifacts
+    assert any(a.path.endswith(".png") for a in client.list_artifacts(run.info.run_id, "test/montages"))
     assert not any(a.startswith("last") for a in artifacts)  # the 1 GB resume point stays out of MLflow
     resolved = json.loads(Path(client.download_artifacts(run.info.run_id, "train_resolved.json")).read_text())
     assert resolved["min_delta"] == 1000 and resolved["roi_size"] == [64, 64]  # the command line's overrides

@@ -103,9 +103,7 @@ def save_montage(
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from matplotlib.colors import ListedColormap
 
-    overlay = ListedColormap([(0, 0, 0, 0), (0.1, 0.9, 0.2, 0.5), (1.0, 0.1, 0.9, 0.75)])
     origin = "lower"
     if affine is not None:
         background, label, origin = radiological(background, affine), radiological(label, affine), "upper"
@@ -115,29 +113,8 @@ def save_montage(
     figure, axes = plt.subplots(rows, columns, figsize=(max(2.4 * columns, 7.2), 2.4 * rows + 0.6), squeeze=False)
     for z, ax in enumerate(axes.flat):
         ax.axis("off")
-        if z >= slices:
-            continue
-        ax.imshow(background[..., z].T, cmap="gray", vmin=window[0], vmax=window[1], origin=origin)
-        ax.imshow(label[..., z].T, cmap=overlay, vmin=0, vmax=2, origin=origin, interpolation="nearest")
-        ax.text(0.02, 0.97, f"{z + 1}", color="white", fontsize=8, transform=ax.transAxes, va="top")
-        if affine is not None:
-            for x, y, mark, align in (
-                (0.02, 0.5, "R", "left"),
-                (0.98, 0.5, "L", "right"),
-                (0.5, 0.97, "A", "center"),
-                (0.5, 0.03, "P", "center"),
-            ):
-                ax.text(
-                    x,
-                    y,
-                    mark,
-                    color="yellow",
-                    fontsize=9,
-                    fontweight="bold",
-                    transform=ax.transAxes,
-                    ha=align,
-                    va="center",
-                )
+        if z < slices:
+            _panel(ax, background[..., z], label[..., z], window, origin, f"{z + 1}", affine is not None)
     volumes, mismatch = report["volumes_ml"], report["mismatch"]
     ratio = "n/a" if mismatch["ratio"] is None else f"{mismatch['ratio']:.1f}"
     figure.suptitle(
@@ -146,6 +123,75 @@ def save_montage(
         f"Tmax>6s {report['tmax_volumes_ml']['Tmax>6s']:.1f} ml   research use only",
         fontsize=9,
     )
+    return _save_figure(path, figure)
+
+
+def save_comparison(
+    path: str | os.PathLike,
+    background: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    title: str,
+    affine: np.ndarray | None = None,
+    window: tuple[float, float] | None = None,
+    max_slices: int = 8,
+) -> str:
+    """PNG comparing a label with the reference: one column per slice (at most ``max_slices``, evenly spaced
+    over the slices holding either label), the reference on the top row and the prediction below, penumbra
+    green and core magenta over ``background`` (e.g. CBF); radiological orientation with ``affine``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    origin = "lower"
+    if affine is not None:
+        background, truth, prediction = (radiological(v, affine) for v in (background, truth, prediction))
+        origin = "upper"
+    lesion = [z for z in range(background.shape[2]) if truth[..., z].any() or prediction[..., z].any()]
+    candidates = lesion or list(range(background.shape[2]))
+    chosen = sorted(
+        {candidates[round(i)] for i in np.linspace(0, len(candidates) - 1, min(max_slices, len(candidates)))}
+    )
+    if window is None:
+        inside = background[background > 0]
+        window = (0.0, float(np.percentile(inside, 99))) if inside.size else (0.0, 1.0)
+    figure, axes = plt.subplots(2, len(chosen), figsize=(max(2.2 * len(chosen), 4.4), 5.0), squeeze=False)
+    for column, z in enumerate(chosen):
+        for row, (name, label) in enumerate((("reference", truth), ("prediction", prediction))):
+            ax = axes[row, column]
+            ax.axis("off")
+            _panel(ax, background[..., z], label[..., z], window, origin, f"{name} {z + 1}", affine is not None)
+    figure.suptitle(f"{title}   core magenta, penumbra green   research use only", fontsize=9)
+    return _save_figure(path, figure)
+
+
+def _panel(
+    ax: Any, background: np.ndarray, label: np.ndarray, window: Sequence[float], origin: str, text: str, marked: bool
+) -> None:
+    """One axial slice: greyscale background, penumbra filled green and core magenta, a caption, and the
+    R / L / A / P marks when the slice is in radiological orientation."""
+    from matplotlib.colors import ListedColormap
+
+    overlay = ListedColormap([(0, 0, 0, 0), (0.1, 0.9, 0.2, 0.5), (1.0, 0.1, 0.9, 0.75)])
+    ax.imshow(background.T, cmap="gray", vmin=window[0], vmax=window[1], origin=origin)
+    ax.imshow(label.T, cmap=overlay, vmin=0, vmax=2, origin=origin, interpolation="nearest")
+    ax.text(0.02, 0.97, text, color="white", fontsize=8, transform=ax.transAxes, va="top")
+    if marked:
+        for x, y, mark, align in (
+            (0.02, 0.5, "R", "left"),
+            (0.98, 0.5, "L", "right"),
+            (0.5, 0.97, "A", "center"),
+            (0.5, 0.03, "P", "center"),
+        ):
+            ax.text(
+                x, y, mark, color="yellow", fontsize=9, fontweight="bold", transform=ax.transAxes, ha=align, va="center"
+            )
+
+
+def _save_figure(path: str | os.PathLike, figure: Any) -> str:
+    from matplotlib import pyplot as plt
+
     figure.tight_layout(rect=(0, 0, 1, 0.93))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)

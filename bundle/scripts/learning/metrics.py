@@ -287,6 +287,30 @@ class MetricReports:
             write_reports(self.metric.rows, summarise(self.metric.rows), self.output_dir, self.title)
 
 
+class PatientMontages:
+    """During an evaluation, write one PNG per patient comparing the predicted label with the reference
+    (``<output_dir>/<id>.png``, :func:`scripts.clinical.report.save_comparison`) over the image's first
+    channel (CBF), so runs can be compared by eye in MLflow (the evaluation logs its report folder)."""
+
+    def __init__(self, output_dir: str | os.PathLike, image_key: str = "image", id_key: str = "id") -> None:
+        self.output_dir, self.image_key, self.id_key = Path(output_dir), image_key, id_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from ..clinical.report import save_comparison
+
+        output = engine.state.output
+        for item in output if isinstance(output, (list, tuple)) else [output]:
+            pid = str(item.get(self.id_key, "patient"))
+            label = item["label"]
+            background = convert_to_numpy(item[self.image_key])[0]
+            affine = convert_to_numpy(label.affine) if hasattr(label, "affine") else None
+            truth, pred = LesionMetrics._labels(label), LesionMetrics._labels(item["pred"])
+            save_comparison(self.output_dir / f"{pid}.png", background, truth, pred, pid, affine=affine)
+
+
 def lower_is_better(current: float, best: float) -> bool:
     """Ignite/MONAI ``metric_cmp_fn`` for a loss: ``current`` improves on ``best`` (negative before any value)."""
     return best < 0 or current < best
