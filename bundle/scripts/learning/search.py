@@ -77,7 +77,7 @@ def check_search_space(space: Mapping[str, Sequence[float]], tie_beta: bool) -> 
 
 def open_storage(url: str, heartbeat_interval: int = 60):
     """An Optuna RDB storage with heartbeats: a trial whose worker died (no heartbeat for three intervals) is
-    failed and enqueued once more with the same parameters (Optuna's ``RetryFailedTrialCallback``); the
+    failed and enqueued once more with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``); the
     retry resumes the killed trial's training from its last checkpoint (see :func:`run_study`)."""
     import optuna
 
@@ -88,7 +88,7 @@ def open_storage(url: str, heartbeat_interval: int = 60):
             url,
             heartbeat_interval=int(heartbeat_interval),
             grace_period=3 * int(heartbeat_interval),
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
     except Exception as err:  # SQLAlchemy raises many types for bad URLs, missing drivers, refused connections
         raise ValueError(_storage_error(url, err)) from err
@@ -232,7 +232,7 @@ def run_study(
         if tie_beta:
             params["beta"] = 1.0 - params["alpha"]
         frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-        retry_of = optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
+        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         name = f"{study_name}_trial_{trial.number if retry_of is None else retry_of:03d}"
         settings = {
             "datalist": datalist,
@@ -392,7 +392,7 @@ def retried_trials(study: Any) -> int:
     """Trials that retry a killed worker's trial."""
     import optuna
 
-    retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
     return sum(1 for t in study.get_trials(deepcopy=False) if retried(t) is not None)
 
 
