@@ -582,3 +582,22 @@ def test_a_configured_tracking_uri_wins_over_the_environment(tmp_path, monkeypat
     assert mlflow.MlflowClient(configured).get_experiment_by_name("explicit") is not None
     assert mlflow.MlflowClient(environment).get_experiment_by_name("explicit") is None
     assert mlflow.MlflowClient(environment).get_experiment_by_name("from-environment") is not None
+
+
+def test_switching_mlflow_for_a_model_leaves_the_users_settings(monkeypatch):
+    """``mlflow.set_tracking_uri`` writes MLFLOW_TRACKING_URI and MLflow's own temporary switch unsets it: the
+    registry's switch (logging and loading models) restores the user's environment and MLflow's globals."""
+    import mlflow
+
+    from scripts.learning.tracking import use_tracking_uri
+
+    for user in ("sqlite:///user.db", None):
+        if user:
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", user)
+        else:
+            monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        with use_tracking_uri("sqlite:///other.db"):
+            assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == "sqlite:///other.db"
+        assert os.environ.get("MLFLOW_TRACKING_URI") == user and "MLFLOW_REGISTRY_URI" not in os.environ
+        assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before

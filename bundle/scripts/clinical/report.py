@@ -15,11 +15,15 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ignite.engine import Engine, Events
+from monai.utils import convert_to_numpy
 
 from ..io import save_bytes, voxel_volume_ml
+from ..learning.metrics import label_indices
 
 TMAX_THRESHOLDS_S = (4.0, 6.0, 8.0, 10.0)
 DISCLAIMER = (
@@ -198,3 +202,25 @@ def _save_figure(path: str | os.PathLike, figure: Any) -> str:
     plt.close(figure)
     save_bytes(path, buffer.getvalue())
     return str(path)
+
+
+class PatientMontages:
+    """During an evaluation, write one PNG per patient comparing the predicted label with the reference
+    (``<output_dir>/<id>.png``, :func:`save_comparison`) over the image's first
+    channel (CBF), so runs can be compared by eye in MLflow (the evaluation logs its report folder)."""
+
+    def __init__(self, output_dir: str | os.PathLike, image_key: str = "image", id_key: str = "id") -> None:
+        self.output_dir, self.image_key, self.id_key = Path(output_dir), image_key, id_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        for item in output if isinstance(output, (list, tuple)) else [output]:
+            pid = str(item.get(self.id_key, "patient"))
+            label = item["label"]
+            background = convert_to_numpy(item[self.image_key])[0]
+            affine = convert_to_numpy(label.affine) if hasattr(label, "affine") else None
+            truth, pred = label_indices(label), label_indices(item["pred"])
+            save_comparison(self.output_dir / f"{pid}.png", background, truth, pred, pid, affine=affine)

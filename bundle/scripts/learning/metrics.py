@@ -25,6 +25,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -219,6 +220,15 @@ def evaluate_predictions(
     return rows, summary
 
 
+def label_indices(x: Any) -> np.ndarray:
+    """A 3D label of class indices (uint8) from indices, or from a channel-first one-channel, one-hot or
+    probability volume."""
+    array = convert_to_numpy(x)
+    if array.ndim == 4:  # channel first: one channel of indices, or one-hot / probabilities
+        array = array[0] if array.shape[0] == 1 else array.argmax(axis=0)
+    return np.rint(array).astype(np.uint8)
+
+
 class LesionMetrics(Metric):
     """Ignite metric: per-patient lesion metrics over an evaluation, summarised per group.
 
@@ -245,13 +255,6 @@ class LesionMetrics(Metric):
     def reset(self) -> None:
         self.rows = []
 
-    @staticmethod
-    def _labels(x) -> np.ndarray:
-        array = convert_to_numpy(x)
-        if array.ndim == 4:  # channel first: one channel of indices, or one-hot / probabilities
-            array = array[0] if array.shape[0] == 1 else array.argmax(axis=0)
-        return np.rint(array).astype(np.uint8)
-
     def update(self, output) -> None:
         for item in output if isinstance(output, (list, tuple)) else [output]:
             label = item["label"]
@@ -267,7 +270,7 @@ class LesionMetrics(Metric):
                     f"LesionMetrics: item {item.get(self.id_key, '?')} has group {group!r}; expected one of {GROUPS}."
                 )
             pid = str(item.get(self.id_key, len(self.rows)))
-            self.rows.append(patient_row(pid, group, self._labels(item["pred"]), self._labels(label), spacing))
+            self.rows.append(patient_row(pid, group, label_indices(item["pred"]), label_indices(label), spacing))
 
     def compute(self) -> dict[str, float]:
         return metric_names(summarise(self.rows), self.split)
@@ -285,30 +288,6 @@ class MetricReports:
     def __call__(self, engine: Engine) -> None:
         if self.metric.rows:
             write_reports(self.metric.rows, summarise(self.metric.rows), self.output_dir, self.title)
-
-
-class PatientMontages:
-    """During an evaluation, write one PNG per patient comparing the predicted label with the reference
-    (``<output_dir>/<id>.png``, :func:`scripts.clinical.report.save_comparison`) over the image's first
-    channel (CBF), so runs can be compared by eye in MLflow (the evaluation logs its report folder)."""
-
-    def __init__(self, output_dir: str | os.PathLike, image_key: str = "image", id_key: str = "id") -> None:
-        self.output_dir, self.image_key, self.id_key = Path(output_dir), image_key, id_key
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        from ..clinical.report import save_comparison
-
-        output = engine.state.output
-        for item in output if isinstance(output, (list, tuple)) else [output]:
-            pid = str(item.get(self.id_key, "patient"))
-            label = item["label"]
-            background = convert_to_numpy(item[self.image_key])[0]
-            affine = convert_to_numpy(label.affine) if hasattr(label, "affine") else None
-            truth, pred = LesionMetrics._labels(label), LesionMetrics._labels(item["pred"])
-            save_comparison(self.output_dir / f"{pid}.png", background, truth, pred, pid, affine=affine)
 
 
 def lower_is_better(current: float, best: float) -> bool:

@@ -49,7 +49,7 @@ def log_model(
     from mlflow.models import infer_signature
 
     from .checkpoints import load_network_weights
-    from .tracking import latest_run
+    from .tracking import latest_run, use_tracking_uri
 
     if not registered_model_name or idist.get_rank() != 0:
         return None
@@ -67,9 +67,7 @@ def log_model(
     run = latest_run(client, experiment_name, run_name)
     if run is None:
         raise ValueError(f"no MLflow run named {run_name} in experiment {experiment_name} to log the model into.")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
+    with use_tracking_uri(tracking_uri):
         with mlflow.start_run(run_id=run.info.run_id):
             info = mlflow.pytorch.log_model(
                 served,
@@ -81,8 +79,6 @@ def log_model(
                 pip_requirements=requirements(),  # MLflow's inference of them reloads the model in a subprocess
                 registered_model_name=registered_model_name,
             )
-    finally:
-        mlflow.set_tracking_uri(previous)
     version = info.registered_model_version
     return f"models:/{registered_model_name}/{version}" if version is not None else info.model_uri
 
@@ -104,17 +100,12 @@ def registered_weights(model_uri: str, tracking_uri: str | None = None) -> dict[
     (and its registry); one clear error when the name, version or alias does not exist there."""
     import mlflow
 
-    from .tracking import default_tracking_uri
+    from .tracking import default_tracking_uri, use_tracking_uri
 
     uri = default_tracking_uri(tracking_uri)
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
-        served = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        with use_tracking_uri(uri):
+            served = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except mlflow.exceptions.MlflowException as err:
         raise ValueError(f"{model_uri}: not found in the MLflow store {uri} ({str(err).splitlines()[0]}).") from err
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
     return (served.network if isinstance(served, ServedNetwork) else served).state_dict()

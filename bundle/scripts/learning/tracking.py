@@ -10,7 +10,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,35 @@ def log_datalist(client: Any, run_id: str, datalist: str | os.PathLike, context:
         return
     tag = InputTag(key="mlflow.data.context", value=context)
     client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[tag])])
+
+
+@contextmanager
+def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``mlflow.start_run``, ``mlflow.pytorch.log_model`` / ``load_model``) at
+    ``tracking_uri`` for its tracking and registry within the block, then restore exactly what was there.
+
+    ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the environment, and MLflow's own
+    temporary switch unsets it afterwards: either would change the user's setting for the rest of the
+    process (and its subprocesses). This restores MLflow's globals and both environment variables as they
+    were.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri, {k: os.environ.get(k) for k in keys}
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def data_version(datalist: str | os.PathLike) -> str:
