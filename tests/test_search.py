@@ -138,7 +138,8 @@ def searching(tiny_cohort, tmp_path, storage, uri, n_trials, overrides, log_name
     for key, value in settings.items():
         command += [f"--{key}", value]
     log = open(tmp_path / log_name, "w")
-    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two workers share the cores (benchmarks/search_workers.py)
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def wait_for_checkpoint(worker, checkpoints, timeout=300):
