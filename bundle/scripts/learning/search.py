@@ -290,27 +290,18 @@ def run_study(
                     client.set_terminated(run.info.run_id, status=state)
 
     while True:
-        lock.acquire()
-        try:
+        with lock:  # released by ``trial_objective`` as soon as Optuna has asked for the trial, else here
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and enqueued again
             done, running, waiting = trial_counts(study)
-            start = done < int(n_trials) and (waiting > 0 or done + running < int(n_trials))
-        except BaseException:
-            lock.release()
-            raise
-        if done >= int(n_trials):
-            lock.release()
-            break
-        if not start:  # the last trials run on other workers: wait, in case one dies and its trial comes back
-            lock.release()
-            time.sleep(min(5.0, float(heartbeat_interval)))
-            continue
-        try:  # ``trial_objective`` releases the lock as soon as Optuna has asked for the trial
-            study.optimize(trial_objective, n_trials=1, catch=(Exception,))
-        finally:
-            lock.release()
+            if done >= int(n_trials):
+                break
+            if waiting > 0 or done + running < int(n_trials):
+                study.optimize(trial_objective, n_trials=1, catch=(Exception,))
+                continue
+        # the last trials run on other workers: wait, in case one dies and its trial comes back
+        time.sleep(min(5.0, float(heartbeat_interval)))
     summary = summarise_study(study, root, client, experiment_name, parent_id)
     client.set_terminated(parent_id)
     return summary

@@ -26,6 +26,7 @@ class StudyLock:
 
     def __init__(self, url: str, study_name: str) -> None:
         self.url, self.study_name = url, study_name
+        self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         digest = hashlib.sha1(f"optuna-study:{study_name}".encode()).digest()
         self.key = int.from_bytes(digest[:8], "big", signed=True)
         self._engine: Any = None
@@ -40,14 +41,13 @@ class StudyLock:
         self._connection.commit()
 
     def acquire(self) -> StudyLock:
-        dialect = self.url.split(":", 1)[0].split("+", 1)[0]
-        if dialect in ("postgresql", "mysql", "mariadb"):
+        if self.dialect in ("postgresql", "mysql", "mariadb"):
             import sqlalchemy
 
             if self._engine is None:
                 self._engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
             self._connection = self._engine.connect()
-            if dialect == "postgresql":
+            if self.dialect == "postgresql":
                 self._sql("SELECT pg_advisory_lock(:key)", key=self.key)
             else:
                 self._sql("SELECT GET_LOCK(:name, -1)", name=f"optuna-{self.key}")
@@ -69,8 +69,7 @@ class StudyLock:
         self._held = False
         if self._connection is not None:
             try:
-                dialect = self.url.split(":", 1)[0].split("+", 1)[0]
-                if dialect == "postgresql":
+                if self.dialect == "postgresql":
                     self._sql("SELECT pg_advisory_unlock(:key)", key=self.key)
                 else:
                     self._sql("SELECT RELEASE_LOCK(:name)", name=f"optuna-{self.key}")
