@@ -3,6 +3,7 @@ against an MLflow tracking server over HTTP (``mlflow server`` with a PostgreSQL
 store; artifacts proxied by the server to a local folder)."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -22,7 +23,9 @@ def bundle(run_id: str, config: str, *args: str, check: bool = True):
     return result
 
 
-def test_runs_log_to_a_tracking_server_and_tables_are_rebuilt_from_it(tiny_cohort, tmp_path, mlflow_server):
+def test_runs_log_to_a_tracking_server_and_tables_are_rebuilt_from_it(
+    tiny_cohort, tmp_path, mlflow_server, monkeypatch
+):
     """The loss search's workers log to the same server in ``test_search.py``."""
     out = tmp_path / "runs" / "exp3" / "SF_G-PMs-N"  # an Exp-3 cell's name, so `tabulating` finds it
     args = tiny_overrides(tiny_cohort, out, mlflow_server, "--max_epochs", "1", "--experiment_name", "exp3")
@@ -54,7 +57,10 @@ def test_runs_log_to_a_tracking_server_and_tables_are_rebuilt_from_it(tiny_cohor
     version = client.get_model_version("ctp-sf-tiny", "1")
     assert version.run_id == run.info.run_id
     best = torch.load(next((out / "model").glob("best*.pt")), weights_only=False)  # the network's state dict
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     registered = registered_weights("models:/ctp-sf-tiny/1", mlflow_server)
+    assert not any((tmp_path / "tmp").iterdir()), "the downloaded model was left in the temporary folder"
     assert registered.keys() == best.keys() and all(torch.equal(registered[k], best[k]) for k in best)
     client.set_registered_model_alias("ctp-sf-tiny", "champion", "1")
     inference = ["--input", str(tiny_cohort), "--split", "test", "--tracking_uri", mlflow_server, "--output_dir"]

@@ -4,6 +4,7 @@ run, registered in the Model Registry, and loaded back by ``inference --checkpoi
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,9 @@ def registered_weights(model_uri: str, tracking_uri: str | None = None) -> dict[
     from .tracking import default_tracking_uri, use_tracking_uri
 
     uri = default_tracking_uri(tracking_uri)
-    try:
-        with use_tracking_uri(uri):
-            served = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    try:  # MLflow downloads the model into a temporary folder it never removes unless given one
+        with use_tracking_uri(uri), tempfile.TemporaryDirectory(prefix="ctp-model-") as download:
+            served = mlflow.pytorch.load_model(model_uri, dst_path=download, map_location="cpu")
     except mlflow.exceptions.MlflowException as err:
         raise ValueError(f"{model_uri}: not found in the MLflow store {uri} ({str(err).splitlines()[0]}).") from err
     return (served.network if isinstance(served, ServedNetwork) else served).state_dict()
