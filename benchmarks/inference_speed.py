@@ -8,7 +8,7 @@ load (pre-processing: reading NIfTI, brain mask, stacking, padding), network (sl
 SF(PMs+N) with untrained weights: speed does not depend on the weights. Sizes: the default 128x128x8 study
 and a paper-like 512x512x16 study (60 frames).
 
-Run: python benchmarks/inference_speed.py [--sizes 128x8 512x16] [--mode network|threshold] [--repeats 2] [--fast]
+Run: python benchmarks/inference_speed.py [--sizes 128x8 512x16] [--mode network|threshold] [--repeats 2] [--before]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def make_study(root: Path, size: int, slices: int) -> Path:
     return root / task["id"]
 
 
-def components(patient: Path, output_dir: Path, mode: str, checkpoint: Path, fast: bool = False) -> ConfigParser:
+def components(patient: Path, output_dir: Path, mode: str, checkpoint: Path, options: dict) -> ConfigParser:
     parser = ConfigParser()
     configs = ["inference.json"] + (["inference_threshold.json"] if mode == "threshold" else [])
     parser.read_config([str(ROOT / "bundle/configs" / name) for name in configs])
@@ -66,24 +66,27 @@ def components(patient: Path, output_dir: Path, mode: str, checkpoint: Path, fas
             "checkpoint": str(checkpoint),
             "nihss": 12,
             "overwrite": True,
-            "precision": "bf16" if fast else "fp32",
-            "channels_last": fast,
+            **options,
         }
     )
     return parser
 
 
 def time_study(
-    patient: Path, raw: bool, mode: str, checkpoint: Path, work: Path, fast: bool = False
-) -> dict[str, float]:
-    """Seconds per stage for one study; from the raw series the maps are computed first."""
+    patient: Path, raw: bool, mode: str, checkpoint: Path, work: Path, options: dict | None = None
+) -> tuple[dict[str, float], list[tuple[int, ...]], str]:
+    """Seconds per stage for one study (from the raw series the maps are computed first) with the inference
+    config's ``options``; also the network's input shapes and the precision it ran in."""
     source = patient
     if raw:  # a folder with only the raw series
         source = work / "raw" / patient.name
         source.mkdir(parents=True, exist_ok=True)
         (source / "ctp.nii.gz").write_bytes((patient / "ctp.nii.gz").read_bytes())
-    parser = components(source, work / ("out_raw" if raw else "out_maps"), mode, checkpoint, fast)
+    parser = components(source, work / ("out_raw" if raw else "out_maps"), mode, checkpoint, options or {})
     network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
+    shapes: list[tuple[int, ...]] = []
+    if isinstance(network, torch.nn.Module):
+        network.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape)))
     preprocessing, postprocessing = (
         parser.get_parsed_content("preprocessing"),
         parser.get_parsed_content("postprocessing"),
@@ -113,7 +116,7 @@ def time_study(
     for item in outputs:
         postprocessing.transforms[-1](item)
     times["report"] = time.perf_counter() - start
-    return times
+    return times, shapes, getattr(network, "precision", "fp32")
 
 
 def main() -> None:
@@ -121,10 +124,11 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["128x8", "512x16"], help="SIZExSLICES")
     parser.add_argument("--mode", default="network", choices=("network", "threshold"))
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--fast", action="store_true", help="--precision bf16 --channels_last true")
+    parser.add_argument("--before", action="store_true", help="whole slices, fp32, contiguous (before #16)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    precision = "bf16 + channels_last" if args.fast else "fp32"
+    options = {"brain_crop": False, "precision": "fp32", "channels_last": False} if args.before else {}
+    precision = "whole slices, fp32" if args.before else "defaults"
     print(
         f"CPU threads: {torch.get_num_threads()}, mode: {args.mode}, {precision}, "
         f"median of {args.repeats} runs (seconds)"
@@ -141,7 +145,7 @@ def main() -> None:
             patient = make_study(work / "cohort", size, slices)
             for raw in (False, True):
                 runs = [
-                    time_study(patient, raw, args.mode, checkpoint, work / f"run{r}", args.fast)
+                    time_study(patient, raw, args.mode, checkpoint, work / f"run{r}", options)[0]
                     for r in range(args.repeats)
                 ]
                 median = {s: float(np.median([r[s] for r in runs])) for s in STAGES}

@@ -51,12 +51,15 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def count_macs(net: nn.Module, image: torch.Tensor, nihss: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass (convolutions, transposed convolutions, linear layers)."""
+def count_macs(net: nn.Module, image: torch.Tensor, nihss: torch.Tensor, trainable_only: bool = False) -> int:
+    """Multiply-accumulates of one forward pass (convolutions, transposed convolutions, linear layers), or of
+    its layers with trainable weights only."""
     total = 0
 
     def hook(module, inputs, output):
         nonlocal total
+        if trainable_only and not module.weight.requires_grad:
+            return
         if isinstance(module, (nn.Conv2d, nn.Conv3d)):
             total += output.numel() * module.weight[0].numel()
         elif isinstance(module, nn.ConvTranspose2d):
@@ -73,6 +76,8 @@ def count_macs(net: nn.Module, image: torch.Tensor, nihss: torch.Tensor) -> int:
 
     def inflated_hook(module, inputs, output):
         nonlocal total
+        if trainable_only and not module.weight.requires_grad:
+            return
         total += output.numel() * module.weight[0].numel()
 
     handles += [m.register_forward_hook(inflated_hook) for m in conv3d_hooks]

@@ -17,6 +17,7 @@ from scripts.clinical.report import clinical_report, imaging_criteria
 from scripts.io import CTPDataError, save_nifti
 from scripts.learning.metrics import lesion_metrics
 from scripts.learning.networks import create_network
+from scripts.perfusion.brain_mask import brain_mask_from_mip
 from scripts.perfusion.thresholds import ThresholdSegmentation, threshold_labels
 from scripts.simulation.cohort import generate_cohort
 
@@ -429,3 +430,77 @@ def test_failed_writes_leave_no_partial_patient_and_overwrite_is_atomic(tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["P1"]  # replaced, no .old or .partial left
     second = json.loads((out / "P1" / "report.json").read_text())
     assert second != first and nib.load(out / "P1" / "label.nii.gz").get_fdata().sum() == bigger.sum().item()
+
+
+def _enlarged_patient(tiny_cohort: Path, folder: Path) -> Path:
+    """The first test patient (64x64x2) in a 160x160x4 field of view: zeros around the maps, air in the MIP,
+    one slice without brain above and below."""
+    item = json.loads(tiny_cohort.read_text())["test"][0]
+    folder.mkdir(parents=True)
+    for key in PLAUSIBLE:
+        image = nib.load(tiny_cohort.parent / item[key])
+        array = np.full((160, 160, 4), -1000.0 if key == "mip" else 0.0, np.float32)
+        array[40:104, 56:120, 1:3] = np.asarray(image.dataobj, dtype=np.float32)
+        save_nifti(folder / f"{key}.nii.gz", array, image.affine)
+    return folder
+
+
+def test_the_network_sees_only_the_brain_and_labels_return_to_the_input_grid(tiny_cohort, checkpoint, tmp_path):
+    """Brain crop on (default) against whole slices: the network runs on the brain's box only, slices without
+    brain are skipped, and the label, probabilities and report come back on the input grid. (How closely a
+    trained model's labels agree with whole-slice inference is measured by benchmarks/inference_agreement.py:
+    an untrained network's are not a fair test of it.)"""
+    from monai.bundle import ConfigParser
+
+    patient = _enlarged_patient(tiny_cohort, tmp_path / "patient")
+    outputs, shapes = {}, {}
+    for crop in (True, False):
+        parser = ConfigParser()
+        parser.read_config(str(ROOT / "bundle/configs/inference.json"))
+        out = tmp_path / f"crop_{crop}"
+        parser.update(
+            {
+                "bundle_root": str(ROOT / "bundle"),
+                "input": str(patient),
+                "output_dir": str(out),
+                "checkpoint": str(checkpoint),
+                "nihss": 7,
+                "brain_crop": crop,
+                "save_probabilities": True,
+            }
+        )
+        seen = shapes[crop] = []
+        network = parser.get_parsed_content("network")
+        network.register_forward_pre_hook(lambda _, args, seen=seen: seen.append(tuple(args[0].shape)))
+        parser.get_parsed_content("evaluator").run()
+        outputs[crop] = out / patient.name
+    assert {s[-2:] for s in shapes[False]} == {(160, 160)} and sum(s[0] for s in shapes[False]) == 4
+    assert all(h < 160 and w < 160 and h % 32 == w % 32 == 0 for *_, h, w in shapes[True])
+    assert sum(s[0] for s in shapes[True]) == 2  # the two slices without brain never reach the network
+    labels = {c: np.asarray(nib.load(outputs[c] / "label.nii.gz").dataobj) for c in outputs}
+    cbf = nib.load(patient / "cbf.nii.gz")
+    brain = brain_mask_from_mip(np.asarray(nib.load(patient / "mip.nii.gz").dataobj, dtype=np.float32))
+    for crop, label in labels.items():
+        assert label.shape == cbf.shape and not label[~brain].any()
+        probabilities = nib.load(outputs[crop] / "probabilities.nii.gz").get_fdata()
+        assert np.allclose(probabilities.sum(-1), 1, atol=1e-4) and np.array_equal(probabilities.argmax(-1), label)
+    report = json.loads((outputs[True] / "report.json").read_text())
+    voxel_ml = float(np.prod(cbf.header.get_zooms())) / 1000
+    assert report["volumes_ml"]["core"] == pytest.approx((labels[True] == 2).sum() * voxel_ml, abs=0.01)
+
+
+def test_precision_auto_takes_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from scripts.clinical import inference
+
+    for native, expected in ((False, "fp32"), (True, "bf16")):  # e.g. AVX2 (emulated, 150x slower) / AMX
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert inference.resolve_precision("auto", "cpu") == expected
+        assert inference.resolve_precision("fp32", "cpu") == "fp32"  # an explicit choice stands
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        inference.resolve_precision("fp16", "cpu")
+
+
+def test_a_study_without_brain_is_refused_before_the_network(tmp_path):
+    air = np.full((32, 32, 2), -1000.0, np.float32)
+    with pytest.raises(CTPDataError, match=r"no brain found in .*mip.nii.gz"):
+        prepare_studies(_patient(tmp_path / "air", mip=air), tmp_path / "out", check_values=False)

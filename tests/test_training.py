@@ -79,7 +79,7 @@ def trained(tiny_cohort, tmp_path_factory):
         return args
 
     args = args_for(out)
-    train = bundle("training", "bundle/configs/train.json", *args)
+    train = bundle("training", "bundle/configs/train.json", *args, "--profile", "true")
     evaluation = bundle("evaluating", CONFIGS, *args)
     return {"out": out, "uri": uri, "train": train, "eval": evaluation, "args": args_for}
 
@@ -96,6 +96,10 @@ def test_training_writes_checkpoints_and_reports(trained):
         row["id"] for row in csv.DictReader(open(trained["out"] / "test" / "metrics_per_patient.csv"))
     )
     assert (trained["out"] / "test" / "montages" / f"{montages[0]}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    profile = json.loads((trained["out"] / "profile.json").read_text())  # --profile true: where the time went
+    assert all(profile["seconds"][k] > 0 for k in ("iterations", "data", "ValidationHandler", "Checkpoint"))
+    assert profile["total"] == pytest.approx(sum(profile["seconds"].values()))
+    assert "training time" in trained["train"].stdout + trained["train"].stderr
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(trained):

@@ -9,10 +9,16 @@ folder of patients. NIHSS comes from the datalist item, else from ``--nihss``; a
 refuses a study without it.
 
 Outputs: ``<output_dir>/<id>/`` with ``label.nii.gz`` (uint8, the input map's affine and header),
-``probabilities.nii.gz`` (optional, 3 channels), ``report.json``, ``report.png`` and, for raw input,
-``maps/``; for a DICOM study also ``seg.dcm``, ``report_sr.dcm`` and ``report_sc.dcm`` in the input's study
-(:mod:`scripts.clinical.dicom_outputs`). Each folder is built as ``.<id>.partial`` and renamed into place
-when complete, so a failed or interrupted run leaves no half-written patient.
+``probabilities.nii.gz`` (optional, 3 channels; background outside the brain mask, like the label),
+``report.json``, ``report.png`` and, for raw input, ``maps/``; for a DICOM study also ``seg.dcm``,
+``report_sr.dcm`` and ``report_sc.dcm`` in the input's study (:mod:`scripts.clinical.dicom_outputs`). Each
+folder is built as ``.<id>.partial`` and renamed into place when complete, so a failed or interrupted run
+leaves no half-written patient.
+
+Speed (``inference.json``): the network sees only the brain's bounding box (MIP mask plus ``crop_margin``
+pixels, slices without brain skipped, padded to a multiple of 32; ``brain_crop false`` for whole slices) and
+the labels are pasted back onto the input grid; ``precision auto`` is bf16 only where the device computes it
+natively (:func:`native_bf16`).
 """
 
 from __future__ import annotations
@@ -185,6 +191,10 @@ def _prepare_study(
         if not Path(item[key]).is_file():
             raise CTPDataError(f"patient {pid}: {key} file not found: {item[key]}.")
     check_patient(item, keys=MAP_KEYS, check_values=check_values)
+    if not brain_mask_from_mip(np.asarray(nib.load(item["mip"]).dataobj, dtype=np.float32)).any():
+        raise CTPDataError(
+            f"patient {pid}: no brain found in {item['mip']} (the MIP's brain mask is empty; is it a head CT in HU?)."
+        )
     item["study"] = {k: item[k] for k in ("id", *MAP_KEYS, "ctp", "dicom_reference") if k in item}
     item["study"]["nihss"] = int(value) if value is not None else -1
     return item
@@ -228,14 +238,16 @@ class SaveStudyOutputsd(MapTransform):
         staging = self.output_dir / PARTIAL.format(pid)
         staging.mkdir(parents=True, exist_ok=True)
         save_nifti(staging / "label.nii.gz", label, reference.affine, header=reference.header)
-        if self.probabilities_key and self.probabilities_key in d:
-            probabilities = np.moveaxis(
-                np.asarray(convert_to_numpy(d[self.probabilities_key]), dtype=np.float32), 0, -1
-            )
-            save_nifti(staging / "probabilities.nii.gz", probabilities, reference.affine)
         tmax = np.asarray(nib.load(study["tmax"]).dataobj, dtype=np.float32)
         mip = np.asarray(nib.load(study["mip"]).dataobj, dtype=np.float32)
         brain = convert_to_numpy(d["brain"])[0] > 0 if "brain" in d else brain_mask_from_mip(mip)
+        if self.probabilities_key and self.probabilities_key in d:  # background outside the brain, as the label
+            probabilities = np.moveaxis(
+                np.asarray(convert_to_numpy(d[self.probabilities_key]), dtype=np.float32), 0, -1
+            )
+            background = np.eye(probabilities.shape[-1], dtype=np.float32)[0]
+            probabilities = np.where(brain[..., None], probabilities, background)
+            save_nifti(staging / "probabilities.nii.gz", probabilities, reference.affine)
         nihss = int(convert_to_numpy(study["nihss"]).reshape(-1)[0])
         report = clinical_report(
             label,
@@ -296,7 +308,29 @@ def default_checkpoint(bundle_root: str | os.PathLike, run_dir: str | os.PathLik
     return str(model) if model.is_file() else latest_checkpoint(Path(run_dir) / "model", "best")
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU with bf16, or a CPU whose oneDNN has bf16
+    kernels (AVX512-BF16, AMX, Arm bf16). Elsewhere bf16 is emulated, e.g. 150x slower than fp32 on AVX2."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return bool(torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """``precision`` with ``auto`` resolved: bf16 where ``device`` computes it natively, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "auto":
+        precision = "bf16" if native_bf16(device) else "fp32"
+        logger.info("precision auto: %s on %s (%s)", precision, device, torch.backends.cpu.get_cpu_capability())
+    return precision
 
 
 class FastInference(torch.nn.Module):
@@ -304,13 +338,13 @@ class FastInference(torch.nn.Module):
 
     On CPUs with bfloat16 support, channels-last + bf16 runs SF at 512² several times faster than fp32
     (see the model card); labels can differ from fp32 at a few boundary voxels
-    (``benchmarks/inference_precision.py`` measures by how much on a trained model).
+    (``benchmarks/inference_agreement.py --candidate "--precision bf16"`` measures by how much on a trained
+    model).
     """
 
     def __init__(self, network: torch.nn.Module, precision: str = "fp32", channels_last: bool = False) -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+        precision = resolve_precision(precision, next(network.parameters()).device)
         self.network, self.precision, self.channels_last = network, precision, bool(channels_last)
         if self.channels_last:  # 2D convolutions only (EFI's 3D ones keep their layout)
             for module in self.network.modules():
@@ -335,7 +369,8 @@ def load_model(
     tracking_uri: str | None = None,
 ) -> torch.nn.Module:
     """Load the trained weights into ``network`` (clear errors for a missing or unfitting checkpoint); in eval
-    mode on ``device``, wrapped in :class:`FastInference` when a speed option is asked for.
+    mode on ``device``, wrapped in :class:`FastInference` when a speed option is asked for. ``precision``
+    ``auto`` is bf16 where the device computes it natively (:func:`native_bf16`), else fp32.
 
     ``checkpoint`` is a file, or an MLflow model URI (``models:/NAME/VERSION``, ``models:/NAME@alias``) of a
     network registered by the training (``--registered_model_name``), fetched from ``tracking_uri``'s store.
@@ -352,6 +387,7 @@ def load_model(
     else:
         load_network_weights(network, checkpoint)
     network.to(device).eval()
+    precision = resolve_precision(precision, device)
     return (
         network
         if precision == "fp32" and not channels_last

@@ -44,7 +44,8 @@ def log_model(
     (``models:/NAME/VERSION``). Nothing is logged without a name, or on ranks other than 0.
 
     The signature holds the input (float32 maps, any batch and size) and the ``nihss`` parameter when the
-    network uses it; the input example is one slice of typical healthy values at ``roi_size``.
+    network uses it; the input example is one slice of typical healthy values at ``roi_size`` (64 where a
+    size is -1, i.e. whole slices).
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -59,7 +60,8 @@ def log_model(
     load_network_weights(network, checkpoint)
     served = ServedNetwork(network.cpu().eval())
     typical = {"cbf": 50.0, "cbv": 4.0, "ttp": 12.0, "tmax": 1.0, "mtt": 5.0, "mip": 40.0}
-    example = np.stack([np.full(tuple(roi_size), typical.get(m, 1.0), np.float32) for m in network.maps])[None]
+    size = tuple(int(s) if int(s) > 0 else 64 for s in roi_size)
+    example = np.stack([np.full(size, typical.get(m, 1.0), np.float32) for m in network.maps])[None]
     params = {"nihss": 10.0} if network.use_nihss else None
     with torch.no_grad():
         output = served(torch.from_numpy(example), **(params or {})).numpy()

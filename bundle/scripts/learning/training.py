@@ -153,3 +153,12 @@ class NonLVOPenalty:
 
     def _clear(self, engine: Engine) -> None:
         self.loss.batch_non_lvo = None
+
+
+def pad_collate(batch: list) -> dict:
+    """Collate brain-cropped training slices of different sizes: MONAI's ``pad_list_data_collate`` after
+    flattening the per-volume sample lists of ``RandCropByPosNegLabeld`` (which that collate does not)."""
+    from monai.data import pad_list_data_collate
+
+    flat = [s for item in batch for s in (item if isinstance(item, (list, tuple)) else [item])]
+    return pad_list_data_collate(flat)

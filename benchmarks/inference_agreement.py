@@ -1,17 +1,20 @@
-"""Benchmark: fp32 vs channels-last + bf16 inference of a trained model, agreement and speed.
+"""Benchmark: two inference settings of a trained model, their agreement and speed.
 
-Runs ``python -m monai.bundle run inference`` twice on a datalist split (fp32, then ``--precision bf16
---channels_last true``), then prints: wall time of each run, per-class Dice between the two label sets
+Runs ``python -m monai.bundle run inference`` twice on a datalist split, with the ``--reference`` options
+(default: whole slices in fp32, the path before brain cropping) and the ``--candidate`` options (default: the
+bundle's defaults), then prints: wall time of each run, per-class Dice between the two label sets
 (agreement, 1 = identical), the largest per-patient volume difference (ml), and each run's Dice against the
-ground truth per group (the same scoring as the evaluation).
+ground truth per group (the same scoring as the evaluation). bf16 against fp32:
+``--candidate "--precision bf16 --channels_last true"``.
 
-Run: python benchmarks/inference_precision.py --checkpoint runs/default/model/best_*.pt \
-         [--datalist data/synthetic/datalist.json --split test --inputs PMs+N]
+Run: python benchmarks/inference_agreement.py --checkpoint runs/default/model/best_*.pt \
+         [--datalist data/synthetic/datalist.json --split test --inputs PMs+N --reference ... --candidate ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -68,28 +71,21 @@ def main() -> None:
     parser.add_argument("--datalist", default="data/synthetic/datalist.json")
     parser.add_argument("--split", default="test")
     parser.add_argument("--inputs", default="PMs+N")
+    parser.add_argument("--reference", default="--brain_crop false --precision fp32", help="inference options")
+    parser.add_argument("--candidate", default="", help="inference options (default: the bundle's defaults)")
     args = parser.parse_args()
+    names = {"reference": args.reference or "defaults", "candidate": args.candidate or "defaults"}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, bf16 = Path(tmp) / "fp32", Path(tmp) / "bf16"
+        folders = {k: Path(tmp) / k for k in names}
         seconds = {
-            "fp32": run(args.datalist, args.split, args.checkpoint, args.inputs, fp32),
-            "bf16 + channels_last": run(
-                args.datalist,
-                args.split,
-                args.checkpoint,
-                args.inputs,
-                bf16,
-                "--precision",
-                "bf16",
-                "--channels_last",
-                "true",
-            ),
+            k: run(args.datalist, args.split, args.checkpoint, args.inputs, folders[k], *shlex.split(getattr(args, k)))
+            for k in names
         }
         items = load_datalist(args.datalist, splits=(args.split,))[args.split]
         agreement = {c: [] for c in CLASSES}
         largest_dv = {c: 0.0 for c in CLASSES}
         for item in items:
-            a, b = (nib.load(folder / item["id"] / "label.nii.gz") for folder in (fp32, bf16))
+            a, b = (nib.load(folders[k] / item["id"] / "label.nii.gz") for k in names)
             scores = lesion_metrics(np.asarray(b.dataobj), np.asarray(a.dataobj), a.header.get_zooms())
             for c in CLASSES:
                 if not np.isnan(scores[f"dice_{c}"]):
@@ -97,20 +93,21 @@ def main() -> None:
                 largest_dv[c] = max(largest_dv[c], abs(scores[f"dv_ml_{c}"]))
         print(
             f"{len(items)} patients ({args.split}); wall time of the whole command: "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
-            + f" (ratio {seconds['fp32'] / seconds['bf16 + channels_last']:.2f})"
+            + ", ".join(f"{names[k]}: {v:.1f} s" for k, v in seconds.items())
+            + f" (ratio {seconds['reference'] / seconds['candidate']:.2f})"
         )
-        print("| class | Dice(bf16, fp32) mean | min | largest |ΔV| (ml) |")
+        print("| class | Dice(candidate, reference) mean | min | largest |ΔV| (ml) |")
         print("|---|---|---|---|")
         for c in CLASSES:
             values = agreement[c] or [float("nan")]
             print(f"| {c} | {np.mean(values):.4f} | {np.min(values):.4f} | {largest_dv[c]:.2f} |")
-        for name, folder in (("fp32", fp32), ("bf16 + channels_last", bf16)):
+        for k, folder in folders.items():
             _, summary = evaluate_predictions(args.datalist, folder, split=args.split, pattern="{id}/label.nii.gz")
             dice = {(s["class"], s["group"]): s["mean"] for s in summary if s["metric"] == "dice"}
             print(
-                f"{name}: Dice vs truth penumbra/core LVO {dice[('penumbra', 'LVO')]:.3f}/{dice[('core', 'LVO')]:.3f}, "
-                f"Non-LVO {dice[('penumbra', 'Non-LVO')]:.3f}/{dice[('core', 'Non-LVO')]:.3f}"
+                f"{names[k]}: Dice vs truth penumbra/core LVO {dice[('penumbra', 'LVO')]:.3f}/"
+                f"{dice[('core', 'LVO')]:.3f}, Non-LVO {dice[('penumbra', 'Non-LVO')]:.3f}/"
+                f"{dice[('core', 'Non-LVO')]:.3f}"
             )
 
 

@@ -1,0 +1,181 @@
+"""Benchmark: the bundle's speed against the machine's own peak, before and after the speed work, in one table.
+
+Rows, each measured in this run:
+- the matmul peak (GFLOP/s, 2048² repeated) in fp32, and in bf16 where the device computes it natively
+  (``scripts.clinical.inference.native_bf16``; on CPUs without it bf16 is emulated and far slower);
+- a 512×512×16-slice study (60 frames), raw 4D → maps → labels → report, and its network stage alone with
+  the network's achieved GFLOP/s and its ratio to the same-run peak of the precision it ran in;
+- the default 128×128×8 study from maps;
+- one SF(PMs+N) training step (forward, backward, Adam) on 4 slices, all weights trainable ("all" stage) and
+  encoders frozen ("frozen" stage), with its GFLOP/s and ratio to the peak.
+
+Columns: *before* = whole slices in fp32, contiguous layout (the inference defaults before issue #16),
+*after* = the bundle's defaults (brain crop, ``precision auto``, channels-last). The network has untrained
+weights (speed does not depend on them); the brain crop's agreement with whole slices on a trained model is
+``benchmarks/inference_agreement.py``. Uses CUDA when present (then AMP bf16 where supported).
+
+Run: python benchmarks/speed.py [--repeats 1] [--skip-512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bundle"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from inference_speed import STAGES, make_study, time_study  # noqa: E402
+from network_speed import count_macs  # noqa: E402
+
+from scripts.clinical.inference import native_bf16  # noqa: E402
+from scripts.learning.networks import create_network  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+BEFORE = {"brain_crop": False, "precision": "fp32", "channels_last": False}
+AFTER: dict = {}  # the bundle's defaults
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n×n matmul in ``dtype`` (best of ``repeats`` after a warm-up)."""
+    a, b = torch.randn(n, n, device=DEVICE, dtype=dtype), torch.randn(n, n, device=DEVICE, dtype=dtype)
+    a @ b
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def network_gflop(shapes: list[tuple[int, ...]], cache: dict) -> float:
+    """GFLOP of SF(PMs+N) forward passes over the recorded input shapes (batch, maps, H, W)."""
+    total = 0
+    for shape in shapes:
+        if shape[-2:] not in cache:
+            net = create_network("SF", "PMs+N", pretrained=False).eval()
+            cache[shape[-2:]] = count_macs(net, torch.zeros(1, *shape[1:]), torch.zeros(1, 1))
+        total += 2 * cache[shape[-2:]] * shape[0]
+    return total / 1e9
+
+
+def study_row(patient: Path, raw: bool, options: dict, work: Path, repeats: int, cache: dict) -> dict:
+    runs = [time_study(patient, raw, "network", work / "model.pt", work / f"run{r}", options) for r in range(repeats)]
+    times = {s: statistics.median(r[0][s] for r in runs) for s in STAGES}
+    shapes, precision = runs[-1][1], runs[-1][2]
+    return {
+        "total": sum(times.values()),
+        "network": times["network"],
+        "gflops": network_gflop(shapes, cache) / times["network"],
+        "precision": precision,
+    }
+
+
+def training_step(frozen: bool, options: dict, repeats: int) -> dict:
+    """Seconds and GFLOP/s of one SF training step on 4 slices of 128² (or the brain crop's 96×128)."""
+    torch.manual_seed(0)
+    net = create_network("SF", "PMs+N", pretrained=False).to(DEVICE).train()
+    net.set_finetuning("frozen" if frozen else "all")
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    size = (96, 128) if options.get("brain_crop", True) else (128, 128)
+    image, nihss = torch.rand(4, 4, *size, device=DEVICE), torch.full((4, 1), 9.0, device=DEVICE)
+    label = torch.randint(0, 3, (4, *size), device=DEVICE)
+    channels_last = options.get("channels_last", True)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
+    bf16 = options.get("precision", "auto") == "auto" and native_bf16(DEVICE)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(net(image, nihss).float(), label)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    sync()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    net.eval()
+    macs, trainable = (count_macs(net, image[:1], nihss[:1], only) for only in (False, True))
+    net.train()
+    # forward, then per trainable layer the weight gradient and (behind the frozen encoders only) the input's
+    flop = 2 * image.shape[0] * (macs + 2 * trainable)
+    s = statistics.median(seconds)
+    return {"seconds": s, "gflops": flop / s / 1e9, "precision": "bf16" if bf16 else "fp32"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--skip-512", action="store_true", help="only the 128² study and the training step")
+    args = parser.parse_args()
+    peaks = {"fp32": matmul_peak(torch.float32)}
+    if native_bf16(DEVICE):
+        peaks["bf16"] = matmul_peak(torch.bfloat16)
+    capability = torch.backends.cpu.get_cpu_capability() if DEVICE.type == "cpu" else torch.cuda.get_device_name()
+    print(
+        f"device {DEVICE} ({capability}), threads {torch.get_num_threads()}, torch {torch.__version__}; "
+        f"bf16 native: {native_bf16(DEVICE)}"
+    )
+    print("| measure | before | after | after / before |")
+    print("|---|---|---|---|")
+    for name, peak in peaks.items():
+        print(f"| {name} matmul peak, GFLOP/s | {peak:.0f} | {peak:.0f} | 1.00 |")
+    cache: dict = {}
+
+    def ratio(row: dict) -> str:
+        return f"{row['gflops']:.0f} GFLOP/s = {row['gflops'] / peaks[row['precision']]:.2f}× {row['precision']} peak"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        torch.save({"network": create_network("SF", "PMs+N", pretrained=False).state_dict()}, work / "model.pt")
+        studies = [(128, 8, False)] + ([] if args.skip_512 else [(512, 16, True), (512, 16, False)])
+        for size, slices, raw in studies:
+            patient = make_study(work / "cohort", size, slices)
+            before = study_row(patient, raw, BEFORE, work / "before", args.repeats, cache)
+            after = study_row(patient, raw, AFTER, work / "after", args.repeats, cache)
+            source = "raw 4D" if raw else "maps"
+            print(
+                f"| {size}²×{slices} {source} → report, s | {before['total']:.1f} | {after['total']:.1f} | "
+                f"{after['total'] / before['total']:.2f} |"
+            )
+            print(
+                f"| {size}²×{slices} network stage, s | {before['network']:.1f} ({ratio(before)}) | "
+                f"{after['network']:.1f} ({ratio(after)}) | {after['network'] / before['network']:.2f} |",
+                flush=True,
+            )
+        for frozen in (False, True):
+            before, after = (
+                training_step(frozen, BEFORE, args.repeats + 2),
+                training_step(frozen, AFTER, args.repeats + 2),
+            )
+            stage = "frozen encoders" if frozen else "all weights"
+            print(
+                f"| SF training step, 4 slices, {stage}, s | {before['seconds']:.2f} ({ratio(before)}) | "
+                f"{after['seconds']:.2f} ({ratio(after)}) | {after['seconds'] / before['seconds']:.2f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
