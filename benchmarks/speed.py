@@ -6,13 +6,13 @@ Rows, each measured in this run:
 - a 512×512×16-slice study (60 frames), raw 4D → maps → labels → report, and its network stage alone with
   the network's achieved GFLOP/s and its ratio to the same-run peak of the precision it ran in;
 - the default 128×128×8 study from maps;
-- one SF(PMs+N) training step (forward, backward, Adam) on 4 slices, all weights trainable ("all" stage) and
-  encoders frozen ("frozen" stage), with its GFLOP/s and ratio to the peak.
+- one SF(PMs+N) training step (forward, backward, Adam) on 4 slices of 128², all weights trainable ("all"
+  stage) and encoders frozen ("frozen" stage), split into its parts, with its GFLOP/s and ratio to the peak.
 
-Columns: *before* = whole slices in fp32, contiguous layout (the inference defaults before issue #16),
-*after* = the bundle's defaults (brain crop, ``precision auto``, channels-last). The network has untrained
-weights (speed does not depend on them); the brain crop's agreement with whole slices on a trained model is
-``benchmarks/inference_agreement.py``. Uses CUDA when present (then AMP bf16 where supported).
+Columns: *before* = whole slices in fp32 (the inference defaults before issue #16) and Adam's per-parameter
+loop; *after* = the bundle's defaults (brain crop, ``precision auto``) and Adam's fused kernel. The network
+has untrained weights (speed does not depend on them); the brain crop's agreement with whole slices on a
+trained model is ``benchmarks/inference_agreement.py``. Uses CUDA when present (then AMP, as the configs).
 
 Run: python benchmarks/speed.py [--repeats 1] [--skip-512]
 """
@@ -85,43 +85,41 @@ def study_row(patient: Path, raw: bool, options: dict, work: Path, repeats: int,
     }
 
 
-def training_step(frozen: bool, options: dict, repeats: int) -> dict:
-    """Seconds and GFLOP/s of one SF training step on 4 slices of 128² (or the brain crop's 96×128)."""
+def training_step(frozen: bool, fused: bool, repeats: int) -> dict:
+    """Seconds and GFLOP/s of one SF training step (forward, loss, backward, Adam) on 4 slices of 128²."""
     torch.manual_seed(0)
     net = create_network("SF", "PMs+N", pretrained=False).to(DEVICE).train()
     net.set_finetuning("frozen" if frozen else "all")
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    size = (96, 128) if options.get("brain_crop", True) else (128, 128)
-    image, nihss = torch.rand(4, 4, *size, device=DEVICE), torch.full((4, 1), 9.0, device=DEVICE)
-    label = torch.randint(0, 3, (4, *size), device=DEVICE)
-    channels_last = options.get("channels_last", True)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        image = image.contiguous(memory_format=torch.channels_last)
-    bf16 = options.get("precision", "auto") == "auto" and native_bf16(DEVICE)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4, fused=fused)
+    image, nihss = torch.rand(4, 4, 128, 128, device=DEVICE), torch.full((4, 1), 9.0, device=DEVICE)
+    label = torch.randint(0, 3, (4, 128, 128), device=DEVICE)
+    amp = DEVICE.type == "cuda"  # the training config's amp
 
-    def step() -> None:
+    def step() -> dict[str, float]:
+        times = {}
+        start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(DEVICE.type, enabled=amp):
             loss = torch.nn.functional.cross_entropy(net(image, nihss).float(), label)
+        sync()
+        times["forward"] = time.perf_counter() - start
         loss.backward()
+        sync()
+        times["backward"] = time.perf_counter() - start - times["forward"]
         optimizer.step()
+        sync()
+        times["optimiser"] = time.perf_counter() - start - times["forward"] - times["backward"]
+        return times
 
     step()
-    sync()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync()
-        seconds.append(time.perf_counter() - start)
+    runs = [step() for _ in range(repeats)]
+    parts = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     net.eval()
     macs, trainable = (count_macs(net, image[:1], nihss[:1], only) for only in (False, True))
-    net.train()
     # forward, then per trainable layer the weight gradient and (behind the frozen encoders only) the input's
     flop = 2 * image.shape[0] * (macs + 2 * trainable)
-    s = statistics.median(seconds)
-    return {"seconds": s, "gflops": flop / s / 1e9, "precision": "bf16" if bf16 else "fp32"}
+    seconds = sum(parts.values())
+    return {"seconds": seconds, "parts": parts, "gflops": flop / seconds / 1e9, "precision": "fp32"}
 
 
 def main() -> None:
@@ -149,7 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         torch.save({"network": create_network("SF", "PMs+N", pretrained=False).state_dict()}, work / "model.pt")
-        studies = [(128, 8, False)] + ([] if args.skip_512 else [(512, 16, True), (512, 16, False)])
+        studies = [(128, 8, False)] + ([] if args.skip_512 else [(512, 16, True)])
         for size, slices, raw in studies:
             patient = make_study(work / "cohort", size, slices)
             before = study_row(patient, raw, BEFORE, work / "before", args.repeats, cache)
@@ -164,17 +162,15 @@ def main() -> None:
                 f"{after['network']:.1f} ({ratio(after)}) | {after['network'] / before['network']:.2f} |",
                 flush=True,
             )
-        for frozen in (False, True):
-            before, after = (
-                training_step(frozen, BEFORE, args.repeats + 2),
-                training_step(frozen, AFTER, args.repeats + 2),
-            )
-            stage = "frozen encoders" if frozen else "all weights"
-            print(
-                f"| SF training step, 4 slices, {stage}, s | {before['seconds']:.2f} ({ratio(before)}) | "
-                f"{after['seconds']:.2f} ({ratio(after)}) | {after['seconds'] / before['seconds']:.2f} |",
-                flush=True,
-            )
+    for frozen in (False, True):  # before: Adam's per-parameter loop; after: its fused kernel (train.json)
+        before, after = (training_step(frozen, fused, args.repeats + 2) for fused in (False, True))
+        stage = "frozen encoders" if frozen else "all weights"
+        print(
+            f"| SF training step at 128², 4 slices, {stage}, s | {before['seconds']:.2f} ({ratio(before)}) | "
+            f"{after['seconds']:.2f} ({ratio(after)}) | {after['seconds'] / before['seconds']:.2f} |"
+        )
+        for part in before["parts"]:
+            print(f"| … of which {part}, s | {before['parts'][part]:.2f} | {after['parts'][part]:.2f} | |", flush=True)
 
 
 if __name__ == "__main__":
