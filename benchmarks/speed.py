@@ -73,8 +73,8 @@ def network_gflop(shapes: list[tuple[int, ...]], cache: dict) -> float:
     return total / 1e9
 
 
-def study_row(patient: Path, raw: bool, options: dict, work: Path, repeats: int, cache: dict) -> dict:
-    runs = [time_study(patient, raw, "network", work / "model.pt", work / f"run{r}", options) for r in range(repeats)]
+def study_row(patient: Path, raw: bool, options: dict, checkpoint: Path, work: Path, repeats: int, cache: dict) -> dict:
+    runs = [time_study(patient, raw, "network", checkpoint, work / f"run{r}", options) for r in range(repeats)]
     times = {s: statistics.median(r[0][s] for r in runs) for s in STAGES}
     shapes, precision = runs[-1][1], runs[-1][2]
     return {
@@ -150,8 +150,8 @@ def main() -> None:
         studies = [(128, 8, False)] + ([] if args.skip_512 else [(512, 16, True)])
         for size, slices, raw in studies:
             patient = make_study(work / "cohort", size, slices)
-            before = study_row(patient, raw, BEFORE, work / "before", args.repeats, cache)
-            after = study_row(patient, raw, AFTER, work / "after", args.repeats, cache)
+            before = study_row(patient, raw, BEFORE, work / "model.pt", work / "before", args.repeats, cache)
+            after = study_row(patient, raw, AFTER, work / "model.pt", work / "after", args.repeats, cache)
             source = "raw 4D" if raw else "maps"
             print(
                 f"| {size}²×{slices} {source} → report, s | {before['total']:.1f} | {after['total']:.1f} | "
