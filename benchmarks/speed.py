@@ -10,9 +10,10 @@ Rows, each measured in this run:
   stage) and encoders frozen ("frozen" stage), split into its parts, with its GFLOP/s and ratio to the peak.
 
 Columns: *before* = whole slices in fp32 (the inference defaults before issue #16) and Adam's per-parameter
-loop; *after* = the bundle's defaults (brain crop, ``precision auto``) and Adam's fused kernel. The network
-has untrained weights (speed does not depend on them); the brain crop's agreement with whole slices on a
-trained model is ``benchmarks/inference_agreement.py``. Uses CUDA when present (then AMP, as the configs).
+loop; *after* = the bundle's defaults (brain crop, ``precision auto``, channels-last) and Adam's fused
+kernel. The network has untrained weights (speed does not depend on them); the brain crop's agreement with
+whole slices on a trained model is ``benchmarks/inference_agreement.py``. Uses CUDA when present (then AMP,
+as the configs).
 
 Run: python benchmarks/speed.py [--repeats 1] [--skip-512]
 """
