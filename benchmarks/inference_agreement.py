@@ -34,6 +34,7 @@ CLASSES = ("penumbra", "core", "hypoperfused")
 
 
 def run(datalist: str, split: str, checkpoint: str, inputs: str, out: Path, *extra: str) -> float:
+    """Seconds of ``python -m monai.bundle run inference`` on ``split`` of ``datalist`` into ``out`` (no montages)."""
     start = time.perf_counter()
     subprocess.run(
         [

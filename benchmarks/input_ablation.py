@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from inference_agreement import run as run_inference  # noqa: E402
 
 from scripts.io import load_datalist, load_map, save_json, save_nifti  # noqa: E402
 from scripts.learning.metrics import lesion_metrics  # noqa: E402
@@ -58,32 +60,7 @@ def main() -> None:
         for name in ABLATIONS:
             folder = Path(tmp) / name
             datalist = ablated_datalist(items, name, folder)
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "monai.bundle",
-                    "run",
-                    "inference",
-                    "--config_file",
-                    "bundle/configs/inference.json",
-                    "--input",
-                    str(datalist),
-                    "--split",
-                    "test",
-                    "--checkpoint",
-                    args.checkpoint,
-                    "--inputs",
-                    args.inputs,
-                    "--output_dir",
-                    str(folder / "out"),
-                    "--montage",
-                    "false",
-                ],
-                check=True,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-            )
+            run_inference(str(datalist), "test", args.checkpoint, args.inputs, folder / "out")
             predictions[name] = {
                 i["id"]: load_map(folder / "out" / i["id"] / "label.nii.gz")[0].astype(np.uint8) for i in items
             }
