@@ -32,6 +32,8 @@ from scripts.learning.networks import create_network  # noqa: E402
 from scripts.simulation.cohort import simulate_patient  # noqa: E402
 
 STAGES = ("checks/maps", "load", "network", "post-processing", "report")
+BEFORE = {"brain_crop": False, "precision": "fp32", "channels_last": False}
+"""The inference settings before issue #16: whole slices, fp32, PyTorch's default layout."""
 
 
 def make_study(root: Path, size: int, slices: int) -> Path:
@@ -127,7 +129,7 @@ def main() -> None:
     parser.add_argument("--before", action="store_true", help="whole slices, fp32, contiguous (before #16)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    options = {"brain_crop": False, "precision": "fp32", "channels_last": False} if args.before else {}
+    options = BEFORE if args.before else {}
     precision = "whole slices, fp32" if args.before else "defaults"
     print(
         f"CPU threads: {torch.get_num_threads()}, mode: {args.mode}, {precision}, "

@@ -33,20 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from inference_speed import STAGES, make_study, time_study  # noqa: E402
-from network_speed import count_macs  # noqa: E402
+from inference_speed import BEFORE, STAGES, make_study, time_study  # noqa: E402
+from network_speed import DEVICE, count_macs, sync  # noqa: E402
 
 from scripts.clinical.inference import native_bf16  # noqa: E402
 from scripts.learning.networks import create_network  # noqa: E402
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-BEFORE = {"brain_crop": False, "precision": "fp32", "channels_last": False}
 AFTER: dict = {}  # the bundle's defaults
-
-
-def sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
