@@ -356,6 +356,39 @@ def test_fast_inference_options_keep_the_output():
         FastInference(network, precision="fp8")
 
 
+def test_auto_slice_batch_fills_the_free_memory_and_keeps_the_output(monkeypatch):
+    from scripts.learning import inferers
+
+    layer = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1)), torch.nn.ReLU())
+    assert inferers.slice_bytes(layer, 4) == 2 * 8 * 64 * 64 * 4  # conv and ReLU outputs, containers not again
+    memory = inferers.available_memory("cpu")
+    assert 0 < memory <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+    torch.manual_seed(0)
+    network = create_network("EF", "PMs+N", pretrained=False).eval()
+    batches: list[int] = []
+
+    def recorded(image, nihss=None):
+        batches.append(image.shape[0])
+        return network(image, nihss)
+
+    volume, nihss = torch.randn(1, 4, 64, 96, 5), torch.tensor([[7.0]])
+    per_slice = inferers.slice_bytes(network, 4, nihss=nihss) * (64 * 96) / 64**2
+    with torch.no_grad():
+        reference = inferers.KeywordSliceInferer(roi_size=[-1, -1], spatial_dim=2)(volume, network, nihss=nihss)
+        auto = inferers.KeywordSliceInferer(roi_size=[-1, -1], spatial_dim=2, sw_batch_size="auto")
+        # the first study runs the 64x64 probe (batch 1) before its batches; the estimate is kept afterwards
+        for free, expected, chosen in ((1e15, [1, 5], 5), (2 * 3.5 * per_slice, [3, 2], 3), (1.0, [1] * 5, 1)):
+            monkeypatch.setattr(inferers, "available_memory", lambda device, free=free: int(free))
+            batches.clear()
+            output = auto(volume, recorded, nihss=nihss)
+            assert batches == expected, (free, batches)
+            assert auto.sw_batch_size == chosen and torch.allclose(output, reference, atol=1e-5)
+    for wrong in ("big", 0, True):
+        with pytest.raises(ValueError, match="sw_batch_size must be a positive integer or 'auto'"):
+            inferers.KeywordSliceInferer(roi_size=[-1, -1], sw_batch_size=wrong)
+
+
 def test_default_checkpoint_prefers_the_bundle_model(tmp_path):
     from scripts.clinical.inference import default_checkpoint
 
@@ -474,6 +507,7 @@ def test_the_network_sees_only_the_brain_and_labels_return_to_the_input_grid(tin
         network.register_forward_pre_hook(lambda _, args, seen=seen: seen.append(tuple(args[0].shape)))
         parser.get_parsed_content("evaluator").run()
         outputs[crop] = out / patient.name
+        assert seen.pop(0) == (1, 4, 64, 64)  # sw_batch_size auto: the memory probe runs first, once per model
     assert {s[-2:] for s in shapes[False]} == {(160, 160)} and sum(s[0] for s in shapes[False]) == 4
     assert all(h < 160 and w < 160 and h % 32 == w % 32 == 0 for *_, h, w in shapes[True])
     assert sum(s[0] for s in shapes[True]) == 2  # the two slices without brain never reach the network
