@@ -13,6 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.fileset import FileSet
 from test_inference import ROOT, bundle
+from workflows import refusal
 
 from scripts.clinical.dicom_outputs import read_segmentation, sr_volumes
 from scripts.clinical.inference import find_studies
@@ -313,11 +314,8 @@ def test_vendor_maps_are_imported_with_their_rescale_slope(tiny_cohort, tmp_path
         assert np.allclose(imported.affine, source.affine, atol=1e-4)
     mip = nib.load(out / "mip.nii.gz").get_fdata()  # no MIP series: the CTP series' maximum over time
     assert np.array_equal(mip, nib.load(out / "ctp.nii.gz").get_fdata().max(axis=-1))
-    again = bundle(
-        "converting", "--input", str(tmp_path / "study"), "--output_dir", str(out), config="bundle/configs/dicom.json",
-        check=False,
-    )  # fmt: skip
-    assert again.returncode == 1 and "already exists" in again.stderr.splitlines()[-1]
+    again = refusal("converting", "bundle/configs/dicom.json", input=str(tmp_path / "study"), output_dir=str(out))
+    assert again.startswith("error: ") and "already exists" in again
 
 
 def test_vendor_maps_without_their_slope_or_matching_name_are_refused(tiny_cohort, tmp_path):

@@ -121,6 +121,8 @@ def test_voxel_baseline_workflows_fit_then_score(tiny_cohort, tmp_path):
     import sys
     from pathlib import Path
 
+    from workflows import refusal
+
     root = Path(__file__).resolve().parents[1]
     common = [
         "--config_file",
@@ -138,19 +140,7 @@ def test_voxel_baseline_workflows_fit_then_score(tiny_cohort, tmp_path):
         )
     summary = list(csv.DictReader(open(tmp_path / "voxel" / "test" / "metrics_summary.csv")))
     assert {row["class"] for row in summary} >= {"penumbra", "core"}
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "evaluating",
-            *common[:-4],
-            "--output_dir",
-            str(tmp_path / "none"),
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
+    missing = refusal(
+        "evaluating", "bundle/configs/voxel_baseline.json", datalist=str(tiny_cohort), output_dir=str(tmp_path / "none")
     )
-    assert missing.returncode == 1 and "voxel baseline model not found" in missing.stderr.strip().splitlines()[-1]
+    assert missing.startswith("error: ") and "voxel baseline model not found" in missing

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from workflows import refusal
 
 from scripts.clinical.inference import load_model, prepare_studies
 from scripts.clinical.report import clinical_report, imaging_criteria
@@ -22,6 +23,7 @@ from scripts.perfusion.thresholds import ThresholdSegmentation, threshold_labels
 from scripts.simulation.cohort import generate_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
+INFERENCE = "bundle/configs/inference.json"
 
 
 def bundle(run_id: str, *args: str, config: str = "bundle/configs/inference.json", check: bool = True):
@@ -82,10 +84,8 @@ def test_network_inference_writes_aligned_label_report_and_png(tiny_cohort, chec
         assert report["volumes_ml"]["penumbra"] == pytest.approx((values == 1).sum() * voxel, abs=0.01)
         assert report["nihss"] == item["nihss"] and set(report["imaging_criteria_met"]) == {"DEFUSE-3", "EXTEND-IA"}
         assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    again = bundle(
-        "inference", "--input", str(tiny_cohort), "--checkpoint", str(checkpoint), "--output_dir", str(out), check=False
-    )
-    assert again.returncode == 1 and "outputs already exist" in again.stderr  # nothing overwritten silently
+    again = refusal("inference", INFERENCE, input=str(tiny_cohort), checkpoint=str(checkpoint), output_dir=str(out))
+    assert again.startswith("error: ") and "outputs already exist" in again  # nothing overwritten silently
 
 
 def test_threshold_labels_follow_the_documented_rules():
@@ -207,23 +207,10 @@ def test_bad_inputs_stop_with_the_file_named_and_leave_nothing(tmp_path, checkpo
     with pytest.raises(CTPDataError, match="output folder is not writable"):
         prepare_studies(_patient(tmp_path / "ok"), tmp_path / "a_file" / "out")
     assert not out.exists() or not any(out.iterdir())  # no partial outputs
-    result = bundle(
-        "inference",
-        "--input",
-        str(tmp_path / "nan"),
-        "--checkpoint",
-        str(checkpoint),
-        "--nihss",
-        "3",
-        "--output_dir",
-        str(out),
-        check=False,
+    refused = refusal(
+        "inference", INFERENCE, input=str(tmp_path / "nan"), checkpoint=str(checkpoint), nihss=3, output_dir=str(out)
     )
-    assert (
-        result.returncode == 1
-        and result.stderr.strip().splitlines()[-1].startswith("error: ")
-        and "cbv.nii.gz" in result.stderr
-    )
+    assert refused.startswith("error: ") and "cbv.nii.gz: contains 1 NaN" in refused
 
 
 def test_unreadable_and_implausible_maps_are_refused_with_the_file_named(tiny_cohort, checkpoint, tmp_path):

@@ -199,7 +199,7 @@ def test_a_tiny_batch_is_overfit():
     target[:, 24:32, 16:24] = 2
     optimizer = torch.optim.Adam(trainable_parameters(net), lr=1e-4)
     losses = []
-    for _ in range(40):
+    for _ in range(25):  # 20 reach 0.25 of the first loss on this machine
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(image, nihss), target)
         loss.backward()

@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from workflows import overrides_from, refusal
 
 from scripts.io import CTPDataError
 from scripts.learning.training import check_training_inputs
@@ -207,8 +208,8 @@ def test_killed_run_resumes_exactly(trained, tiny_cohort, tmp_path):
         )
     _, runs = runs_named(trained["uri"], "killed")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was reopened and closed
-    refused = bundle("training", "bundle/configs/train.json", *args, check=False)  # no --resume: keep the run
-    assert refused.returncode == 1 and "already has checkpoints; pass --resume true" in refused.stderr
+    refused = refusal("training", "bundle/configs/train.json", **overrides_from(args))  # no --resume: keep the run
+    assert refused.startswith("error: ") and "already has checkpoints; pass --resume true" in refused
 
 
 def test_bad_training_inputs_stop_before_training(tiny_cohort, tmp_path):
@@ -226,8 +227,8 @@ def test_bad_training_inputs_stop_before_training(tiny_cohort, tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps(empty).replace('"CTP_', f'"{tiny_cohort.parent}/CTP_'))
     with pytest.raises(CTPDataError, match="split 'validation' is empty"):
         check_training_inputs(tmp_path / "empty.json", "SF", "PMs", "frozen", "cpu")
-    result = bundle("training", "bundle/configs/train.json", "--datalist", str(tmp_path / "none.json"), check=False)
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    refused = refusal("training", "bundle/configs/train.json", datalist=str(tmp_path / "none.json"))
+    assert refused == f"error: {tmp_path / 'none.json'}: datalist not found."
     for unreachable in ("http://127.0.0.1:9", "postgresql://nobody@127.0.0.1:9/mlflow"):
         with pytest.raises(ValueError, match=f"^{unreachable}: the MLflow tracking store does not answer"):
             check_training_inputs(tiny_cohort, "SF", "PMs", "frozen", "cpu", tracking_uri=unreachable)

@@ -1,0 +1,45 @@
+"""Running a bundle workflow inside the test process, for the tests of its refusals."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def refusal(run_id: str, config_file: str | list[str], **overrides: Any) -> str:
+    """The one-line message a bundle workflow stops with (``scripts.cli.run_or_exit``'s ``SystemExit``), run in
+    this process from the repository root as ``python -m monai.bundle run`` would run it; an ``AssertionError``
+    if it does not stop. The command line prints exactly that line (``test_cohort.py`` and
+    ``test_inference.py`` check real processes); in-process saves a process start (~13 s of imports here)."""
+    from monai.bundle import ConfigWorkflow
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        workflow = ConfigWorkflow(config_file=config_file, logging_file=False, run_id=run_id, **overrides)
+        workflow.initialize()
+        try:
+            workflow.run()
+        except SystemExit as stop:
+            return str(stop.code)
+        finally:
+            workflow.finalize()
+    finally:
+        os.chdir(cwd)
+    raise AssertionError(f"{run_id} ran to the end instead of stopping")
+
+
+def overrides_from(args: list[str]) -> dict[str, Any]:
+    """``["--key", "value", ...]`` command-line overrides as config values (JSON where they parse as JSON)."""
+    import json
+
+    values = {}
+    for key, value in zip(args[::2], args[1::2]):
+        try:
+            values[key.removeprefix("--")] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key.removeprefix("--")] = value
+    return values
