@@ -32,7 +32,7 @@ from scripts.learning.networks import create_network  # noqa: E402
 from scripts.simulation.cohort import simulate_patient  # noqa: E402
 
 STAGES = ("checks/maps", "load", "network", "post-processing", "report")
-BEFORE = {"brain_crop": False, "precision": "fp32", "channels_last": False}
+BEFORE = {"brain_crop": False, "precision": "fp32", "channels_last": False, "sw_batch_size": 2}
 """The inference settings before issue #16: whole slices, fp32, PyTorch's default layout."""
 
 
