@@ -33,7 +33,7 @@ from scripts.simulation.cohort import simulate_patient  # noqa: E402
 
 STAGES = ("checks/maps", "load", "network", "post-processing", "report")
 BEFORE = {"brain_crop": False, "precision": "fp32", "channels_last": False, "sw_batch_size": 2}
-"""The inference settings before issue #16: whole slices, fp32, PyTorch's default layout."""
+"""The inference settings before issue #16: whole slices, fp32, PyTorch's default layout, 2 slices per pass."""
 
 
 def make_study(root: Path, size: int, slices: int) -> Path:
@@ -76,9 +76,10 @@ def components(patient: Path, output_dir: Path, mode: str, checkpoint: Path, opt
 
 def time_study(
     patient: Path, raw: bool, mode: str, checkpoint: Path, work: Path, options: dict | None = None
-) -> tuple[dict[str, float], list[tuple[int, ...]], str]:
+) -> tuple[dict[str, float], list[tuple[int, ...]], str, int]:
     """Seconds per stage for one study (from the raw series the maps are computed first) with the inference
-    config's ``options``; also the network's input shapes and the precision it ran in."""
+    config's ``options``; also the network's input shapes, the precision it ran in and the slices it took per
+    pass (``sw_batch_size``, as chosen by ``auto``)."""
     source = patient
     if raw:  # a folder with only the raw series
         source = work / "raw" / patient.name
@@ -118,7 +119,7 @@ def time_study(
     for item in outputs:
         postprocessing.transforms[-1](item)
     times["report"] = time.perf_counter() - start
-    return times, shapes, getattr(network, "precision", "fp32")
+    return times, shapes, getattr(network, "precision", "fp32"), inferer.sw_batch_size
 
 
 def main() -> None:

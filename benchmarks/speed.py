@@ -82,6 +82,7 @@ def study_row(patient: Path, raw: bool, options: dict, checkpoint: Path, work: P
         "network": times["network"],
         "gflops": network_gflop(shapes, cache) / times["network"],
         "precision": precision,
+        "slice_batch": runs[-1][3],
     }
 
 
@@ -175,6 +176,7 @@ def print_table(peaks: dict[str, float], rows: list[tuple[str, dict, dict]]) -> 
                 f"| {name}: network stage, s | {before['network']:.1f} ({ratio(before)}) | "
                 f"{after['network']:.1f} ({ratio(after)}) | {after['network'] / before['network']:.2f} |"
             )
+            print(f"| … slices per network pass | {before['slice_batch']} | {after['slice_batch']} | |")
         else:
             print(
                 f"| {name}, s | {before['seconds']:.2f} ({ratio(before)}) | "
