@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.fileset import FileSet
 from test_inference import ROOT, bundle
-from workflows import refusal
+from workflows import refusal, run_in_process
 
 from scripts.clinical.dicom_outputs import read_segmentation, sr_volumes
 from scripts.clinical.inference import find_studies
@@ -243,13 +243,11 @@ def test_dicom_study_to_seg_and_report_end_to_end(tiny_cohort, tmp_path):
     write_ctp_dicom(ctp, studies / "patient-a", layout="per-frame", transfer_syntax="jpeg-lossless")
     write_ctp_dicom(other, studies / "patient-b")
     out = tmp_path / "out"
-    bundle(
+    run_in_process(
         "inference",
-        "--input",
-        str(studies),
-        "--output_dir",
-        str(out),
-        config="['bundle/configs/inference.json','bundle/configs/inference_threshold.json']",
+        ["bundle/configs/inference.json", "bundle/configs/inference_threshold.json"],
+        input=str(studies),
+        output_dir=str(out),
     )
     assert sorted(p.name for p in out.iterdir()) == ["patient-a", "patient-b"]
     folder = out / "patient-a"
@@ -362,9 +360,7 @@ def test_writing_and_computing_workflows_on_dicom(tiny_cohort, tmp_path):
         "--transfer_syntax", "jpeg-ls", "--layout", "per-frame", config="bundle/configs/dicom.json",
     )  # fmt: skip
     assert len(files_of(study)) == 2 * 40
-    bundle(
-        "computing", "--ctp", str(study), "--output_dir", str(tmp_path / "maps"), config="bundle/configs/perfusion.json"
-    )
+    run_in_process("computing", "bundle/configs/perfusion.json", ctp=str(study), output_dir=str(tmp_path / "maps"))
     record = json.loads((tmp_path / "maps" / "perfusion.json").read_text())
     assert record["dicom"]["time_source"] == "AcquisitionDateTime" and len(record["dicom"]["reference_files"]) == 2
     assert nib.load(tmp_path / "maps" / "cbf.nii.gz").shape == (64, 64, 2)

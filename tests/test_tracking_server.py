@@ -9,8 +9,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from test_training import CONFIGS, tiny_overrides
 from test_training import bundle as run_bundle
+from test_training import tiny_overrides
+from workflows import overrides_from, run_in_process
 
 from scripts.learning.experiments import build_tables
 from scripts.learning.registry import registered_weights
@@ -30,7 +31,11 @@ def test_runs_log_to_a_tracking_server_and_tables_are_rebuilt_from_it(
     out = tmp_path / "runs" / "exp3" / "SF_G-PMs-N"  # an Exp-3 cell's name, so `tabulating` finds it
     args = tiny_overrides(tiny_cohort, out, mlflow_server, "--max_epochs", "1", "--experiment_name", "exp3")
     bundle("training", "bundle/configs/train.json", *args, "--registered_model_name", "ctp-sf-tiny")
-    bundle("evaluating", CONFIGS, *args, "--split", "validation")
+    run_in_process(
+        "evaluating",
+        ["bundle/configs/train.json", "bundle/configs/evaluate.json"],
+        **overrides_from([*args, "--split", "validation"]),
+    )
     tables = build_tables(("exp3",), mlflow_server, str(tmp_path / "tables"))  # `tabulating`, from the server
     client = mlflow.MlflowClient(mlflow_server)
     assert client._tracking_client.tracking_uri == mlflow_server  # over HTTP, not a local store
@@ -65,7 +70,7 @@ def test_runs_log_to_a_tracking_server_and_tables_are_rebuilt_from_it(
     client.set_registered_model_alias("ctp-sf-tiny", "champion", "1")
     inference = ["--input", str(tiny_cohort), "--split", "test", "--tracking_uri", mlflow_server, "--output_dir"]
     champion = [str(tmp_path / "inference"), "--checkpoint", "models:/ctp-sf-tiny@champion"]
-    bundle("inference", "bundle/configs/inference.json", *inference, *champion)
+    run_in_process("inference", "bundle/configs/inference.json", **overrides_from([*inference, *champion]))
     first = json.loads(tiny_cohort.read_text())["test"][0]["id"]
     assert (tmp_path / "inference" / first / "label.nii.gz").is_file()
     with pytest.raises(ValueError, match="^models:/ctp-sf-tiny/7: not found in the MLflow store http"):

@@ -1,4 +1,6 @@
-"""Running a bundle workflow inside the test process, for the tests of its refusals."""
+"""Running a bundle workflow inside the test process: each test that only needs a workflow's outputs or its
+refusal saves a process start (~13 s of imports here). Every workflow still runs as a real
+``python -m monai.bundle run`` process in at least one test."""
 
 from __future__ import annotations
 
@@ -7,6 +9,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_in_process(run_id: str, config_file: str | list[str], **overrides: Any) -> Any:
+    """Run a bundle workflow in this process from the repository root, as the search, the experiment grids and
+    the MONAI Deploy app do (``scripts.cli.run_workflow``); return its result."""
+    from scripts.cli import run_workflow
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        return run_workflow(run_id, config_file, **overrides)
+    finally:
+        os.chdir(cwd)
 
 
 def refusal(run_id: str, config_file: str | list[str], **overrides: Any) -> str:
