@@ -9,8 +9,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from test_training import CONFIG_FILES, tiny_overrides
 from test_training import bundle as run_bundle
-from test_training import tiny_overrides
 from workflows import overrides_from, run_in_process
 
 from scripts.learning.experiments import build_tables
@@ -33,7 +33,7 @@ def test_runs_log_to_a_tracking_server_and_tables_are_rebuilt_from_it(
     bundle("training", "bundle/configs/train.json", *args, "--registered_model_name", "ctp-sf-tiny")
     run_in_process(
         "evaluating",
-        ["bundle/configs/train.json", "bundle/configs/evaluate.json"],
+        CONFIG_FILES,
         **overrides_from([*args, "--split", "validation"]),
     )
     tables = build_tables(("exp3",), mlflow_server, str(tmp_path / "tables"))  # `tabulating`, from the server

@@ -19,7 +19,8 @@ from scripts.learning.training import check_training_inputs
 from scripts.learning.vgg import vgg16_layers
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = "['bundle/configs/train.json','bundle/configs/evaluate.json']"
+CONFIG_FILES = ["bundle/configs/train.json", "bundle/configs/evaluate.json"]
+CONFIGS = str(CONFIG_FILES)  # as the command line takes them
 
 
 def bundle(run_id: str, config: str, *overrides: str, check: bool = True, wait: bool = True):

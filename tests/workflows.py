@@ -5,10 +5,23 @@ refusal saves a process start (~13 s of imports here). Every workflow still runs
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def at_root() -> Iterator[None]:
+    """Work in the repository root (the configs' ``bundle_root`` is relative to it), then go back."""
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
 
 
 def run_in_process(run_id: str, config_file: str | list[str], **overrides: Any) -> Any:
@@ -16,12 +29,8 @@ def run_in_process(run_id: str, config_file: str | list[str], **overrides: Any) 
     the MONAI Deploy app do (``scripts.cli.run_workflow``); return its result."""
     from scripts.cli import run_workflow
 
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
+    with at_root():
         return run_workflow(run_id, config_file, **overrides)
-    finally:
-        os.chdir(cwd)
 
 
 def refusal(run_id: str, config_file: str | list[str], **overrides: Any) -> str:
@@ -31,9 +40,7 @@ def refusal(run_id: str, config_file: str | list[str], **overrides: Any) -> str:
     ``test_inference.py`` check real processes); in-process saves a process start (~13 s of imports here)."""
     from monai.bundle import ConfigWorkflow
 
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
+    with at_root():  # not scripts.cli.bundle_workflow: it records the config into the run it would refuse
         workflow = ConfigWorkflow(config_file=config_file, logging_file=False, run_id=run_id, **overrides)
         workflow.initialize()
         try:
@@ -42,8 +49,6 @@ def refusal(run_id: str, config_file: str | list[str], **overrides: Any) -> str:
             return str(stop.code)
         finally:
             workflow.finalize()
-    finally:
-        os.chdir(cwd)
     raise AssertionError(f"{run_id} ran to the end instead of stopping")
 
 

@@ -73,9 +73,8 @@ class KeywordSliceInferer(SliceInferer):
     """
 
     def __init__(self, *args: Any, sw_batch_size: int | str = 1, memory_fraction: float = 0.5, **kwargs: Any):
-        if sw_batch_size != "auto" and (isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int)):
-            raise ValueError(f"sw_batch_size must be a positive integer or 'auto', got {sw_batch_size!r}.")
-        if sw_batch_size != "auto" and sw_batch_size < 1:
+        positive_int = isinstance(sw_batch_size, int) and not isinstance(sw_batch_size, bool) and sw_batch_size >= 1
+        if sw_batch_size != "auto" and not positive_int:
             raise ValueError(f"sw_batch_size must be a positive integer or 'auto', got {sw_batch_size!r}.")
         if not 0 < memory_fraction <= 1:
             raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction!r}.")
