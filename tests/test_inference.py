@@ -211,6 +211,11 @@ def test_bad_inputs_stop_with_the_file_named_and_leave_nothing(tmp_path, checkpo
         "inference", INFERENCE, input=str(tmp_path / "nan"), checkpoint=str(checkpoint), nihss=3, output_dir=str(out)
     )
     assert refused.startswith("error: ") and "cbv.nii.gz: contains 1 NaN" in refused
+    refused = refusal(
+        "inference", INFERENCE, input=str(tmp_path / "ok"), checkpoint=str(checkpoint), nihss=3, sw_batch_size="big",
+        output_dir=str(tmp_path / "ok_out"),
+    )  # fmt: skip
+    assert refused == "error: sw_batch_size must be a positive integer or 'auto', got 'big'."
 
 
 def test_unreadable_and_implausible_maps_are_refused_with_the_file_named(tiny_cohort, checkpoint, tmp_path):
