@@ -298,7 +298,7 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
     args += [
         "--finalize",
         '[\'$torch.save(@network_def.state_dict(), @output_dir + "/rank" + str(@rank) + ".pt")\', '
-        "'$torch.distributed.destroy_process_group()']",
+        "'$scripts.learning.distributed.end_process_group()']",
     ]
     command = [
         sys.executable,
@@ -429,6 +429,7 @@ def test_non_lvo_penalty_scales_only_non_lvo_samples_and_clipping_bounds_every_g
 DDP_STEP = """
 import sys
 import torch, torch.distributed as dist
+from scripts.learning.distributed import end_process_group
 from scripts.learning.training import ClipGradientValues
 dist.init_process_group("gloo")
 rank, out = dist.get_rank(), sys.argv[1]
@@ -442,8 +443,8 @@ part = slice(2 * rank, 2 * rank + 2)
 torch.nn.functional.cross_entropy(ddp(image[part]), label[part]).backward()
 optimizer.step()
 if rank == 0:
-    torch.save(net.state_dict(), out)
-dist.destroy_process_group()
+    torch.save(net.state_dict(), out)  # rank 1 reaches the end first: the rank that used to abort at exit
+assert end_process_group() == 1 and not dist.is_initialized()
 """
 
 

@@ -1,9 +1,10 @@
 """Learning: encoders and the multi-input networks, loss, metrics, training handlers (fine-tuning stages,
-checkpoints, tracking, the model registry), the voxel-wise baseline, the experiment grids and the Optuna loss
-search (with the lock its workers share)."""
+checkpoints, tracking, the model registry), the clean end of a distributed run, the voxel-wise baseline, the
+experiment grids and the Optuna loss search (with the lock its workers share)."""
 
 from . import (
     checkpoints,
+    distributed,
     encoding,
     experiments,
     finetuning,
@@ -22,6 +23,7 @@ from . import (
 
 __all__ = [
     "checkpoints",
+    "distributed",
     "encoding",
     "experiments",
     "finetuning",
