@@ -1,7 +1,8 @@
 """The DDP tests, run again and again: how often a rank dies at exit (issue #27, the shutdown race).
 
 Runs ``pytest tests/test_training.py -k ddp`` (the two-process update test and the two-process torchrun
-training with kill and resume) ``--runs`` times in a row and prints each run's result, then the failure count (a failed run's output is kept in the temporary folder).
+training with kill and resume) ``--runs`` times in a row and prints each run's result, then the failure count
+(a failed run's output is kept in the temporary folder).
 With ``--stress N`` it instead runs the two-process update script alone, N launches at a time (the race is a
 timing window at interpreter exit; oversubscribed cores widen it), to compare shutdown procedures quickly.
 Not a test: it takes about a minute per run on 2 cores.

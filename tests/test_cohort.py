@@ -155,19 +155,40 @@ def test_workflow_user_errors_print_one_line_not_a_traceback(tmp_path):
 
 
 def test_default_cohort_size_groups_and_split_are_what_the_docs_say():
-    """The model card's "30 patients (15 LVO, 12 Non-LVO, 3 WIS) ... split 17 / 6 / 7" and the README's 15/12/3,
-    from the generator's own defaults (no simulation needed)."""
+    """The model card's and the README's cohort sizes, from the generator's own defaults (no simulation needed):
+    40 patients split into training and validation, and a separate test cohort of 100 patients."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / "synthetic.json"))
-    n, seed = parser["n_patients"], parser["seed"]
-    counts = cohort.group_counts(n)
+    parser.read_config(str(ROOT / "bundle" / "configs" / "synthetic.json"))
+    n, n_test, seed = parser["n_patients"], parser["n_test"], parser["seed"]
+    counts, test = cohort.group_counts(n), cohort.group_counts(n_test)
     ids = {g: [f"{g}{i}" for i in range(c)] for g, c in counts.items()}
-    sizes = {name: len(v) for name, v in cohort.split_patients(ids, seed).items()}
-    card = (Path(__file__).resolve().parents[1] / "bundle" / "docs" / "README.md").read_text()
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert f"{n} patients ({counts['LVO']} LVO, {counts['Non-LVO']} Non-LVO, {counts['WIS']} WIS)" in card
-    assert f"split {sizes['training']} / {sizes['validation']} / {sizes['test']}" in card
-    assert f"({n} patients by default: {counts['LVO']}/{counts['Non-LVO']}/{counts['WIS']})" in readme
-    assert (sizes["training"], sizes["validation"], sizes["test"]) == (17, 6, 7)  # the datalist generated here
+    sizes = {k: len(v) for k, v in cohort.split_patients(ids, seed, cohort.SPLIT_FRACTIONS_WITHOUT_TEST).items()}
+    card = (ROOT / "bundle" / "docs" / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    text = (
+        f"{n} patients ({counts['LVO']} LVO, {counts['Non-LVO']} Non-LVO, {counts['WIS']} WIS) split "
+        f"{sizes['training']} / {sizes['validation']} into training and validation, and a separate test cohort "
+        f"of {n_test} patients ({test['LVO']} LVO, {test['Non-LVO']} Non-LVO, {test['WIS']} WIS)"
+    )
+    assert text in " ".join(card.split()) and text in " ".join(readme.split())
+    assert (sizes["training"], sizes["validation"], sizes["test"], n_test) == (30, 10, 0, 100)
+
+
+def test_a_separate_test_cohort_leaves_the_training_patients_unchanged(tmp_path, tiny_cohort):
+    """``n_test``: that many more patients (every group) form the test split; the first ``n_patients`` are the
+    same patients as without it (each patient is its own random stream), split into training and validation."""
+    with_test = cohort.generate_cohort(tmp_path / "with_test", **{**TINY, "n_test": 4})
+    splits, before = load_datalist(with_test), json.loads(tiny_cohort.read_text())
+    test_ids = [i["id"] for i in splits["test"]]
+    assert len(test_ids) == 4 and {i["group"] for i in splits["test"]} == {"LVO", "Non-LVO", "WIS"}
+    old_ids = {i["id"] for s in ("training", "validation", "test") for i in before[s]}
+    assert not set(test_ids) & old_ids
+    assert {i["id"] for s in ("training", "validation") for i in splits[s]} == old_ids
+    assert splits["training"] and splits["validation"]
+    same = before["training"][0]
+    again = next(i for s in ("training", "validation") for i in splits[s] if i["id"] == same["id"])
+    a = nib.load(tiny_cohort.parent / same["cbf"]).get_fdata()
+    np.testing.assert_array_equal(a, nib.load(again["cbf"]).get_fdata())
+    assert json.loads(with_test.read_text())["generator"]["n_test"] == 4

@@ -10,7 +10,10 @@ from monai.data import MetaTensor
 
 from scripts.io import CTPDataError, load_datalist, save_nifti
 from scripts.learning.metrics import (
+    CLASSES,
+    METRICS,
     LesionMetrics,
+    bootstrap_ci,
     evaluate_predictions,
     lesion_metrics,
     metric_names,
@@ -77,6 +80,27 @@ def test_empty_mask_conventions_and_group_summary():
     assert names["val_dice_penumbra_LVO"] == pytest.approx(0.75)
     assert "val_hd_penumbra_WIS" not in names  # undefined everywhere: not reported as a number
     assert names["val_adv_ml_penumbra_Non-LVO"] == pytest.approx(0.08)
+
+
+def test_bootstrap_intervals_cover_the_mean_and_shrink_with_more_patients():
+    """The 95 % percentile bootstrap interval of a group mean: around the mean, about 1.96 standard errors wide
+    for a large sample, narrower with four times the patients, a point for one patient, NaN for none; the
+    summary and the MLflow names carry it."""
+    rng = np.random.default_rng(5)
+    small, large = rng.uniform(0, 1, 25), rng.uniform(0, 1, 100)
+    low, high = bootstrap_ci(small)
+    assert low < small.mean() < high
+    half_width = 1.96 * small.std(ddof=1) / np.sqrt(small.size)
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+    large_low, large_high = bootstrap_ci(large)
+    assert (large_high - large_low) < 0.65 * (high - low)
+    assert bootstrap_ci(np.array([0.4])) == (0.4, 0.4) and all(math.isnan(v) for v in bootstrap_ci(np.array([])))
+    rows = [{"group": "LVO", **{f"{m}_{c}": v for m in METRICS for c in CLASSES}} for v in small]
+    summary = {(s["group"], s["class"], s["metric"]): s for s in summarise(rows)}
+    assert summary[("LVO", "core", "dice")]["ci_low"] == pytest.approx(low)
+    names = metric_names(summarise(rows), "test")
+    assert names["test_dice_core_LVO_ci_low"] == pytest.approx(low)
+    assert names["test_dice_core_LVO_ci_high"] == pytest.approx(high)
 
 
 @pytest.fixture()

@@ -107,6 +107,34 @@ def test_torchvision_state_dict_loads_unchanged_and_changes_the_output(tmp_path)
         assert (loaded(image) - scratch(image)).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_encoder_width_keeps_the_topology_and_starts_from_the_first_imagenet_filters(variant, tmp_path):
+    """A quarter-width network has the same layers (13 convolutions, 5 pools, 5 skips per encoder) with a quarter
+    of the filters, gives the same output shape, and each encoder holds the leading filters and input channels
+    of the ImageNet kernels; width 1 is the paper's network; widths outside (0, 1] are refused."""
+    path = tmp_path / "vgg16.pth"
+    state = torchvision_state()
+    torch.save(state, path)
+    full = create_network(variant, "PMs+N", pretrained=str(path))
+    quarter = create_network(variant, "PMs+N", pretrained=str(path), encoder_width=0.25)
+    convs = [m for m in quarter.encoders[0].features if isinstance(m, (torch.nn.Conv2d, vgg.InflatedConv3d))]
+    assert len(convs) == 13 and len(quarter.encoders[0].features) == len(full.encoders[0].features)
+    assert [c.weight.shape[0] for c in convs] == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128]
+    params = sum(p.numel() for p in quarter.parameters()) / sum(p.numel() for p in full.parameters())
+    assert 0.04 < params < 0.1, params  # about width squared
+    if variant != "EFI":  # the inflated kernels are 3D copies of these
+        encoder = quarter.encoders[0].features
+        torch.testing.assert_close(encoder[0].weight, state["features.0.weight"][:16])
+        torch.testing.assert_close(encoder[2].weight, state["features.2.weight"][:16, :16])
+        torch.testing.assert_close(encoder[28].bias, state["features.28.bias"][:128])
+    image, nihss = inputs_for("PMs+N", batch=2)
+    with torch.no_grad():
+        assert quarter.eval()(image, nihss).shape == full.eval()(image, nihss).shape == (2, 3, SIZE, SIZE)
+    for bad in (0, 1.5, "wide"):
+        with pytest.raises(ValueError, match="encoder_width must be in \\(0, 1\\]"):
+            create_network(variant, "PMs", encoder_width=bad)
+
+
 def test_download_is_real_and_offline_falls_back_with_a_warning(monkeypatch, tmp_path):
     calls = []
 

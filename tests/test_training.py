@@ -137,6 +137,9 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
         "test_loss",
     ):
         assert key in metrics and metrics[key] == metrics[key], key
+    # the evaluation logs 95 % bootstrap bounds around each test mean; validation (every epoch) does not
+    mean, low, high = (metrics[f"test_dice_hypoperfused_all{s}"] for s in ("", "_ci_low", "_ci_high"))
+    assert low <= mean <= high and not any(k.startswith("val_") and k.endswith("_ci_low") for k in metrics)
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert len(history) >= 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -54,7 +54,7 @@ def load_network_weights(
     """Load ``network`` weights from a checkpoint (``{key: state_dict, ...}`` or a bare state dict); return it.
 
     An unreadable file, missing entries or weights that do not fit the network stop with a message naming
-    the file (and, for a mismatch, the likely cause: another variant or input set).
+    the file (and, for a mismatch, the likely cause: another variant, input set or encoder_width).
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -76,7 +76,7 @@ def fit_weights(network: torch.nn.Module, weights: Any, source: str | os.PathLik
     except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0]
         raise CTPDataError(
-            f"{source}: checkpoint does not match this network (another variant or input set?): {first}"
+            f"{source}: checkpoint does not match this network (another variant, input set or encoder_width?): {first}"
         ) from err
 
 

@@ -16,7 +16,9 @@ Empty masks (WIS patients have no lesion; small lesions may be missed), applied 
   never averaged as zeros. Volumes are always defined.
 
 Groups are summarised as mean ± SD (sample SD, ddof = 1) over patients, per group (LVO, Non-LVO, WIS) and
-over all. Metric names follow ``shared/DESIGN.md``: ``<split>_<metric>_<class>_<group>``.
+over all, with a 95 % percentile bootstrap confidence interval of the mean over patients (``ci_low``,
+``ci_high``; :func:`bootstrap_ci`). Metric names follow ``shared/DESIGN.md``: ``<split>_<metric>_<class>_<group>``
+and ``..._ci_low`` / ``..._ci_high``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,21 @@ LESION_GROUPS = ("LVO", "Non-LVO")
 CLASSES: dict[str, tuple[int, ...]] = {"penumbra": (1,), "core": (2,), "hypoperfused": (1, 2)}
 METRICS = ("dice", "hd", "hd95", "dv_ml", "adv_ml")
 SUMMARY_GROUPS = (*GROUPS, "all")
+BOOTSTRAP_RESAMPLES = 2000
+"""Resamples of the patients for the confidence intervals (fixed generator seed 0: same rows, same interval)."""
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (patients drawn with replacement); NaN for no
+    values, the value itself for one."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(0)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
 
 
 def lesion_metrics(pred: np.ndarray, label: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
@@ -91,6 +108,7 @@ def summarise(rows: Iterable[Mapping]) -> list[dict]:
                     "mean": float(defined.mean()) if defined.size else math.nan,
                     "sd": float(defined.std(ddof=1)) if defined.size > 1 else (0.0 if defined.size else math.nan),
                 }
+                entry["ci_low"], entry["ci_high"] = bootstrap_ci(defined)
                 if metric == "dice":
                     entry["n_both_empty"] = sum(
                         1
@@ -101,9 +119,19 @@ def summarise(rows: Iterable[Mapping]) -> list[dict]:
     return summary
 
 
-def metric_names(summary: Iterable[Mapping], split: str) -> dict[str, float]:
-    """``{<split>_<metric>_<class>_<group>: mean}`` for the defined means (MLflow / Ignite names)."""
-    return {f"{split}_{s['metric']}_{s['class']}_{s['group']}": s["mean"] for s in summary if not math.isnan(s["mean"])}
+def metric_names(summary: Iterable[Mapping], split: str, intervals: bool = True) -> dict[str, float]:
+    """``{<split>_<metric>_<class>_<group>: mean}`` for the defined means, and with ``intervals`` also
+    ``..._ci_low`` / ``..._ci_high`` where the summary has them (MLflow / Ignite names)."""
+    names = {}
+    for s in summary:
+        if math.isnan(float(s["mean"])):
+            continue
+        name = f"{split}_{s['metric']}_{s['class']}_{s['group']}"
+        names[name] = float(s["mean"])
+        for bound in ("ci_low", "ci_high") if intervals else ():
+            if s.get(bound) not in (None, "") and not math.isnan(float(s[bound])):
+                names[f"{name}_{bound}"] = float(s[bound])
+    return names
 
 
 def lesion_mean(
@@ -125,15 +153,18 @@ def selection_metric(lesion: LesionMetrics) -> MetricsLambda:
 
 
 def markdown_table(summary: Sequence[Mapping], title: str = "model") -> str:
-    """Markdown table laid out like the paper's Table 2: Dice, Hausdorff (hd95, mm) and ΔV (|dv|, ml)."""
+    """Markdown table laid out like the paper's Table 2: Dice, Hausdorff (hd95, mm) and ΔV (|dv|, ml), each as
+    the mean over patients and its 95 % bootstrap interval."""
     cell = {(s["group"], s["class"], s["metric"]): s for s in summary}
 
     def fmt(group: str, name: str, metric: str) -> str:
         s = cell.get((group, name, metric))
-        if s is None or math.isnan(s["mean"]):
+        if s is None or math.isnan(float(s["mean"])):
             return "–"
         digits = 2 if metric == "dice" else 1
-        return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
+        low, high = float(s.get("ci_low", math.nan)), float(s.get("ci_high", math.nan))
+        interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if not math.isnan(low) else ""
+        return f"{float(s['mean']):.{digits}f}{interval}"
 
     header = (
         "| model | class | Dice LVO ↑ | Dice Non-LVO ↑ | HD95 LVO (mm) ↓ | HD95 Non-LVO (mm) ↓ | "
@@ -236,8 +267,9 @@ class LesionMetrics(Metric):
     ``label`` 3D volumes (class indices or one-hot / probabilities, channel first), the patient's
     group and id (under ``group_key`` and ``id_key``); the spacing is read from the label's MetaTensor
     (``pixdim``) or a ``spacing`` key.
-    ``compute`` returns ``{<split>_<metric>_<class>_<group>: mean}``; Ignite stores each entry in
-    ``engine.state.metrics``. The per-patient rows stay in ``self.rows`` for reports.
+    ``compute`` returns ``{<split>_<metric>_<class>_<group>: mean}``, with ``confidence_intervals`` also the
+    95 % bootstrap bounds (``..._ci_low`` / ``..._ci_high``: evaluation sets it, validation every epoch does
+    not); Ignite stores each entry in ``engine.state.metrics``. The per-patient rows stay in ``self.rows``.
     """
 
     def __init__(
@@ -247,8 +279,10 @@ class LesionMetrics(Metric):
         device: str | torch.device = "cpu",
         group_key: str = "group",
         id_key: str = "id",
+        confidence_intervals: bool = False,
     ) -> None:
         self.split, self.group_key, self.id_key = split, group_key, id_key
+        self.confidence_intervals = bool(confidence_intervals)
         self.rows: list[dict] = []
         super().__init__(output_transform=output_transform, device=device)
 
@@ -273,7 +307,7 @@ class LesionMetrics(Metric):
             self.rows.append(patient_row(pid, group, label_indices(item["pred"]), label_indices(label), spacing))
 
     def compute(self) -> dict[str, float]:
-        return metric_names(summarise(self.rows), self.split)
+        return metric_names(summarise(self.rows), self.split, self.confidence_intervals)
 
 
 class MetricReports:

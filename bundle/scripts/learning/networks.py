@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoding import PerfusionColourEncoding
-from .vgg import SKIP_CHANNELS, InflatedVGG16Encoder, VGG16Encoder, load_vgg16_state
+from .vgg import InflatedVGG16Encoder, VGG16Encoder, check_width, load_vgg16_state, scaled, skip_channels
 
 PERFUSION_MAPS = ("cbf", "cbv", "ttp", "tmax")
 INPUT_SETS = {
@@ -54,9 +54,10 @@ def init_relu_layers(module: nn.Module) -> None:
             nn.init.zeros_(layer.bias)
 
 
-def bottleneck_head(in_channels: int, dropout: float) -> nn.Sequential:
-    """The two 3x3 convolutions (128) and dropout after each encoder."""
-    return nn.Sequential(*conv_relu(in_channels, 128), *conv_relu(128, 128), nn.Dropout(dropout))
+def bottleneck_head(in_channels: int, dropout: float, width: float = 1.0) -> nn.Sequential:
+    """The two 3x3 convolutions (128 times ``width``) and dropout after each encoder."""
+    out = scaled(128, width)
+    return nn.Sequential(*conv_relu(in_channels, out), *conv_relu(out, out), nn.Dropout(dropout))
 
 
 class NIHSSBranch(nn.Module):
@@ -82,17 +83,26 @@ class FusionDecoder(nn.Module):
     Args:
         bottleneck_channels: channels of the fused bottleneck (stride 32).
         skip_channels: channels of the skips at strides 1, 2, 4, 8, 16.
-        width: number of image encoders (the filters of each level are 128/64/32/16 times it).
+        n_encoders: number of image encoders (the filters of each level are 128/64/32/16 times it).
         n_classes: output classes.
+        encoder_width: the encoders' width (the decoder's filters scale with it, the 16-filter head does not).
     """
 
-    def __init__(self, bottleneck_channels: int, skip_channels: Sequence[int], width: int, n_classes: int = 3) -> None:
+    def __init__(
+        self,
+        bottleneck_channels: int,
+        skip_channels: Sequence[int],
+        n_encoders: int,
+        n_classes: int = 3,
+        encoder_width: float = 1.0,
+    ) -> None:
         super().__init__()
-        self.up = nn.Sequential(nn.ConvTranspose2d(bottleneck_channels, 256, 2, stride=2), nn.ReLU(inplace=True))
-        channels = 256 + skip_channels[4]
+        up = scaled(256, encoder_width)
+        self.up = nn.Sequential(nn.ConvTranspose2d(bottleneck_channels, up, 2, stride=2), nn.ReLU(inplace=True))
+        channels = up + skip_channels[4]
         levels = []
         for filters, skip in zip((128, 64, 32, 16), reversed(skip_channels[:4])):
-            f = filters * width
+            f = scaled(filters * n_encoders, encoder_width)
             levels.append(
                 nn.Sequential(
                     *conv_relu(channels, f),
@@ -127,6 +137,8 @@ class FineTunableEncoders(nn.Module):
         pretrained: ImageNet weights for the encoders: True (download), False, or a state-dict path.
         dropout: dropout after each encoder's bottleneck convolutions.
         windows, lut: colour encoding of the maps (:class:`scripts.learning.encoding.PerfusionColourEncoding`).
+        encoder_width: filters of every VGG-16 encoder, its bottleneck head and the decoder relative to the
+            paper's network (1); same topology, slow fusion and skips at any width (:mod:`scripts.learning.vgg`).
     """
 
     __jit_unused_properties__ = ["pretrained"]
@@ -140,20 +152,24 @@ class FineTunableEncoders(nn.Module):
         dropout: float = 0.25,
         windows: Mapping[str, Sequence[float]] | None = None,
         lut: str = "jet",
+        encoder_width: float = 1.0,
     ) -> None:
         super().__init__()
+        self.encoder_width = check_width(encoder_width)
         self.maps = list(maps)
         self.use_nihss = bool(use_nihss)
         self.encoding = PerfusionColourEncoding(self.maps, windows, lut)
         self.finetuning_stage = "all"
-        bottleneck_channels, skip_channels, width = self._build_encoders(pretrained, dropout)
+        bottleneck_channels, skips, n_encoders = self._build_encoders(pretrained, dropout)
         self.nihss_branch = NIHSSBranch() if self.use_nihss else None
-        self.decoder = FusionDecoder(bottleneck_channels + int(self.use_nihss), skip_channels, width, n_classes)
+        self.decoder = FusionDecoder(
+            bottleneck_channels + int(self.use_nihss), skips, n_encoders, n_classes, self.encoder_width
+        )
         self._init_new_layers()
 
     def _build_encoders(self, pretrained: bool | str | os.PathLike, dropout: float) -> tuple[int, list[int], int]:
         """Register the encoders (and their heads); return the decoder's bottleneck channels (without NIHSS),
-        skip channels per level and width factor."""
+        skip channels per level and number of image encoders."""
         raise NotImplementedError
 
     def _init_new_layers(self) -> None:
@@ -223,10 +239,11 @@ class SlowFusionNet(FineTunableEncoders):
 
     def _build_encoders(self, pretrained: bool | str | os.PathLike, dropout: float) -> tuple[int, list[int], int]:
         n = len(self.maps)
+        w = self.encoder_width
         weights = load_vgg16_state(pretrained)  # one download or read for all encoders
-        self.encoders = nn.ModuleList([VGG16Encoder(weights if weights is not None else False) for _ in range(n)])
-        self.heads = nn.ModuleList([bottleneck_head(512, dropout) for _ in range(n)])
-        return 128 * n, [c * n for c in SKIP_CHANNELS], n
+        self.encoders = nn.ModuleList([VGG16Encoder(weights if weights is not None else False, w) for _ in range(n)])
+        self.heads = nn.ModuleList([bottleneck_head(scaled(512, w), dropout, w) for _ in range(n)])
+        return scaled(128, w) * n, [c * n for c in skip_channels(w)], n
 
     def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(image, nihss)
@@ -253,9 +270,10 @@ class EarlyFusionNet(FineTunableEncoders):
 
     def _build_encoders(self, pretrained: bool | str | os.PathLike, dropout: float) -> tuple[int, list[int], int]:
         self.squeeze = nn.Sequential(*conv_relu(3 * len(self.maps), 3))
-        self.encoders = nn.ModuleList([VGG16Encoder(pretrained)])
-        self.head = bottleneck_head(512, dropout)
-        return 128, list(SKIP_CHANNELS), 1
+        w = self.encoder_width
+        self.encoders = nn.ModuleList([VGG16Encoder(pretrained, w)])
+        self.head = bottleneck_head(scaled(512, w), dropout, w)
+        return scaled(128, w), list(skip_channels(w)), 1
 
     def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(image, nihss)
@@ -272,10 +290,11 @@ class InflatedFusionNet(FineTunableEncoders):
     channels before the 2D decoder."""
 
     def _build_encoders(self, pretrained: bool | str | os.PathLike, dropout: float) -> tuple[int, list[int], int]:
-        self.encoders = nn.ModuleList([InflatedVGG16Encoder(pretrained)])
+        w = self.encoder_width
+        self.encoders = nn.ModuleList([InflatedVGG16Encoder(pretrained, w)])
         depths = InflatedVGG16Encoder.depths(len(self.maps))
-        self.head = bottleneck_head(512 * depths[5], dropout)
-        return 128, [c * d for c, d in zip(SKIP_CHANNELS, depths)], 1
+        self.head = bottleneck_head(scaled(512, w) * depths[5], dropout, w)
+        return scaled(128, w), [c * d for c, d in zip(skip_channels(w), depths)], 1
 
     def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(image, nihss)

@@ -3,6 +3,11 @@
 ``VGG16Encoder.features`` has exactly torchvision's ``vgg16().features`` layout, so the published ImageNet
 state dict (``features.<i>.weight`` / ``.bias``) loads unchanged; the classifier keys are ignored.
 torchvision itself is not needed (it cannot be installed beside the CPU torch these machines use).
+
+``width`` scales every convolution's filters (1 = the paper's VGG-16, 64...512; 0.25 = 16...128) with the same
+topology: 13 convolutions, 5 pools, the same skip taps. A narrower encoder starts from the first filters of the
+ImageNet weights (each kernel sliced to the first input and output channels), the channel-subset
+initialisation of width-multiplied networks; at width 1 the weights load unchanged.
 """
 
 from __future__ import annotations
@@ -25,20 +30,49 @@ DEEP_HALF_START = 17
 """First ``features`` index of block 4: blocks 4-5 are the deeper half unfrozen by gradual fine-tuning."""
 
 
-def vgg16_layers() -> nn.Sequential:
-    """torchvision's ``vgg16().features``: 13 conv+ReLU and 5 max-pools, same indices."""
+def scaled(channels: int, width: float) -> int:
+    """Filters of a layer with ``channels`` at full width, at ``width`` (at least 1)."""
+    return max(1, int(round(channels * float(width))))
+
+
+def check_width(width: float) -> float:
+    """``width`` as a float in (0, 1]; anything else raises ``ValueError``."""
+    try:
+        value = float(width)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"encoder_width must be in (0, 1] (1 = the paper's VGG-16), got {width!r}.")
+    return value
+
+
+def skip_channels(width: float = 1.0) -> tuple[int, ...]:
+    """Channels of the five skip taps at ``width``."""
+    return tuple(scaled(c, width) for c in SKIP_CHANNELS)
+
+
+def vgg16_layers(width: float = 1.0) -> nn.Sequential:
+    """torchvision's ``vgg16().features`` (13 conv+ReLU and 5 max-pools, same indices), filters times ``width``."""
+    width = check_width(width)
     layers: list[nn.Module] = []
     channels = 3
     for item in VGG16_CONFIG:
         if item == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
-            conv = nn.Conv2d(channels, int(item), 3, padding=1)
+            out = scaled(int(item), width)
+            conv = nn.Conv2d(channels, out, 3, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.ReLU(inplace=True)]
-            channels = int(item)
+            channels = out
     return nn.Sequential(*layers)
+
+
+def slice_to(state: dict[str, torch.Tensor], layers: nn.Sequential) -> dict[str, torch.Tensor]:
+    """Full-width ``features`` weights cut to the first filters and input channels of ``layers``' shapes."""
+    target = layers.state_dict()
+    return {k: v[tuple(slice(0, n) for n in target[k].shape)].clone() for k, v in state.items() if k in target}
 
 
 def load_vgg16_state(pretrained: bool | str | os.PathLike) -> dict[str, torch.Tensor] | None:
@@ -86,14 +120,15 @@ class VGG16Encoder(nn.Module):
     Args:
         pretrained: True (ImageNet via torch.hub), False, a path to a torchvision-keyed state dict, or
             already-loaded ``features`` weights (from :func:`load_vgg16_state`, to share one download).
+        width: filters relative to VGG-16 (module docstring).
     """
 
-    def __init__(self, pretrained: bool | str | os.PathLike | dict = False) -> None:
+    def __init__(self, pretrained: bool | str | os.PathLike | dict = False, width: float = 1.0) -> None:
         super().__init__()
-        self.features = vgg16_layers()
+        self.features = vgg16_layers(width)
         state = pretrained if isinstance(pretrained, dict) else load_vgg16_state(pretrained)
         if state is not None:
-            self.features.load_state_dict(state)
+            self.features.load_state_dict(slice_to(state, self.features))
         self.pretrained = state is not None
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -134,9 +169,9 @@ class InflatedVGG16Encoder(nn.Module):
     likewise, so a 2D decoder can use them.
     """
 
-    def __init__(self, pretrained: bool | str | os.PathLike | dict = False) -> None:
+    def __init__(self, pretrained: bool | str | os.PathLike | dict = False, width: float = 1.0) -> None:
         super().__init__()
-        base = VGG16Encoder(pretrained)
+        base = VGG16Encoder(pretrained, width)
         self.pretrained = base.pretrained
         layers: list[nn.Module] = []
         pools = 0

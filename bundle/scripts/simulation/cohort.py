@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 PAPER_GROUP_COUNTS = {"LVO": 77, "Non-LVO": 60, "WIS": 15}
 GROUP_CODES = {"LVO": "01", "Non-LVO": "02", "WIS": "03"}
 SPLIT_FRACTIONS = {"training": 0.58, "validation": 0.20, "test": 0.22}
+SPLIT_FRACTIONS_WITHOUT_TEST = {"training": 0.75, "validation": 0.25, "test": 0.0}
+"""With a separate test cohort (``n_test``): the paper's training:validation ratio (58:20)."""
 NIHSS_RANGES = {"LVO": (10, 20), "Non-LVO": (2, 8), "WIS": (0, 4)}
 HYPOPERFUSED_FRACTION_SCALE = {"LVO": 0.25, "Non-LVO": 0.04}
 
@@ -49,20 +51,23 @@ def group_counts(n_patients: int) -> dict[str, int]:
     return counts
 
 
-def split_patients(ids_by_group: dict[str, list[str]], seed: int) -> dict[str, list[str]]:
-    """Stratified split by group in the paper's 58/20/22 % proportions; validation and test get each group."""
+def split_patients(
+    ids_by_group: dict[str, list[str]], seed: int, fractions: dict[str, float] = SPLIT_FRACTIONS
+) -> dict[str, list[str]]:
+    """Stratified split by group in the given proportions (the paper's 58/20/22 %); validation and test get
+    each group (test none when its fraction is 0)."""
     rng = np.random.default_rng([seed, 7])
     splits: dict[str, list[str]] = {name: [] for name in SPLIT_FRACTIONS}
     for group in GROUPS:
         ids = list(ids_by_group.get(group, []))
         rng.shuffle(ids)
         n = len(ids)
-        n_test = int(round(n * SPLIT_FRACTIONS["test"])) or (1 if n >= 3 else 0)
-        n_val = int(round(n * SPLIT_FRACTIONS["validation"])) or (1 if n >= 3 else 0)
+        n_test = (int(round(n * fractions["test"])) or (1 if n >= 3 else 0)) if fractions["test"] else 0
+        n_val = int(round(n * fractions["validation"])) or (1 if n >= 3 else 0)
         splits["test"] += ids[:n_test]
         splits["validation"] += ids[n_test : n_test + n_val]
         splits["training"] += ids[n_test + n_val :]
-    for name in ("validation", "test"):  # tiny cohorts: never leave an evaluation split empty
+    for name in ("validation", "test") if fractions["test"] else ("validation",):  # tiny cohorts: never empty
         if not splits[name] and len(splits["training"]) > 1:
             splits[name].append(splits["training"].pop(0))
     return {name: sorted(ids) for name, ids in splits.items()}
@@ -140,6 +145,7 @@ def generate_cohort(
     overwrite: bool = False,
     workers: int = 0,
     lesion_model: str = "fate",
+    n_test: int = 0,
 ) -> Path:
     """Generate a synthetic cohort and return the path of its datalist.
 
@@ -158,6 +164,10 @@ def generate_cohort(
         lesion_model: ``fate`` (labels are the tissue's latent fate, :mod:`scripts.simulation.fate`) or ``separable``
             (the former construction, where one map separates each class);
             see :data:`scripts.simulation.simulate.LESION_MODELS`.
+        n_test: 0: the test split is 22 % of ``n_patients``. Otherwise a separate test cohort of ``n_test``
+            more patients (same proportions of groups, same generator, each patient its own random stream),
+            and ``n_patients`` are split 75/25 into training and validation: a test set large enough to tell
+            methods apart without shrinking the training set.
     """
     if lesion_model not in LESION_MODELS:
         raise ValueError(f"lesion_model must be one of {tuple(LESION_MODELS)}, got {lesion_model!r}.")
@@ -180,17 +190,22 @@ def generate_cohort(
         "seed": int(seed),
         "lesion_model": lesion_model,
     }
+    if int(n_test):
+        params["n_test"] = int(n_test)  # absent when 0: earlier cohorts keep their data version
     version = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    tasks, index = [], 0
-    for group in GROUPS:
-        for number in range(1, counts[group] + 1):
-            pid = f"CTP_{GROUP_CODES[group]}_{number:03d}"
-            tasks.append(
-                {**params, "group": group, "id": pid, "index": index, "root": str(staging), "save_ctp": bool(save_ctp)}
-            )
-            index += 1
+    test_counts = group_counts(int(n_test)) if int(n_test) else dict.fromkeys(GROUPS, 0)
+    tasks, index, test_ids = [], 0, []
+    for cohort_counts, first in ((counts, dict.fromkeys(GROUPS, 1)), (test_counts, {g: counts[g] + 1 for g in GROUPS})):
+        for group in GROUPS:
+            for number in range(first[group], first[group] + cohort_counts[group]):
+                pid = f"CTP_{GROUP_CODES[group]}_{number:03d}"
+                task = {**params, "group": group, "id": pid, "index": index, "root": str(staging)}
+                tasks.append({**task, "save_ctp": bool(save_ctp)})
+                if cohort_counts is test_counts:
+                    test_ids.append(pid)
+                index += 1
     n_workers = min(len(tasks), workers or os.cpu_count() or 1)
     try:
         if n_workers > 1:
@@ -199,8 +214,12 @@ def generate_cohort(
         else:
             items = [simulate_patient(task) for task in tasks]
         by_id = {item["id"]: item for item in items}
-        ids_by_group = {g: [i["id"] for i in items if i["group"] == g] for g in GROUPS}
-        splits = split_patients(ids_by_group, int(seed))
+        ids_by_group = {g: [i["id"] for i in items if i["group"] == g and i["id"] not in test_ids] for g in GROUPS}
+        if test_ids:
+            splits = split_patients(ids_by_group, int(seed), SPLIT_FRACTIONS_WITHOUT_TEST)
+            splits["test"] = sorted(test_ids)
+        else:
+            splits = split_patients(ids_by_group, int(seed))
         datalist = {
             "name": "synthetic-ctp",
             "description": "Synthetic CT perfusion cohort: indicator-dilution simulation, "
@@ -220,5 +239,5 @@ def generate_cohort(
             os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("cohort of %d patients (%s) written to %s", len(items), counts, out)
+    logger.info("cohort of %d patients (%s; test cohort %s) written to %s", len(items), counts, test_counts, out)
     return out / "datalist.json"
