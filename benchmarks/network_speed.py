@@ -7,7 +7,9 @@ and achieved GFLOP/s as a ratio to a large fp32 matmul measured in the same run.
 the largest size under CPU options: channels_last, bf16 autocast, both (no_grad vs inference_mode too).
 Uses the GPU when one is present.
 
-Run: python benchmarks/network_speed.py [--sizes 128 256 512 --variants SF EF EFI --repeats 2]
+``--widths`` adds rows per encoder width (default 1, the paper's network; the bundle's default is 0.25).
+
+Run: python benchmarks/network_speed.py [--sizes 128 256 512 --variants SF EF EFI --widths 1 0.25 --repeats 2]
 """
 
 from __future__ import annotations
@@ -102,9 +104,9 @@ def inputs(size: int, batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     return image, nihss
 
 
-def one(variant: str, size: int, repeats: int) -> dict:
+def one(variant: str, size: int, repeats: int, width: float = 1.0) -> dict:
     """Measure one configuration (run in a child process)."""
-    net = create_network(variant, "PMs+N").to(DEVICE)
+    net = create_network(variant, "PMs+N", encoder_width=width).to(DEVICE)
     image, nihss = inputs(size)
     macs = count_macs(net.eval(), image[:1], nihss[:1])
     net.eval()
@@ -130,6 +132,7 @@ def one(variant: str, size: int, repeats: int) -> dict:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
     return {
         "variant": variant,
+        "width": width,
         "size": size,
         "forward_ms_per_slice": 1000 * forward_s / BATCH,
         "step_ms": 1000 * step_s,
@@ -175,11 +178,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--variants", nargs="+", default=["SF", "EF", "EFI"])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--one", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--widths", type=float, nargs="+", default=[1.0], help="encoder widths (1 = the paper)")
+    parser.add_argument("--one", nargs=3, metavar=("VARIANT", "SIZE", "WIDTH"), help=argparse.SUPPRESS)
     parser.add_argument("--skip-options", action="store_true", help="skip the CPU-options comparison")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], int(args.one[1]), args.repeats)))
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.repeats, float(args.one[2]))))
         return
     peak = matmul_peak_gflops()
     print(
@@ -187,24 +191,24 @@ def main() -> None:
     )
     print(f"fp32 matmul peak (4096^2): {peak:.1f} GFLOP/s")
     print(
-        "| model | size | forward ms/slice | fwd+bwd ms/step | peak memory GB | params M | GMACs/slice | GFLOP/s "
-        "| ratio to matmul peak |"
+        "| model | width | size | forward ms/slice | fwd+bwd ms/step | peak memory GB | params M | GMACs/slice "
+        "| GFLOP/s | ratio to matmul peak |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for size in args.sizes:
-        for variant in args.variants:
-            child = subprocess.run(
-                [sys.executable, __file__, "--one", variant, str(size), "--repeats", str(args.repeats)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            r = json.loads(child.stdout.strip().splitlines()[-1])
-            print(
-                f"| {variant} | {size} | {r['forward_ms_per_slice']:.0f} | {r['step_ms']:.0f} | {r['peak_gb']:.2f} | "
-                f"{r['params_m']:.1f} | {r['gmacs']:.1f} | {r['gflops']:.1f} | {r['gflops'] / peak:.2f} |",
-                flush=True,
-            )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for size, width, variant in [(s, w, v) for s in args.sizes for w in args.widths for v in args.variants]:
+        child = subprocess.run(
+            [sys.executable, __file__, "--one", variant, str(size), str(width), "--repeats", str(args.repeats)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        r = json.loads(child.stdout.strip().splitlines()[-1])
+        print(
+            f"| {variant} | {width:g} | {size} | {r['forward_ms_per_slice']:.0f} | {r['step_ms']:.0f} | "
+            f"{r['peak_gb']:.2f} | {r['params_m']:.1f} | {r['gmacs']:.1f} | {r['gflops']:.1f} | "
+            f"{r['gflops'] / peak:.2f} |",
+            flush=True,
+        )
     if not args.skip_options:
         size = max(args.sizes)
         print(f"\nSF forward at {size}^2, batch {BATCH}, ms per slice:")

@@ -530,3 +530,49 @@ def test_a_study_without_brain_is_refused_before_the_network(tmp_path):
     air = np.full((32, 32, 2), -1000.0, np.float32)
     with pytest.raises(CTPDataError, match=r"no brain found in .*mip.nii.gz"):
         prepare_studies(_patient(tmp_path / "air", mip=air), tmp_path / "out", check_values=False)
+
+
+class PointwiseNetwork(torch.nn.Module):
+    """Logits from each voxel's own map values (a fixed 1x1 convolution): its labels do not depend on any
+    neighbour, so they are the same with and without the brain crop unless the crop or its inversion moves them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 3, 1)
+        with torch.no_grad():  # channels cbf, cbv, ttp, tmax: penumbra where Tmax > 6 s, core where CBF is also low
+            self.conv.weight.zero_()
+            self.conv.weight[1, 3] = self.conv.weight[2, 3] = 1.0
+            self.conv.weight[2, 0] = -0.2
+            self.conv.bias.copy_(torch.tensor([0.0, -6.0, -2.0]))
+
+    def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(image)
+
+
+@pytest.mark.parametrize("method", ["threshold", "pointwise network"])
+def test_brain_crop_on_and_off_give_the_same_labels_voxel_for_voxel(tiny_cohort, tmp_path, method):
+    """Voxel-wise methods must give identical labels with the brain crop and without it: the RAPID-like overlay
+    (its normal-flow reference lies inside the brain, hence inside the crop) and a network whose output at a voxel
+    reads only that voxel. An Invertd shifted by one voxel, or a crop that lost brain, fails this exactly."""
+    from monai.bundle import ConfigParser
+
+    patient = _enlarged_patient(tiny_cohort, tmp_path / "patient")
+    configs = [str(ROOT / "bundle/configs/inference.json")]
+    if method == "threshold":
+        configs.append(str(ROOT / "bundle/configs/inference_threshold.json"))
+    labels = {}
+    for crop in (True, False):
+        parser = ConfigParser()
+        parser.read_config(configs)
+        out = tmp_path / f"crop_{crop}"
+        parser.update({"bundle_root": str(ROOT / "bundle"), "input": str(patient), "output_dir": str(out)})
+        parser.update({"nihss": 7, "brain_crop": crop, "checkpoint": None, "sw_batch_size": 2})
+        if method != "threshold":
+            parser["network"] = PointwiseNetwork().eval()
+        parser.get_parsed_content("evaluator").run()
+        labels[crop] = np.asarray(nib.load(out / patient.name / "label.nii.gz").dataobj)
+    assert labels[True].shape == (160, 160, 4)
+    assert (labels[True] > 0).sum() > 20  # a lesion to compare, not two empty labels
+    if method != "threshold":
+        assert (labels[True] == 1).any() and (labels[True] == 2).any()
+    np.testing.assert_array_equal(labels[True], labels[False])
