@@ -173,7 +173,7 @@ def main() -> None:
     for seed in args.seeds:
         results[f"voxel baseline seed {seed}"] = baseline_rows(splits, "voxel", root, seed)
     if any("rcbf_true" in item for item in splits["test"]):
-        results["fate rule on computed CBF + latent"] = baseline_rows(splits, "ceiling", root)
+        results["ceiling (computed CBF + latent)"] = baseline_rows(splits, "ceiling", root)
         results["oracle (true flow + latent)"] = baseline_rows(splits, "oracle", root)
     groups = [item["group"] for item in splits["test"]]
     counts = ", ".join(f"{g} {groups.count(g)}" for g in ("LVO", "Non-LVO", "WIS"))
