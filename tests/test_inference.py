@@ -24,6 +24,8 @@ from scripts.simulation.cohort import generate_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 INFERENCE = "bundle/configs/inference.json"
+WIDTH = json.loads((ROOT / INFERENCE).read_text())["encoder_width"]
+"""The encoder width inference builds its network with: checkpoints made here must have it."""
 
 
 def bundle(run_id: str, *args: str, config: str = "bundle/configs/inference.json", check: bool = True):
@@ -45,10 +47,12 @@ def bundle(run_id: str, *args: str, config: str = "bundle/configs/inference.json
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """An untrained SF(PMs+N) checkpoint in the training format ({'network': state_dict})."""
+    """An untrained SF(PMs+N) checkpoint at the inference config's width, in the training format
+    ({'network': state_dict})."""
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.manual_seed(0)
-    torch.save({"network": create_network("SF", "PMs+N", pretrained=False).state_dict()}, path)
+    network = create_network("SF", "PMs+N", pretrained=False, encoder_width=WIDTH)
+    torch.save({"network": network.state_dict()}, path)
     return path
 
 
@@ -202,7 +206,7 @@ def test_bad_inputs_stop_with_the_file_named_and_leave_nothing(tmp_path, checkpo
     with pytest.raises(ValueError, match="ctp.nii.gz: no contrast bolus"):  # maps would be silently empty
         prepare_studies(raw, out)
     with pytest.raises(CTPDataError, match="does not match this network"):
-        load_model(create_network("SF", "PMs+M+N", pretrained=False), checkpoint)
+        load_model(create_network("SF", "PMs+M+N", pretrained=False, encoder_width=WIDTH), checkpoint)
     (tmp_path / "a_file").write_text("")
     with pytest.raises(CTPDataError, match="output folder is not writable"):
         prepare_studies(_patient(tmp_path / "ok"), tmp_path / "a_file" / "out")
@@ -281,7 +285,7 @@ def test_ckpt_export_gives_torchscript_equal_to_eager(checkpoint, tmp_path):
     scripted = torch.jit.load(str(ts), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]["num_channels"] == 4
     assert "network_def" in json.loads(extra["inference.json"])
-    eager = create_network("SF", "PMs+N", pretrained=False)
+    eager = create_network("SF", "PMs+N", pretrained=False, encoder_width=WIDTH)
     eager.load_state_dict(torch.load(checkpoint)["network"])
     eager.eval()
     image, nihss = torch.randn(2, 4, 64, 64), torch.tensor([[4.0], [17.0]])
@@ -576,3 +580,27 @@ def test_brain_crop_on_and_off_give_the_same_labels_voxel_for_voxel(tiny_cohort,
     if method != "threshold":
         assert (labels[True] == 1).any() and (labels[True] == 2).any()
     np.testing.assert_array_equal(labels[True], labels[False])
+
+
+class _WritesAMarker:
+    """A pickled object that, if unpickled, runs a command: what a crafted checkpoint from elsewhere can hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_with_one_line(tmp_path):
+    """``--checkpoint`` is read weights-only: a pickle that would run a command is refused with one line naming
+    the file, and the command never runs."""
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"network": _WritesAMarker(marker)}, crafted)
+    refused = refusal(
+        "inference", INFERENCE, input=str(_patient(tmp_path / "ok")), checkpoint=str(crafted), nihss=3,
+        output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    assert refused.startswith(f"error: {crafted}: refused: the checkpoint holds Python objects other than weights")
+    assert "\n" not in refused and not marker.exists()

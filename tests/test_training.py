@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -256,7 +257,8 @@ def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
     written = build_tables(("exp3",), uri, str(tmp_path / "tables"))
     table = written["exp3_md"].read_text()
     assert all(f"| {name} | penumbra |" in table for name in names)
-    assert "±" in table and written["exp3_csv"].read_text().count("\n") > 3
+    assert re.search(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]", table)  # mean [95 % bootstrap interval]
+    assert written["exp3_csv"].read_text().count("\n") > 3
 
 
 def descendants(pid: int) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,18 @@ def load_network_weights(
 ) -> dict:
     """Load ``network`` weights from a checkpoint (``{key: state_dict, ...}`` or a bare state dict); return it.
 
-    An unreadable file, missing entries or weights that do not fit the network stop with a message naming
-    the file (and, for a mismatch, the likely cause: another variant, input set or encoder_width).
+    The file is read with ``weights_only=True``: tensors and plain containers only, so a crafted checkpoint
+    cannot run code when loaded (a pickle that holds anything else is refused, naming the file). An unreadable
+    file, missing entries or weights that do not fit the network stop with a message naming the file (and,
+    for a mismatch, the likely cause: another variant, input set or encoder_width).
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CTPDataError(
+            f"{path}: refused: the checkpoint holds Python objects other than weights, which could run code when "
+            "loaded; only weights-only checkpoints (tensors in plain containers) are read."
+        ) from err
     except Exception as err:
         raise CTPDataError(f"{path}: checkpoint cannot be read ({err}).") from err
     if not isinstance(state, dict):
