@@ -604,3 +604,30 @@ def test_a_checkpoint_that_would_run_code_is_refused_with_one_line(tmp_path):
     )  # fmt: skip
     assert refused.startswith(f"error: {crafted}: refused: the checkpoint holds Python objects other than weights")
     assert "\n" not in refused and not marker.exists()
+
+
+@pytest.mark.parametrize("hostile", ["../../x", "/abs", "two\nlines"])
+def test_a_patient_id_that_is_not_a_folder_name_is_refused_before_anything_is_written(tmp_path, hostile):
+    """Ids become folder and file names only after a check: a datalist id with a separator, an absolute id or
+    one with a control character stops inference (and every datalist reader) with one line naming the entry,
+    and nothing is written, inside the output folder or above it."""
+    from scripts.io import load_datalist
+
+    patient = _patient(tmp_path / "data" / "p1")
+    item = {"id": hostile, **{k: f"p1/{k}.nii.gz" for k in PLAUSIBLE}, "nihss": 3}
+    datalist = tmp_path / "data" / "datalist.json"
+    datalist.write_text(json.dumps({"test": [item]}))
+    out = tmp_path / "a" / "b" / "out"
+    before = {p for p in tmp_path.rglob("*")}
+    refused = refusal("inference", INFERENCE, input=str(datalist), nihss=3, checkpoint=None, output_dir=str(out))
+    assert refused == f"error: {datalist} test[0]: patient id {hostile!r} cannot be a folder name " + (
+        "(it holds a control character)." if "\n" in hostile else "(it holds a path separator)."
+    )
+    made = {p for p in tmp_path.rglob("*") if not p.is_relative_to(out) and p not in out.parents}
+    assert made == before  # nothing outside the output folder (which inference creates first)
+    assert not out.exists() or not any(out.rglob("*.nii.gz"))
+    full = {"id": hostile, "group": "LVO", **{k: f"p1/{k}.nii.gz" for k in (*PLAUSIBLE, "label")}, "nihss": 3}
+    (patient / "label.nii.gz").write_bytes((patient / "cbf.nii.gz").read_bytes())
+    datalist.write_text(json.dumps({"training": [full]}))
+    with pytest.raises(CTPDataError, match=r"training\[0\]: patient id .* cannot be a folder name"):
+        load_datalist(datalist)  # training, evaluation, the voxel baseline and scoring read ids through it

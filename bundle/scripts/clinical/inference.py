@@ -38,7 +38,17 @@ import torch
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from ..io import MAP_KEYS, SPLITS, CTPDataError, check_patient, read_datalist, resolve_paths, save_json, save_nifti
+from ..io import (
+    MAP_KEYS,
+    SPLITS,
+    CTPDataError,
+    check_patient,
+    check_patient_id,
+    read_datalist,
+    resolve_paths,
+    save_json,
+    save_nifti,
+)
 from ..io.dicom import dicom_files, is_dicom_folder
 from ..perfusion.brain_mask import brain_mask_from_mip
 from .report import clinical_report, save_montage
@@ -88,6 +98,7 @@ def find_studies(source: str | os.PathLike, split: str = "test") -> list[dict]:
             for i, item in enumerate(content[s]):
                 if not isinstance(item, dict) or "id" not in item:
                     raise CTPDataError(f"{path} {s}[{i}]: each item needs an 'id'.")
+                check_patient_id(item["id"], f"{path} {s}[{i}]")
                 study = {k: v for k, v in item.items() if k in ("id", "nihss", "ctp", *MAP_KEYS)}
                 items.append(resolve_paths(study, path.parent))
         return items
@@ -159,7 +170,7 @@ def _prepare_study(
     """Check one study, compute its maps when only a raw series is given; return its dataset item."""
     from ..perfusion.maps import compute_maps
 
-    pid = str(item["id"])
+    pid = check_patient_id(item["id"], f"study {item.get('ctp') or item.get('cbf') or ''}".strip())
     if (out / pid).exists() and not overwrite:
         raise FileExistsError(
             f"{out / pid}: outputs already exist; pass --overwrite true or choose another --output_dir."
@@ -228,7 +239,7 @@ class SaveStudyOutputsd(MapTransform):
         if self.study_key not in d:
             return d
         study = d[self.study_key]
-        pid = str(study["id"])
+        pid = check_patient_id(study["id"], "inference outputs")
         reference = nib.load(study["cbf"])
         label = np.asarray(convert_to_numpy(d[self.keys[0]])[0], dtype=np.uint8)
         if label.shape != reference.shape:

@@ -32,6 +32,28 @@ LABEL_VALUES = (0, 1, 2)
 FILE_KEYS = (*MAP_KEYS, "label", "ctp")  # item keys holding file paths, relative to the datalist unless absolute
 
 
+def check_patient_id(pid: object, where: str) -> str:
+    """``pid`` as a string that is safe as one folder or file name, or ``CTPDataError`` naming ``where``.
+
+    Patient ids become output folders and file names (inference, evaluation reports, montages, the voxel
+    baseline), so a datalist, folder name or DICOM header must not be able to write elsewhere: no path
+    separator, not ``.`` or ``..``, no control character, not empty (``shared/DESIGN.md``).
+    """
+    text = str(pid)
+    reason = None
+    if not text.strip():
+        reason = "it is empty"
+    elif "/" in text or "\\" in text or os.sep in text or (os.altsep and os.altsep in text):
+        reason = "it holds a path separator"
+    elif text in (".", ".."):
+        reason = "it is a relative folder"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in text):
+        reason = "it holds a control character"
+    if reason:
+        raise CTPDataError(f"{where}: patient id {text!r} cannot be a folder name ({reason}).")
+    return text
+
+
 def validate_item(item: dict, where: str, base: Path | None = None, check_files: bool = True) -> dict:
     """Check one datalist item; return it with paths made absolute (relative to ``base``)."""
     if not isinstance(item, dict):
@@ -40,6 +62,7 @@ def validate_item(item: dict, where: str, base: Path | None = None, check_files:
     name = f"{where} (id {item.get('id', '?')})"
     if missing:
         raise CTPDataError(f"{name}: missing key(s) {', '.join(missing)}.")
+    check_patient_id(item["id"], where)
     nihss = item["nihss"]
     if isinstance(nihss, bool) or not isinstance(nihss, (int, np.integer)) or not 0 <= int(nihss) <= 42:
         raise CTPDataError(f"{name}: nihss must be an integer 0-42, got {nihss!r}.")
