@@ -39,7 +39,7 @@ def bundle(run_id: str, *args: str, config: str = "bundle/configs/inference.json
         *args,
     ]
     env = {**os.environ, "PYTHONPATH": "bundle"}  # ckpt_export, unlike run, does not put the bundle on the path
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result

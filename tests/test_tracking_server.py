@@ -78,3 +78,16 @@ def test_runs_log_to_a_tracking_server_and_tables_are_rebuilt_from_it(
     assert (tmp_path / "inference" / first / "label.nii.gz").is_file()
     with pytest.raises(ValueError, match="^models:/ctp-sf-tiny/7: not found in the MLflow store http"):
         registered_weights("models:/ctp-sf-tiny/7", mlflow_server)
+
+
+def test_a_missing_engine_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    """CI=true turns "PostgreSQL is not installed" from a skip into a failure (CI must not go green without
+    the registry, models:/, the artifact proxy and the study lock); a developer's machine still skips."""
+    from conftest import missing_engine
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: the real-engine tests must run"):
+        missing_engine("no PostgreSQL binaries")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no PostgreSQL binaries"):
+        missing_engine("no PostgreSQL binaries")

@@ -22,13 +22,15 @@ from scripts.learning.vgg import vgg16_layers
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = ["bundle/configs/train.json", "bundle/configs/evaluate.json"]
 CONFIGS = str(CONFIG_FILES)  # as the command line takes them
+SUBPROCESS_TIMEOUT = 900
+"""Seconds a workflow process may take before the test kills it (and fails) instead of hanging CI."""
 
 
 def bundle(run_id: str, config: str, *overrides: str, check: bool = True, wait: bool = True):
     command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, *overrides]
     if not wait:
         return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=check)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=check, timeout=SUBPROCESS_TIMEOUT)
 
 
 def tiny_overrides(datalist: Path, out: Path, uri: str, *extra: str) -> list[str]:
@@ -332,7 +334,9 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
         killed.wait()
     assert list(out.glob("checkpoints/last*epoch=1.pt")), (tmp_path / "killed.log").read_text()[-4000:]
     assert [r.info.status for r in runs_named(uri, "ddp")[1]] == ["RUNNING"]  # killed mid-run
-    result = subprocess.run(command + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        command + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     last = list((out / "checkpoints").glob("last*.pt"))
     assert len(last) == 1 and len(list((out / "model").glob("best*.pt"))) == 1
@@ -494,6 +498,7 @@ def test_ddp_update_equals_one_process_on_the_whole_batch(tmp_path):
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "bundle")},
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
