@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--inputs", default="PMs+N")
     args = parser.parse_args()
-    items = load_datalist(args.datalist, splits=(args.split,))[args.split]
+    items = load_datalist(Path(args.datalist).resolve(), splits=(args.split,))[args.split]  # absolute map paths
     labels = {i["id"]: load_map(i["label"])[0].astype(np.uint8) for i in items}
     spacing = tuple(float(z) for z in __import__("nibabel").load(items[0]["label"]).header.get_zooms()[:3])
     predictions: dict[str, dict[str, np.ndarray]] = {}
