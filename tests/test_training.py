@@ -230,7 +230,8 @@ def test_bad_training_inputs_stop_before_training(tiny_cohort, tmp_path):
             check_training_inputs(tiny_cohort, "SF", "PMs", "frozen", "cuda")
     empty = json.loads(tiny_cohort.read_text())
     empty["validation"] = []
-    (tmp_path / "empty.json").write_text(json.dumps(empty).replace('"CTP_', f'"{tiny_cohort.parent}/CTP_'))
+    paths_absolute = re.sub(r'"(CTP_\d+_\d+/)', f'"{tiny_cohort.parent}/\\1', json.dumps(empty))  # not the ids
+    (tmp_path / "empty.json").write_text(paths_absolute)
     with pytest.raises(CTPDataError, match="split 'validation' is empty"):
         check_training_inputs(tmp_path / "empty.json", "SF", "PMs", "frozen", "cpu")
     refused = refusal("training", "bundle/configs/train.json", datalist=str(tmp_path / "none.json"))
