@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,25 @@ def tiny_cohort(tmp_path_factory) -> Path:
     """Datalist of a 5-patient 64x64x2 cohort with raw 4D series saved."""
     root = tmp_path_factory.mktemp("cohort") / "synthetic"
     return generate_cohort(root, save_ctp=True, **TINY)
+
+
+@contextmanager
+def reaping() -> Iterator[list[subprocess.Popen]]:
+    """A list to put started processes in: whatever is still running when the block ends (normally, by a failed
+    assertion or a timed-out wait) is killed and reaped, so a failed test never leaves a worker running or
+    connected to a database."""
+    processes: list[subprocess.Popen] = []
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+@pytest.fixture()
+def reaped() -> Iterator[list[subprocess.Popen]]:
+    """:func:`reaping` for the length of a test."""
+    with reaping() as processes:
+        yield processes

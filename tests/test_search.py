@@ -3,6 +3,8 @@ nests its MLflow runs, and refuses bad settings before any trial."""
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -121,9 +123,6 @@ def test_objectives_from_metric_names():
 
 def searching(tiny_cohort, tmp_path, storage, uri, n_trials, overrides, log_name):
     """Start one ``searching`` worker (the documented command) with heartbeats every second."""
-    import subprocess
-    import sys
-
     command = [sys.executable, "-m", "monai.bundle", "run", "searching", "--config_file", "bundle/configs/search.json"]
     settings = {
         "datalist": str(tiny_cohort),
@@ -152,7 +151,7 @@ def wait_for_checkpoint(worker, checkpoints, timeout=300):
     return list(checkpoints().glob("last*epoch=1.pt"))
 
 
-def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_root, postgres, mlflow_server):
+def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_root, postgres, mlflow_server, reaped):
     """The README's scale-out commands, run for real: two ``searching`` workers on one PostgreSQL Optuna
     storage (a throwaway cluster) logging to one MLflow tracking server over HTTP (its backend store on the
     same cluster). One is killed with SIGKILL mid-trial and
@@ -166,6 +165,7 @@ def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_roo
     overrides = {**TINY_TRAINING, "max_epochs": 2, "patience": 5}
     first = searching(tiny_cohort, tmp_path, optuna_url, mlflow_url, 2, overrides, "first.log")
     second = searching(tiny_cohort, tmp_path, optuna_url, mlflow_url, 2, overrides, "second.log")
+    reaped += [first, second]  # killed and reaped at the end if a wait below fails
 
     def first_workers_checkpoints():  # the folder of the trial the first worker runs, once it has one
         try:
@@ -180,6 +180,7 @@ def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_roo
     first.wait()
     assert found, (tmp_path / "first.log").read_text()[-3000:]
     again = searching(tiny_cohort, tmp_path, optuna_url, mlflow_url, 2, overrides, "again.log")
+    reaped.append(again)
     for worker, log in ((second, "second.log"), (again, "again.log")):
         assert worker.wait(timeout=600) == 0, (tmp_path / log).read_text()[-3000:]
 
@@ -207,3 +208,16 @@ def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_roo
     resumed = next(c for c in children if c.info.run_name == f"exp1_trial_{killed.number:03d}")
     history = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train_loss"))
     assert history == [1, 2]  # resumed after epoch 1, not restarted (that would log epoch 1 twice)
+
+
+def test_processes_left_running_by_a_failed_test_are_killed_and_reaped():
+    """What ``reaped`` does for the search workers: a failed wait ends the block, the process is killed and
+    reaped (it has an exit status), not left running."""
+    from conftest import reaping
+
+    with pytest.raises(subprocess.TimeoutExpired):
+        with reaping() as processes:
+            sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            processes.append(sleeper)
+            sleeper.wait(timeout=0.5)
+    assert sleeper.returncode is not None and sleeper.returncode < 0  # killed by a signal and reaped
