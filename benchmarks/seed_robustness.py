@@ -30,7 +30,9 @@ import nibabel as nib
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bundle"))
+sys.path[:0] = [str(ROOT / "bundle"), str(ROOT / "benchmarks")]
+
+from tissue_fate_calibration import truth  # noqa: E402
 
 from scripts.io import load_datalist, load_map  # noqa: E402
 from scripts.learning.metrics import bootstrap_ci, patient_row  # noqa: E402
@@ -66,20 +68,15 @@ def network_rows(datalist: str, inputs: str, seed: int, root: Path, uri: str) ->
         return list(csv.DictReader(handle))  # values as written ("nan" where undefined); read with float()
 
 
-def truth(item: dict, key: str, root: Path) -> np.ndarray:
-    """A true map of the simulator (its datalist path is relative to the datalist's folder ``root``)."""
-    return np.asarray(nib.load(root / item[key]).dataobj, dtype=np.float32)
-
-
 def fate_rule_labels(item: dict, computed: bool, root: Path) -> np.ndarray:
     """The fate rule with the latent parameters, on the true relative flow (oracle) or on the computed CBF."""
     label, _ = load_map(item["label"])
     if "rcbf_true" not in item:  # WIS: no occlusion, no lesion
         return np.zeros(label.shape, np.uint8)
     spacing = nib.load(item["label"]).header.get_zooms()[:3]
-    rcbf, rcbf_ischaemic = truth(item, "rcbf_true", root), truth(item, "rcbf_ischaemic_true", root)
+    rcbf, rcbf_ischaemic = truth(root, item, "rcbf_true"), truth(root, item, "rcbf_ischaemic_true")
     if computed:
-        cbf_true, cbf = truth(item, "cbf_true", root), load_map(item["cbf"])[0]
+        cbf_true, cbf = truth(root, item, "cbf_true"), load_map(item["cbf"])[0]
         inside = rcbf > 0
         normal = np.where(inside, cbf_true / np.maximum(rcbf, 1e-6), 0.0)  # each voxel's own normal flow
         healthy = inside & (rcbf >= 0.999)

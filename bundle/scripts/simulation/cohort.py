@@ -196,16 +196,24 @@ def generate_cohort(
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     test_counts = group_counts(int(n_test)) if int(n_test) else dict.fromkeys(GROUPS, 0)
-    tasks, index, test_ids = [], 0, []
-    for cohort_counts, first in ((counts, dict.fromkeys(GROUPS, 1)), (test_counts, {g: counts[g] + 1 for g in GROUPS})):
+    tasks, test_ids = [], set()
+    for is_test, cohort_counts in ((False, counts), (True, test_counts)):
         for group in GROUPS:
-            for number in range(first[group], first[group] + cohort_counts[group]):
+            first = counts[group] + 1 if is_test else 1  # test patients are numbered after the others
+            for number in range(first, first + cohort_counts[group]):
                 pid = f"CTP_{GROUP_CODES[group]}_{number:03d}"
-                task = {**params, "group": group, "id": pid, "index": index, "root": str(staging)}
-                tasks.append({**task, "save_ctp": bool(save_ctp)})
-                if cohort_counts is test_counts:
-                    test_ids.append(pid)
-                index += 1
+                tasks.append(
+                    {
+                        **params,
+                        "group": group,
+                        "id": pid,
+                        "index": len(tasks),
+                        "root": str(staging),
+                        "save_ctp": bool(save_ctp),
+                    }
+                )
+                if is_test:
+                    test_ids.add(pid)
     n_workers = min(len(tasks), workers or os.cpu_count() or 1)
     try:
         if n_workers > 1:
