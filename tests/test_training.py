@@ -234,7 +234,9 @@ def test_bad_training_inputs_stop_before_training(tiny_cohort, tmp_path):
     (tmp_path / "empty.json").write_text(paths_absolute)
     with pytest.raises(CTPDataError, match="split 'validation' is empty"):
         check_training_inputs(tmp_path / "empty.json", "SF", "PMs", "frozen", "cpu")
-    refused = refusal("training", "bundle/configs/train.json", datalist=str(tmp_path / "none.json"))
+    refused = refusal(  # its own output folder: the README's main command leaves runs/default with checkpoints
+        "training", "bundle/configs/train.json", datalist=str(tmp_path / "none.json"), output_dir=str(tmp_path / "run")
+    )
     assert refused == f"error: {tmp_path / 'none.json'}: datalist not found."
     for unreachable in ("http://127.0.0.1:9", "postgresql://nobody@127.0.0.1:9/mlflow"):
         with pytest.raises(ValueError, match=f"^{unreachable}: the MLflow tracking store does not answer"):
