@@ -4,7 +4,9 @@ For every input set (default PMs+N) and seed (default 0, 1, 2): the default trai
 for ``--seed`` / ``--inputs``) and its evaluation on the test split, each an MLflow run in experiment ``seeds``;
 finished runs are reused, interrupted ones resumed. On the same test patients:
 
-* the RAPID-like threshold rule on the estimated maps (``inference_threshold.json``'s rule);
+* the RAPID-like threshold rule on the estimated maps (``inference_threshold.json``'s rule), and the same rule
+  written again in this file from its definition (own brain mask, no bundle code), so a fault in the bundle's
+  rule cannot make the network look better than it is;
 * the voxel baseline (gradient boosting on rCBF, rCBV, Tmax, rTTP, NIHSS), fitted on the training split per seed;
 * the **oracle**: the tissue-fate rule on the *true* relative flow with the patient's latent ischaemia time;
 * the **computed-map ceiling** the issue asked for: the same rule on the *computed* CBF (relative to each
@@ -15,6 +17,7 @@ finished runs are reused, interrupted ones resumed. On the same test patients:
 Prints, per method and seed, mean Dice per class and group and LVO core |dV| with 95 % bootstrap intervals over
 patients (:func:`scripts.learning.metrics.bootstrap_ci`), then the issue-#26 targets per seed.
 Run: python benchmarks/seed_robustness.py [--datalist data/synthetic/datalist.json] [--seeds 0 1 2]
+The paper's question (issue #26 item 4): ... --variants SF EF EFI --inputs PMs PMs+N
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path[:0] = [str(ROOT / "bundle"), str(ROOT / "benchmarks")]
 from tissue_fate_calibration import truth  # noqa: E402
 
 from scripts.io import load_datalist, load_map  # noqa: E402
+from scripts.learning.experiments import cell_name  # noqa: E402
 from scripts.learning.metrics import bootstrap_ci, patient_row  # noqa: E402
 from scripts.learning.tracking import run_finished  # noqa: E402
 from scripts.learning.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
@@ -51,12 +55,13 @@ def bundle(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], check=True, cwd=ROOT)
 
 
-def network_rows(datalist: str, inputs: str, seed: int, root: Path, uri: str) -> list[dict]:
-    """Train (or resume) and evaluate one seed; its per-patient test rows."""
-    out = root / f"SF_G-{inputs.replace('+', '-')}-seed{seed}"
+def network_rows(datalist: str, variant: str, inputs: str, seed: int, root: Path, uri: str) -> list[dict]:
+    """Train (or resume) and evaluate one variant, input set and seed; its per-patient test rows."""
+    out = root / f"{cell_name(variant, inputs, 'gradual')}-seed{seed}"
     report = out / "test" / "metrics_per_patient.csv"
     if not report.is_file():
         args = ["--datalist", datalist, "--output_dir", str(out), "--seed", str(seed), "--inputs", inputs]
+        args += ["--variant", variant]
         args += ["--tracking_uri", uri, "--experiment_name", "seeds"]
         # a finished run keeps its resume point: ask MLflow whether it finished, not the folder
         if not run_finished(uri, "seeds", out.name):
@@ -87,6 +92,20 @@ def fate_rule_labels(item: dict, computed: bool, root: Path) -> np.ndarray:
     return oracle_labels(rcbf, rcbf_ischaemic, item["fate"]["ischaemia_h"], float(np.prod(spacing)) / 1000.0)
 
 
+def rule_written_here(item: dict) -> np.ndarray:
+    """The RAPID-like rule again from its definition, sharing no code with the bundle (a check on
+    :func:`scripts.perfusion.thresholds.threshold_labels` and on the brain mask): brain = MIP in the soft-tissue
+    window 0–80 HU; reference = median CBF of brain with Tmax < 4 s; core = CBF < 30 % of it inside Tmax > 6 s;
+    penumbra = Tmax > 6 s minus core."""
+    cbf, tmax, mip = (np.asarray(nib.load(item[key]).dataobj, dtype=np.float64) for key in ("cbf", "tmax", "mip"))
+    brain = (mip > 0) & (mip < 80)
+    reference = np.median(cbf[brain & (tmax < 4) & (cbf > 0)])
+    hypoperfused = brain & (tmax > 6)
+    label = hypoperfused.astype(np.uint8)
+    label[hypoperfused & (cbf < 0.3 * reference)] = 2
+    return label
+
+
 def baseline_rows(splits: dict, method: str, root: Path, seed: int = 0) -> list[dict]:
     """Per-patient test rows of ``threshold``, ``voxel`` (fitted with ``seed``), ``oracle`` or ``ceiling``."""
     model = VoxelOutcomeModel(seed=seed).fit(splits["training"]) if method == "voxel" else None
@@ -96,6 +115,8 @@ def baseline_rows(splits: dict, method: str, root: Path, seed: int = 0) -> list[
         spacing = nib.load(item["label"]).header.get_zooms()[:3]
         if method in ("oracle", "ceiling"):
             pred = fate_rule_labels(item, method == "ceiling", root)
+        elif method == "rule written here":
+            pred = rule_written_here(item)
         else:
             maps, brain, _ = load_patient(item)
             pred = (
@@ -151,6 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datalist", default="data/synthetic/datalist.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=["SF"], choices=["SF", "EF", "EFI"])
     parser.add_argument("--inputs", nargs="+", default=["PMs+N"])
     parser.add_argument("--output_root", default="runs/seeds")
     parser.add_argument(
@@ -161,12 +183,23 @@ def main() -> None:
     splits, root = load_datalist(datalist), Path(datalist).parent
     results: dict[str, list[dict]] = {}
     networks = []
-    for inputs in args.inputs:
-        for seed in args.seeds:
-            name = f"SF_G({inputs.replace('PMs+N', 'PMs,N')}) seed {seed}"
-            results[name] = network_rows(datalist, inputs, seed, Path(args.output_root).resolve(), args.tracking_uri)
-            networks.append((name, seed))
+    # seed-major, so an interrupted run has one seed of every network first; printed network by network
+    trained = {
+        (variant, inputs, seed): network_rows(
+            datalist, variant, inputs, seed, Path(args.output_root).resolve(), args.tracking_uri
+        )
+        for seed in args.seeds
+        for variant in args.variants
+        for inputs in args.inputs
+    }
+    for variant in args.variants:
+        for inputs in args.inputs:
+            for seed in args.seeds:
+                name = f"{variant}_G({inputs.replace('+', ',')}) seed {seed}"
+                results[name] = trained[(variant, inputs, seed)]
+                networks.append((name, seed))
     results["threshold"] = baseline_rows(splits, "threshold", root)
+    results["rule written here"] = baseline_rows(splits, "rule written here", root)
     for seed in args.seeds:
         results[f"voxel baseline seed {seed}"] = baseline_rows(splits, "voxel", root, seed)
     if any("rcbf_true" in item for item in splits["test"]):

@@ -28,7 +28,7 @@ import numpy as np
 from ..io import GROUPS, save_json, save_nifti
 from ..perfusion.deconvolution import compute_perfusion_maps
 from .phantom import Grid
-from .simulate import LESION_MODELS, simulate_study
+from .simulate import LESION_MODELS, Study, simulate_study
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +97,49 @@ def _noise_for(noise_hu: float | list[float], rng: np.random.Generator) -> float
     return float(rng.uniform(lo, hi))
 
 
-def simulate_patient(task: dict) -> dict:
-    """Simulate, map and write one patient into ``task['root']``; return its datalist item (relative paths)."""
-    group, pid, root = task["group"], task["id"], Path(task["root"])
+def cohort_tasks(params: dict, root: str | os.PathLike, save_ctp: bool = False) -> list[dict]:
+    """One task per patient of the cohort that ``params`` (a datalist's ``generator`` entry) describe, in
+    generation order; ``index`` seeds the patient's random stream, ``test`` marks the separate test cohort."""
+    counts = group_counts(int(params["n_patients"]))
+    n_test = int(params.get("n_test", 0))
+    test_counts = group_counts(n_test) if n_test else dict.fromkeys(GROUPS, 0)
+    tasks: list[dict] = []
+    for is_test, cohort_counts in ((False, counts), (True, test_counts)):
+        for group in GROUPS:
+            first = counts[group] + 1 if is_test else 1  # test patients are numbered after the others
+            for number in range(first, first + cohort_counts[group]):
+                pid = f"CTP_{GROUP_CODES[group]}_{number:03d}"
+                tasks.append(
+                    {
+                        **params,
+                        "group": group,
+                        "id": pid,
+                        "index": len(tasks),
+                        "root": str(root),
+                        "save_ctp": save_ctp,
+                        "test": is_test,
+                    }
+                )
+    return tasks
+
+
+def simulate_task(task: dict, noise_scale: float = 1.0) -> tuple[Study, Grid, float, np.random.Generator]:
+    """One patient's study from its task (the same task gives the same patient), its grid, its drawn CT noise
+    (HU) and the random stream where the study left it. ``noise_scale`` multiplies the noise and changes nothing
+    else of the patient (the map-shift benchmark's "twice the noise")."""
     rng = np.random.default_rng([task["seed"], task["index"]])
     grid = Grid(size=task["size"], slices=task["slices"], slice_thickness=task["slice_thickness"])
     noise = _noise_for(task["noise_hu"], rng)
-    study = simulate_study(group, grid, rng, noise, task["n_frames"], task["frame_interval"], task["lesion_model"])
+    study = simulate_study(
+        task["group"], grid, rng, noise * noise_scale, task["n_frames"], task["frame_interval"], task["lesion_model"]
+    )
+    return study, grid, noise, rng
+
+
+def simulate_patient(task: dict) -> dict:
+    """Simulate, map and write one patient into ``task['root']``; return its datalist item (relative paths)."""
+    group, pid, root = task["group"], task["id"], Path(task["root"])
+    study, grid, noise, rng = simulate_task(task)
     maps = compute_perfusion_maps(study.ctp, study.frame_interval, grid.spacing[:2])
     affine = grid.affine()
     folder = root / pid
@@ -196,24 +232,8 @@ def generate_cohort(
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     test_counts = group_counts(int(n_test)) if int(n_test) else dict.fromkeys(GROUPS, 0)
-    tasks, test_ids = [], set()
-    for is_test, cohort_counts in ((False, counts), (True, test_counts)):
-        for group in GROUPS:
-            first = counts[group] + 1 if is_test else 1  # test patients are numbered after the others
-            for number in range(first, first + cohort_counts[group]):
-                pid = f"CTP_{GROUP_CODES[group]}_{number:03d}"
-                tasks.append(
-                    {
-                        **params,
-                        "group": group,
-                        "id": pid,
-                        "index": len(tasks),
-                        "root": str(staging),
-                        "save_ctp": bool(save_ctp),
-                    }
-                )
-                if is_test:
-                    test_ids.add(pid)
+    tasks = cohort_tasks(params, staging, bool(save_ctp))
+    test_ids = {task["id"] for task in tasks if task["test"]}
     n_workers = min(len(tasks), workers or os.cpu_count() or 1)
     try:
         if n_workers > 1:
