@@ -82,3 +82,23 @@ def reaped() -> Iterator[list[subprocess.Popen]]:
     """:func:`reaping` for the length of a test."""
     with reaping() as processes:
         yield processes
+
+
+@contextmanager
+def small_filesystem(folder: Path, size_kib: int) -> Iterator[Path]:
+    """``folder`` as a real filesystem of ``size_kib`` KiB (a tmpfs), so writes past it fail with ENOSPC as on a
+    full disk; unmounted when the block ends. Mounting needs root (CI runs as root): elsewhere the test is
+    skipped, and under ``CI=true`` it fails (:func:`missing_engine`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={int(size_kib)}k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if mounted.returncode != 0:
+        missing_engine(f"cannot mount a small tmpfs to fill ({mounted.stderr.strip() or 'mount failed'})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)

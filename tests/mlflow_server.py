@@ -36,11 +36,12 @@ def command(backend_store_uri: str, artifacts: Path, port: int) -> list[str]:
 
 
 @contextmanager
-def server(backend_store_uri: str, root: Path, timeout: float = 120.0) -> Iterator[str]:
-    """Start the server; yield its tracking URI ``http://127.0.0.1:PORT`` once ``/health`` answers."""
+def server(backend_store_uri: str, root: Path, timeout: float = 120.0, port: int | None = None) -> Iterator[str]:
+    """Start the server (on ``port``, else a free one); yield its tracking URI ``http://127.0.0.1:PORT`` once
+    ``/health`` answers."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = open(root / "server.log", "w")
+    port = port or free_port()
+    log = open(root / "server.log", "a")
     process = subprocess.Popen(command(backend_store_uri, root / "artifacts", port), stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:

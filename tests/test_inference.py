@@ -416,12 +416,14 @@ def test_failed_writes_leave_no_partial_patient_and_overwrite_is_atomic(tmp_path
     label[0, 4:12, 4:12] = 1
     out = tmp_path / "out"
 
-    class Engine:  # what run_inference needs of MONAI's evaluator: run(), which writes through the transform
+    from ignite.engine import Engine as IgniteEngine
+
+    class Engine(IgniteEngine):  # an Ignite engine whose one iteration writes through the transform
         def __init__(self, step):
-            self.step = step
+            super().__init__(lambda engine, batch: step())
 
         def run(self):
-            self.step()
+            return super().run([0])
 
     def write(overwrite: bool, pred: torch.Tensor = label):
         return lambda: inference.SaveStudyOutputsd(out, overwrite=overwrite)({"pred": pred, "study": study})
@@ -631,3 +633,79 @@ def test_a_patient_id_that_is_not_a_folder_name_is_refused_before_anything_is_wr
     datalist.write_text(json.dumps({"training": [full]}))
     with pytest.raises(CTPDataError, match=r"training\[0\]: patient id .* cannot be a folder name"):
         load_datalist(datalist)  # training, evaluation, the voxel baseline and scoring read ids through it
+
+
+THRESHOLD_CONFIGS = [INFERENCE, "bundle/configs/inference_threshold.json"]
+
+
+def _inference(tiny_cohort: Path, out: Path, **overrides):
+    """The threshold inference workflow on every patient of the tiny cohort, built in this process."""
+    from workflows import at_root
+
+    from scripts.cli import bundle_workflow
+
+    with at_root():
+        settings = {"input": str(tiny_cohort), "split": "all", "output_dir": str(out), "montage": True}
+        return bundle_workflow("inference", THRESHOLD_CONFIGS, workflow_type="infer", **{**settings, **overrides})
+
+
+def test_sigterm_stops_inference_between_patients_and_resume_finishes(tiny_cohort, tmp_path, capfd):
+    """SIGTERM (sent to this process while the second patient is written) stops inference at that patient's
+    end: status 143, one line, the two finished patients complete, nothing partial; ``--resume true`` then
+    labels the rest only, and the outputs equal an uninterrupted run's. The handler is gone afterwards."""
+    import signal
+
+    from ignite.engine import Events
+    from workflows import at_root
+
+    ids = sorted(i["id"] for s in ("training", "validation", "test") for i in json.loads(tiny_cohort.read_text())[s])
+    out = tmp_path / "stopped"
+    workflow = _inference(tiny_cohort, out)
+    evaluator = workflow.parser.get_parsed_content("evaluator")
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED(once=2), lambda e: os.kill(os.getpid(), signal.SIGTERM))
+    with at_root(), pytest.raises(SystemExit) as stop:
+        workflow.run()
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert "inference stopped by SIGTERM at iteration 2, epoch 1; finished patients are kept" in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    done = sorted(p.name for p in out.iterdir())
+    assert len(done) == 2 and set(done) < set(ids)  # two finished patients, no .partial folder
+    assert all((out / pid / "report.json").is_file() and (out / pid / "report.png").is_file() for pid in done)
+    mtimes = {pid: (out / pid / "label.nii.gz").stat().st_mtime_ns for pid in done}
+    with at_root():
+        _inference(tiny_cohort, out, resume=True).run()
+    assert sorted(p.name for p in out.iterdir()) == ids
+    assert {pid: (out / pid / "label.nii.gz").stat().st_mtime_ns for pid in done} == mtimes  # not redone
+    whole = tmp_path / "whole"
+    with at_root():
+        _inference(tiny_cohort, whole).run()
+    for pid in ids:
+        report = json.loads((out / pid / "report.json").read_text())
+        assert report == json.loads((whole / pid / "report.json").read_text())
+
+
+def test_a_full_disk_stops_inference_with_one_line_and_keeps_the_finished_patients(tiny_cohort, tmp_path):
+    """Inference into a real filesystem that fills up (a tmpfs sized for about two patients): one line naming
+    the folder and the patient, the patients before it complete and loadable, nothing half-written."""
+    from conftest import small_filesystem
+
+    reference = tmp_path / "reference"
+    with __import__("workflows").at_root():
+        _inference(tiny_cohort, reference).run()
+    sizes = [sum(-(-f.stat().st_size // 4096) * 4 for f in p.iterdir()) for p in sorted(reference.iterdir())]
+    out = tmp_path / "small"
+    with small_filesystem(out, sizes[0] + sizes[1] + sizes[2] // 2):
+        with __import__("workflows").at_root():
+            refused = refusal("inference", THRESHOLD_CONFIGS, input=str(tiny_cohort), split="all", output_dir=str(out))
+        done = sorted(p.name for p in out.iterdir())
+        assert 1 <= len(done) <= 2 and not any(name.startswith(".") for name in done), done
+        assert refused.startswith(f"error: {out}: patient ") and "outputs could not be written" in refused
+        assert "(no space left on the device)" in refused and "rerun with --resume true" in refused
+        assert "\n" not in refused
+        for pid in done:
+            assert np.array_equal(
+                nib.load(out / pid / "label.nii.gz").get_fdata(), nib.load(reference / pid / "label.nii.gz").get_fdata()
+            )
+            assert json.loads((out / pid / "report.json").read_text()) == json.loads(
+                (reference / pid / "report.json").read_text()
+            )

@@ -91,3 +91,69 @@ def test_a_missing_engine_fails_under_ci_and_skips_elsewhere(monkeypatch):
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="no PostgreSQL binaries"):
         missing_engine("no PostgreSQL binaries")
+
+
+def test_a_tracking_server_outage_mid_training_loses_nothing(tiny_cohort, tmp_path, postgres):
+    """A second ``mlflow server`` on the tests' PostgreSQL database, stopped for 20 s once the training has
+    logged its first epoch, then started again on the same port: the training neither dies nor stalls (epochs
+    go on during the outage), the writes of the outage are sent when the server is back, and the run ends
+    FINISHED with every epoch's metrics (``scripts.learning.outage``)."""
+    import subprocess
+    import sys
+    import time
+
+    import mlflow_server
+    from postgres import free_port
+    from test_training import ROOT, SUBPROCESS_TIMEOUT
+
+    from scripts.learning.tracking import latest_run
+
+    port, root, out = free_port(), tmp_path / "server", tmp_path / "run"
+    epochs = 10
+    args = tiny_overrides(tiny_cohort, out, f"http://127.0.0.1:{port}", "--max_epochs", str(epochs))
+    args += ["--finetuning", "unfrozen", "--patience", "100", "--experiment_name", "outage"]
+
+    def saved_epochs() -> int:
+        return len(list((out / "checkpoints").glob("last*.pt"))) and max(
+            int(p.stem.split("=")[-1]) for p in (out / "checkpoints").glob("last*.pt")
+        )
+
+    with mlflow_server.server(postgres + "mlflow", root, port=port) as url:
+        log = open(tmp_path / "training.log", "w+")  # a file, not a pipe: a full pipe would stall the training
+        command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", CONFIG_FILES[0]]
+        process = subprocess.Popen([*command, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 300
+            while saved_epochs() < 1 and process.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            assert process.poll() is None, (tmp_path / "training.log").read_text()[-3000:]
+        except BaseException:
+            process.kill()
+            raise
+    try:
+        before = saved_epochs()  # the server is down from here
+        time.sleep(20)
+        during = saved_epochs()
+        assert process.poll() in (None, 0), (tmp_path / "training.log").read_text()[-3000:]  # alive or done
+        assert during >= min(before + 2, epochs), (before, during)  # the epoch loop did not stall
+        with mlflow_server.server(postgres + "mlflow", root, port=port):
+            process.wait(timeout=SUBPROCESS_TIMEOUT)
+            output = (tmp_path / "training.log").read_text()
+            assert process.returncode == 0, output[-3000:]
+            assert "tracking server does not answer" in output and "tracking server back" in output
+            client = mlflow.MlflowClient(url)
+            run = latest_run(client, "outage", "run")
+            assert run.info.status == "FINISHED"
+            for metric in ("train_loss", "val_loss", "val_dice_lesion"):
+                steps = [step for step, _ in metric_history_at(client, run.info.run_id, metric)]
+                assert steps == list(range(1, epochs + 1)), (metric, steps)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        log.close()
+
+
+def metric_history_at(client, run_id: str, metric: str) -> list[tuple[int, float]]:
+    """A run's (step, value) history of one metric, each step once."""
+    return sorted({(m.step, round(m.value, 6)) for m in client.get_metric_history(run_id, metric)})

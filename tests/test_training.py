@@ -172,30 +172,44 @@ def metric_history(uri: str, name: str, metric: str) -> list[tuple[int, float]]:
     return sorted({(m.step, round(m.value, 6)) for m in client.get_metric_history(runs[0].info.run_id, metric)})
 
 
-def kill_after_epoch(args: list[str], out: Path, epoch: int) -> None:
-    """Start a training and SIGKILL it as soon as the resume point of ``epoch`` is on disk."""
+def kill_after_epoch(args: list[str], out: Path, epoch: int, sig: int = signal.SIGKILL) -> str:
+    """Start a training and send it ``sig`` as soon as the resume point of ``epoch`` is on disk; return its
+    standard error. SIGTERM must stop it by itself, promptly, with status 143 (128 + 15)."""
     process = bundle("training", "bundle/configs/train.json", *args, wait=False)
-    deadline = time.time() + 300
-    while (
-        time.time() < deadline
-        and process.poll() is None
-        and not list((out / "checkpoints").glob(f"last*epoch={epoch}.pt"))
-    ):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    try:
+        deadline = time.time() + 300
+        while (
+            time.time() < deadline
+            and process.poll() is None
+            and not list((out / "checkpoints").glob(f"last*epoch={epoch}.pt"))
+        ):
+            time.sleep(0.05)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
     assert list((out / "checkpoints").glob(f"last*epoch={epoch}.pt")), f"no epoch-{epoch} resume point before the kill"
+    if sig == signal.SIGTERM:
+        assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    return stderr
 
 
 def test_killed_run_resumes_exactly(trained, tiny_cohort, tmp_path):
     """The ``trained`` run (gradual, stage changes after epochs 2 and 3, early stop after 4) killed with
-    SIGKILL after epoch 1 (frozen stage, Adam state in use), resumed and killed again after epoch 2 (just
-    moved to ``half``, best weights reloaded, optimizer reset), then resumed to the end: same final weights,
+    SIGKILL after epoch 1 (frozen stage, Adam state in use), resumed and stopped with SIGTERM after epoch 2
+    (just moved to ``half``, best weights reloaded, optimizer reset: the polite stop drops epoch 3 at its first
+    iteration boundary, marks the MLflow run KILLED and exits 143), then resumed to the end: same final weights,
     same best model and the same MLflow history as the uninterrupted run, in one MLflow run."""
     out = tmp_path / "killed"
     args = trained["args"](out)
     kill_after_epoch(args, out, 1)
-    kill_after_epoch([*args, "--resume", "true"], out, 2)
+    stderr = kill_after_epoch([*args, "--resume", "true"], out, 2, signal.SIGTERM)
+    assert re.search(r"training stopped by SIGTERM at iteration \d+, epoch 3; resume it with --resume true\.", stderr)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["last_checkpoint_epoch=2.pt"]  # epoch 3 dropped
+    _, runs = runs_named(trained["uri"], "killed")
+    assert len(runs) == 1 and runs[0].info.status == "KILLED"  # not left RUNNING, not FINISHED
     run_in_process("training", "bundle/configs/train.json", **overrides_from([*args, "--resume", "true"]))  # to the end
     last = sorted((out / "checkpoints").glob("last*.pt"))
     assert [p.name for p in last] == ["last_checkpoint_epoch=4.pt"]
@@ -615,3 +629,49 @@ def test_switching_mlflow_for_a_model_leaves_the_users_settings(monkeypatch):
             assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == "sqlite:///other.db"
         assert os.environ.get("MLFLOW_TRACKING_URI") == user and "MLFLOW_REGISTRY_URI" not in os.environ
         assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path):
+    """train.json's resume-point saver on a 512 KiB filesystem: the epoch-1 checkpoint fits, epoch 2's (bigger,
+    as a checkpoint grows when Adam's state appears) does not. Ignite alone deletes the old file before saving
+    the new one, which left nothing; here the previous checkpoint stays loadable, no temporary file is left, and
+    the error is one line naming the folder."""
+    from conftest import small_filesystem
+    from ignite.engine import Engine, Events, State
+    from ignite.handlers import Checkpoint
+
+    from scripts.cli import run_or_exit
+    from scripts.learning.checkpoints import KeepUntilSaved
+
+    folder = tmp_path / "checkpoints"
+    with small_filesystem(folder, 512):
+        content = {"network": torch.nn.Linear(200, 200)}  # 160 KB of weights
+        saver = Checkpoint(
+            content,
+            KeepUntilSaved(folder),
+            filename_prefix="last",
+            filename_pattern="{filename_prefix}_checkpoint_epoch={global_step}.{ext}",
+            n_saved=1,
+            global_step_transform=lambda engine, event: engine.state.epoch,
+        )
+        engine = Engine(lambda e, b: None)
+        engine.state = State(epoch=1)
+        saver(engine)
+        assert [p.name for p in folder.iterdir()] == ["last_checkpoint_epoch=1.pt"]
+        content["network"] = torch.nn.Linear(400, 400)  # 640 KB: past the filesystem's end
+        engine.state.epoch = 2
+
+        def save(engine):
+            saver(engine)
+
+        trainer = Engine(lambda e, b: None)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: save(engine))
+        with pytest.raises(SystemExit) as stop:
+            run_or_exit(trainer.run, [0], max_epochs=1)  # raised inside an Ignite handler, as in training
+        message = str(stop.value.code)
+        assert message.startswith(f"error: {folder}: checkpoint last_checkpoint_epoch=2.pt could not be written")
+        assert "(no space left on the device)" in message and "last_checkpoint_epoch=1.pt" in message
+        assert "\n" not in message
+        assert [p.name for p in folder.iterdir()] == ["last_checkpoint_epoch=1.pt"]  # no temporary file either
+        weights = torch.load(folder / "last_checkpoint_epoch=1.pt", weights_only=True)
+        assert weights["weight"].shape == (200, 200)

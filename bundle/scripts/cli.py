@@ -13,24 +13,44 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .io import CTPDataError, save_json
+from .io import CTPDataError, OutputWriteError, save_json
 
 logger = logging.getLogger(__name__)
 
-USER_ERRORS = (CTPDataError, FileExistsError, FileNotFoundError, ValueError)
+USER_ERRORS = (CTPDataError, FileExistsError, FileNotFoundError, ValueError, OutputWriteError)
+WRAPPED_ERRORS = (CTPDataError, OutputWriteError, FileExistsError)
+"""The bundle's own errors, found under MONAI's wrappers (a generic ``ValueError`` deep inside stays a traceback)."""
 RESOLVED_CONFIG = "resolved_config"
 """Config id of the path where a workflow records the config it executes (train.json defines it)."""
 
 
 def run_or_exit(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call ``function``; bad input or a refused overwrite exits with status 1 and a one-line message.
+    """Call ``function``; bad input, a refused overwrite or an output that cannot be written (also when MONAI
+    wrapped it) exits with status 1 and a one-line message.
 
     MONAI's config runner would otherwise bury the message under its own ``Failed to evaluate`` traceback.
     """
     try:
         return function(*args, **kwargs)
-    except USER_ERRORS as err:
-        raise SystemExit(f"error: {err}") from None
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        raise SystemExit(f"error: {cause}") from None
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """``err`` when it is a user's error (:data:`USER_ERRORS`), else the first bundle error (:data:`WRAPPED_ERRORS`)
+    it was raised from: MONAI's transforms and config runner wrap what they call in ``RuntimeError``."""
+    if isinstance(err, USER_ERRORS):
+        return err
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, WRAPPED_ERRORS):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
 
 
 def bundle_workflow(

@@ -36,7 +36,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import MapTransform
-from monai.utils import convert_to_numpy
+from monai.utils import convert_to_numpy, str2bool
 
 from ..io import (
     MAP_KEYS,
@@ -48,6 +48,7 @@ from ..io import (
     resolve_paths,
     save_json,
     save_nifti,
+    write_failure,
 )
 from ..io.dicom import dicom_files, is_dicom_folder
 from ..perfusion.brain_mask import brain_mask_from_mip
@@ -136,12 +137,15 @@ def prepare_studies(
     overwrite: bool = False,
     perfusion: Mapping[str, Any] | None = None,
     check_values: bool = True,
+    resume: bool = False,
 ) -> list[dict]:
     """Find and check the studies, compute maps for raw 4D series; return dataset items for the inference config.
 
     Every check runs before any network: missing, unreadable or mismatched maps, NaN/inf, map values
     implausible for their kind (unless ``check_values`` is false), a series without frame timing, missing
-    NIHSS for a NIHSS model, existing outputs without ``overwrite``, an unwritable folder.
+    NIHSS for a NIHSS model, existing outputs without ``overwrite``, an unwritable folder. With ``resume``,
+    patients whose outputs are complete (written atomically, so a folder with its ``report.json``) are left out:
+    an interrupted run (SIGTERM, SIGKILL, a full disk) continues where it stopped.
     """
     out = Path(output_dir)
     _check_writable(out)
@@ -150,6 +154,10 @@ def prepare_studies(
     studies = find_studies(source, split)
     if not studies:
         raise CTPDataError(f"{source}: no study in split '{split}'.")
+    if str2bool(resume) and not overwrite:
+        done = [item for item in studies if (out / str(item["id"]) / "report.json").is_file()]
+        studies = [item for item in studies if item not in done]
+        logger.info("resume: %d patient(s) already done in %s, %d to go", len(done), out, len(studies))
     try:
         return [_prepare_study(item, out, nihss, needs_nihss, overwrite, perfusion, check_values) for item in studies]
     except BaseException:
@@ -247,6 +255,22 @@ class SaveStudyOutputsd(MapTransform):
                 f"patient {pid}: prediction shape {label.shape} differs from {study['cbf']} {reference.shape}."
             )
         staging = self.output_dir / PARTIAL.format(pid)
+        try:
+            report = self._write(staging, study, pid, label, reference, d)
+        except OSError as err:  # a full disk or quota: nothing of this patient is left, the others are whole
+            shutil.rmtree(staging, ignore_errors=True)
+            raise write_failure(
+                self.output_dir,
+                err,
+                f"patient {pid}'s outputs",
+                "nothing of them is left and the patients before are complete; free space and rerun with --resume true",
+            ) from err
+        _move_into_place(staging, self.output_dir / pid, self.overwrite)
+        d["report"] = report
+        return d
+
+    def _write(self, staging: Path, study: Mapping, pid: str, label: np.ndarray, reference: Any, d: Mapping) -> dict:
+        """Write one patient's outputs into ``staging``; return its report."""
         staging.mkdir(parents=True, exist_ok=True)
         save_nifti(staging / "label.nii.gz", label, reference.affine, header=reference.header)
         tmax = np.asarray(nib.load(study["tmax"]).dataobj, dtype=np.float32)
@@ -279,9 +303,7 @@ class SaveStudyOutputsd(MapTransform):
             references = json.loads(Path(study["dicom_reference"]).read_text())["dicom"]["reference_files"]
             montage = staging / "report.png" if self.montage else None
             save_dicom_outputs(staging, label, report, references, montage)
-        _move_into_place(staging, self.output_dir / pid, self.overwrite)
-        d["report"] = report
-        return d
+        return report
 
 
 def _move_into_place(staging: Path, target: Path, overwrite: bool) -> None:
@@ -298,10 +320,13 @@ def _move_into_place(staging: Path, target: Path, overwrite: bool) -> None:
 
 
 def run_inference(evaluator: Any, output_dir: str | os.PathLike) -> list[str]:
-    """Run the inference engine; on failure remove the unfinished patient folders. Return the finished ids."""
+    """Run the inference engine; on failure or SIGTERM / SIGINT (:mod:`scripts.learning.stopping`: stopped between
+    patients) remove the unfinished patient folders. Return the finished ids."""
+    from ..learning.stopping import run_until_signal
+
     out = Path(output_dir)
     try:
-        evaluator.run()
+        run_until_signal(evaluator, "inference", "finished patients are kept; rerun with --resume true for the rest")
     finally:
         for stale in out.glob(PARTIAL.format("*")):
             shutil.rmtree(stale, ignore_errors=True)

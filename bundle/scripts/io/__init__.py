@@ -16,7 +16,7 @@ from .datalist import (
     resolve_paths,
     validate_item,
 )
-from .files import CTPDataError, save_bytes, save_csv, save_json, save_nifti, save_text
+from .files import CTPDataError, OutputWriteError, save_bytes, save_csv, save_json, save_nifti, save_text, write_failure
 from .images import (
     MAP_RANGES,
     MIN_FRAMES,
@@ -31,6 +31,7 @@ from .images import (
 
 __all__ = [
     "CTPDataError",
+    "OutputWriteError",
     "FILE_KEYS",
     "GROUPS",
     "LABEL_VALUES",
@@ -55,6 +56,7 @@ __all__ = [
     "save_json",
     "save_nifti",
     "save_text",
+    "write_failure",
     "validate_frame_times",
     "validate_item",
     "voxel_volume_ml",

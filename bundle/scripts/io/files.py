@@ -4,6 +4,7 @@ names a bad input file."""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -17,6 +18,22 @@ import numpy as np
 
 class CTPDataError(ValueError):
     """Input data that cannot be used; the message names the file or field and the problem."""
+
+
+class OutputWriteError(OSError):
+    """An output that could not be written (full disk, quota, read-only folder); the message names the folder,
+    the cause and what was kept."""
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_failure(folder: str | os.PathLike, err: OSError, what: str, kept: str) -> OutputWriteError:
+    """One line for an output write that failed: ``<folder>: <what> could not be written (<cause>); <kept>``."""
+    cause = "no space left on the device" if err.errno in NO_SPACE_ERRNOS else (err.strerror or str(err))
+    error = OutputWriteError(f"{folder}: {what} could not be written ({cause}); {kept}")
+    error.errno = err.errno
+    return error
 
 
 def _temporary(path: Path) -> Path:

@@ -1,6 +1,7 @@
 """Learning: encoders and the multi-input networks, loss, metrics, training handlers (fine-tuning stages,
-checkpoints, tracking, the model registry), the clean end of a distributed run, the voxel-wise baseline, the
-experiment grids and the Optuna loss search (with the lock its workers share)."""
+checkpoints, tracking through a server outage, the model registry), the clean end of a distributed run, the
+polite stop on SIGTERM, the voxel-wise baseline, the experiment grids and the Optuna loss search (with the
+lock its workers share)."""
 
 from . import (
     checkpoints,
@@ -12,8 +13,10 @@ from . import (
     losses,
     metrics,
     networks,
+    outage,
     registry,
     search,
+    stopping,
     study_lock,
     tracking,
     training,
@@ -31,8 +34,10 @@ __all__ = [
     "losses",
     "metrics",
     "networks",
+    "outage",
     "registry",
     "search",
+    "stopping",
     "study_lock",
     "tracking",
     "training",

@@ -3,6 +3,7 @@ loading weights with errors that name the file, and resuming an interrupted run.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -13,10 +14,11 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 from monai.utils import str2bool
 
-from ..io import CTPDataError
+from ..io import CTPDataError, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +29,67 @@ def save_last_checkpoints(trainer: Engine, saver: Any) -> None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
 
 
+class KeepUntilSaved(DiskSaver):
+    """Ignite's atomic ``DiskSaver`` that deletes the checkpoint it replaces only once the new one is on disk.
+
+    Ignite's ``Checkpoint`` removes the old file *before* it saves the new one, so with ``n_saved`` 1 a full
+    disk used to leave no checkpoint at all. Here the removal waits for a successful save; a save that fails
+    (its temporary file is removed by ``DiskSaver``) leaves the previous checkpoint loadable and stops with one
+    line naming the folder (:class:`scripts.io.OutputWriteError`).
+    """
+
+    def __init__(self, dirname: str | os.PathLike, **kwargs: Any) -> None:
+        kwargs.setdefault("atomic", True)
+        kwargs.setdefault("require_empty", False)
+        super().__init__(dirname, **kwargs)
+        self._replaced: list[str] = []
+
+    def remove(self, filename: str) -> None:
+        self._replaced.append(filename)
+
+    def _save_func(self, checkpoint: Any, path: Path, func: Any) -> None:
+        """Serialise in memory, then write and rename: torch's zip writer reports a full disk as a RuntimeError
+        about file positions, a plain write as ``OSError`` (ENOSPC)."""
+        buffer = io.BytesIO()
+        func(checkpoint, buffer, **self.kwargs)
+        tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(buffer.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
+        try:
+            super().__call__(checkpoint, filename, metadata)
+        except OSError as err:
+            kept = [name for name in self._replaced if (self.dirname / name).is_file()]
+            raise write_failure(
+                self.dirname,
+                err,
+                f"checkpoint {filename}",
+                f"the previous one ({', '.join(kept) or 'none'}) is kept and loadable; free space and resume with "
+                "--resume true",
+            ) from err
+        for name in self._replaced:
+            if name != filename:
+                super().remove(name)
+        self._replaced.clear()
+
+
 class BestModelSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` (best model by the key metric) that also gives its state, so the resume
     point holds which best model was kept and its score: a resumed run replaces it only with a better one
-    (a fresh saver would write a second ``best_*`` file at its first validation, however bad)."""
+    (a fresh saver would write a second ``best_*`` file at its first validation, however bad). The best model
+    it replaces is deleted only once the new one is saved (:class:`KeepUntilSaved`)."""
+
+    def __init__(self, save_dir: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(save_dir, *args, **kwargs)
+        if self._key_metric_checkpoint is not None:
+            self._key_metric_checkpoint.save_handler = KeepUntilSaved(save_dir)
 
     def state_dict(self) -> dict:
         return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}

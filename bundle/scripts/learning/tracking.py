@@ -19,6 +19,7 @@ import ignite.distributed as idist
 from monai.handlers import MLFlowHandler as _MonaiMLFlowHandler
 
 from ..io import save_json
+from .outage import PENDING, TolerantClient
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ class MLFlowHandler(_MonaiMLFlowHandler):
     - With ``datalist``, the run's input is the datalist as an MLflow dataset whose digest is its
       :func:`data_version` (:func:`log_datalist`; the UI's Dataset column).
     - The run carries MLflow's source tags (command, user, git commit; the UI's Source column).
+    - A tracking-server outage during the run neither kills nor stalls it: writes that find the server down are
+      kept and sent when it is back, and the run's end waits for them (:mod:`scripts.learning.outage`).
+    - A run stopped by SIGTERM / SIGINT (:mod:`scripts.learning.stopping`) ends ``KILLED``; a resumed training
+      reopens it (MONAI reopens every run not ``FINISHED``) and marks it ``RUNNING`` again.
     """
 
     def __init__(
@@ -85,14 +90,31 @@ class MLFlowHandler(_MonaiMLFlowHandler):
         finally:
             if hidden is not None:
                 os.environ["MLFLOW_TRACKING_URI"] = hidden
+        self.client = TolerantClient(self.client)
 
     def _set_experiment(self) -> None:
         super()._set_experiment()
         mark_model_training(self.client, self.experiment)
 
+    def attach(self, engine: Any) -> None:
+        super().attach(engine)
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.TERMINATE, self._terminated)
+
     def start(self, engine: Any) -> None:
+        if self.cur_run is not None:  # the validator starts every epoch: its run, experiment and params are set
+            return
         super().start(engine)
+        if self.cur_run.info.status != "RUNNING":  # a stopped or failed run reopened by a resumed training
+            self.client.update_run(self.cur_run.info.run_id, status="RUNNING")
         tag_source(self.client, self.cur_run)
+
+    def _terminated(self, engine: Any) -> None:
+        """A run stopped by a signal (:mod:`scripts.learning.stopping`) ends KILLED, not FINISHED; early
+        stopping also terminates the engine and still ends FINISHED."""
+        if getattr(engine.state, "stop_signal", None):
+            self.run_finish_status = "KILLED"
 
     def _log_datalist(self, dataset_dict: Any = None) -> None:
         log_datalist(self.client, self.cur_run.info.run_id, self.datalist, self.dataset_context)
@@ -344,8 +366,12 @@ class StageLogger:
         self.history.append(f"{epoch}:{stage}")
         if idist.get_rank() != 0:
             return
-        client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-        run = latest_run(client, self.experiment_name, self.run_name)
-        if run is not None:
-            client.log_metric(run.info.run_id, "finetuning_stage", float(index), step=int(epoch))
-            client.set_tag(run.info.run_id, "finetuning_stages", " ".join(self.history))
+        client, history = mlflow.MlflowClient(tracking_uri=self.tracking_uri), " ".join(self.history)
+
+        def log() -> None:
+            run = latest_run(client, self.experiment_name, self.run_name)
+            if run is not None:
+                client.log_metric(run.info.run_id, "finetuning_stage", float(index), step=int(epoch))
+                client.set_tag(run.info.run_id, "finetuning_stages", history)
+
+        PENDING.call(f"finetuning_stage {index} at epoch {epoch}", log)  # kept through a server outage
