@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_RESTARTS: dict = {}
+
+
+def restart(url: str, down_s: float = 5.0) -> None:
+    """Stop the cluster at ``url`` (``pg_ctl stop -m fast``: every connection is cut), wait ``down_s`` seconds,
+    start it again on the same port and data: what an upgrade or a failover does to its clients."""
+    _RESTARTS[url](down_s)
 
 
 @contextmanager
@@ -53,11 +63,20 @@ def cluster(databases: tuple[str, ...] = ("optuna", "mlflow")) -> Iterator[str]:
         # an MLflow server and several Optuna workers each hold connection pools: more than the default 100
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400"
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+        url = f"postgresql://postgres@127.0.0.1:{port}/"
+
+        def restart(down_s: float) -> None:
+            run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")  # every session cut
+            time.sleep(down_s)
+            run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+
+        _RESTARTS[url] = restart
         try:
             for name in databases:
                 run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name)
-            yield f"postgresql://postgres@127.0.0.1:{port}/"
+            yield url
         finally:
+            _RESTARTS.pop(url, None)
             run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
     finally:
         shutil.rmtree(root, ignore_errors=True)

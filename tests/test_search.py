@@ -121,8 +121,8 @@ def test_objectives_from_metric_names():
     assert objective_values(metrics, "dice_vs_dv") == pytest.approx((0.5, 4.0))
 
 
-def searching(tiny_cohort, tmp_path, storage, uri, n_trials, overrides, log_name):
-    """Start one ``searching`` worker (the documented command) with heartbeats every second."""
+def searching(tiny_cohort, tmp_path, storage, uri, n_trials, overrides, log_name, heartbeat_interval=1):
+    """Start one ``searching`` worker (the documented command) with heartbeats every ``heartbeat_interval`` s."""
     command = [sys.executable, "-m", "monai.bundle", "run", "searching", "--config_file", "bundle/configs/search.json"]
     settings = {
         "datalist": str(tiny_cohort),
@@ -131,7 +131,7 @@ def searching(tiny_cohort, tmp_path, storage, uri, n_trials, overrides, log_name
         "output_root": str(tmp_path / "runs"),
         "n_trials": str(n_trials),
         "pruner": "none",
-        "heartbeat_interval": "1",
+        "heartbeat_interval": str(heartbeat_interval),
         "training_overrides": repr(overrides),
     }
     for key, value in settings.items():
@@ -221,3 +221,72 @@ def test_processes_left_running_by_a_failed_test_are_killed_and_reaped():
             processes.append(sleeper)
             sleeper.wait(timeout=0.5)
     assert sleeper.returncode is not None and sleeper.returncode < 0  # killed by a signal and reaped
+
+
+def test_a_database_restart_during_a_search_loses_and_repeats_no_trial(tiny_cohort, tmp_path, mlflow_server, reaped):
+    """Two ``searching`` workers on their own PostgreSQL cluster, restarted (``pg_ctl stop -m fast``: every
+    connection cut, 5 s down, started again) while a trial trains: both workers reconnect
+    (``ReconnectingRDBStorage``: ``pool_pre_ping`` and retries; the study lock reconnects too) and the study
+    ends with exactly ``n_trials`` complete trials, none failed, none repeated."""
+    import time
+
+    import postgres as pg
+    from conftest import missing_engine
+
+    if pg.binaries() is None:
+        missing_engine("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    overrides = {**TINY_TRAINING, "max_epochs": 2, "patience": 5}
+    with pg.cluster(("optuna",)) as base:
+        url = base + "optuna"
+        workers = [
+            searching(tiny_cohort, tmp_path, url, mlflow_server, 3, overrides, f"worker{i}.log", heartbeat_interval=10)
+            for i in (1, 2)
+        ]
+        reaped += workers
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((tmp_path / "runs").glob("exp1/*/checkpoints/last*epoch=1.pt")):
+            assert all(w.poll() is None for w in workers), (tmp_path / "worker1.log").read_text()[-3000:]
+            time.sleep(0.05)
+        pg.restart(base, down_s=5.0)  # mid-trial: a trial is between its epochs 1 and 2
+        for i, worker in enumerate(workers, 1):
+            assert worker.wait(timeout=600) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
+        logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in (1, 2))
+        assert "Optuna database connection lost" in logs  # the restart was felt, and ridden out
+        trials = optuna.load_study(study_name="exp1", storage=url).trials
+    states = [t.state.name for t in trials]
+    assert states == ["COMPLETE"] * 3, states
+    assert len({t.params["gamma"] for t in trials}) == 3  # no trial run twice
+
+
+def test_sigterm_gives_the_trial_back_and_the_next_worker_resumes_it(tiny_cohort, tmp_path, reaped):
+    """A ``searching`` worker sent SIGTERM mid-trial (after epoch 1 of 2) stops at the next iteration boundary
+    and exits 143; its trial is failed and enqueued again at once with the same parameters, its checkpoint kept,
+    its MLflow run KILLED. The next worker resumes it (epoch 2 only) and the study ends with ``n_trials``."""
+    import signal
+
+    storage, uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = {**TINY_TRAINING, "max_epochs": 2, "patience": 5}
+    first = searching(tiny_cohort, tmp_path, storage, uri, 2, overrides, "first.log", heartbeat_interval=60)
+    reaped.append(first)
+    checkpoints = tmp_path / "runs" / "exp1" / "exp1_trial_000" / "checkpoints"
+    assert wait_for_checkpoint(first, lambda: checkpoints), (tmp_path / "first.log").read_text()[-3000:]
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 128 + signal.SIGTERM, (tmp_path / "first.log").read_text()[-3000:]
+    assert "stopped by SIGTERM" in (tmp_path / "first.log").read_text()
+    assert [p.name for p in checkpoints.iterdir()] == ["last_checkpoint_epoch=1.pt"]  # kept for the resume
+    trials = optuna.load_study(study_name="exp1", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # given back at once, not after the heartbeat
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("exp1").experiment_id
+    (stopped,) = client.search_runs([experiment_id], filter_string="attributes.run_name = 'exp1_trial_000'")
+    assert stopped.info.status == "KILLED"
+
+    again = searching(tiny_cohort, tmp_path, storage, uri, 2, overrides, "again.log", heartbeat_interval=60)
+    reaped.append(again)
+    assert again.wait(timeout=600) == 0, (tmp_path / "again.log").read_text()[-3000:]
+    trials = optuna.load_study(study_name="exp1", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    (resumed,) = client.search_runs([experiment_id], filter_string="attributes.run_name = 'exp1_trial_000'")
+    assert resumed.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train_loss")) == [1, 2]

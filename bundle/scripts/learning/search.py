@@ -33,6 +33,7 @@ from ..cli import bundle_workflow
 from ..io import save_csv, save_json, save_text
 from .checkpoints import drop_resume_point
 from .metrics import LESION_CLASSES, lesion_mean
+from .stopping import StopRequested
 from .study_lock import StudyLock
 from .tracking import check_tracking_uri, experiment_id, latest_run, log_metrics
 
@@ -78,13 +79,16 @@ def check_search_space(space: Mapping[str, Sequence[float]], tie_beta: bool) -> 
 def open_storage(url: str, heartbeat_interval: int = 60):
     """An Optuna RDB storage with heartbeats: a trial whose worker died (no heartbeat for three intervals) is
     failed and enqueued once more with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``); the
-    retry resumes the killed trial's training from its last checkpoint (see :func:`run_study`)."""
+    retry resumes the killed trial's training from its last checkpoint (see :func:`run_study`). A database
+    restart is ridden out (:class:`scripts.learning.study_storage.ReconnectingRDBStorage`)."""
     import optuna
+
+    from .study_storage import ReconnectingRDBStorage
 
     if url.startswith("sqlite:///"):  # a new SQLite file needs its folder
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(
+        return ReconnectingRDBStorage(
             url,
             heartbeat_interval=int(heartbeat_interval),
             grace_period=3 * int(heartbeat_interval),
@@ -246,7 +250,7 @@ def run_study(
         if retry_of is not None:
             logger.info("trial %d retries trial %d (its worker died): resuming %s", trial.number, retry_of, name)
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.3f}" for k, v in params.items()))
-        state, values = "FAILED", None
+        state, values, stopped = "FAILED", None, False
         try:
             training = bundle_workflow("training", f"{config_dir}/train.json", **settings)
             parser = training.parser
@@ -268,6 +272,10 @@ def run_study(
                 raise FloatingPointError(f"objective undefined (NaN) for trial {trial.number}")
             state = "FINISHED"
             return values if len(values) > 1 else values[0]
+        except StopRequested:  # SIGTERM / SIGINT: the trial is given back to the study, to be resumed
+            stopped = True
+            requeue_stopped_trial(study, trial.number)
+            raise
         except Exception as err:  # the config runner wraps what a handler raised: find the cause
             cause = _root_cause(err)
             if isinstance(cause, optuna.TrialPruned):
@@ -275,7 +283,8 @@ def run_study(
                 raise cause from None
             raise
         finally:
-            drop_resume_point(root / name)  # a finished trial is never resumed
+            if not stopped:
+                drop_resume_point(root / name)  # a finished trial is never resumed
             run = latest_run(client, experiment_name, name)
             if run is not None:
                 client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
@@ -286,7 +295,10 @@ def run_study(
                 if values is not None:
                     names = [f"objective_{i}" for i in range(len(values))] if len(values) > 1 else ["objective"]
                     log_metrics(client, run.info.run_id, dict(zip(names, values)))
-                if run.info.status == "RUNNING" or state != "FINISHED":
+                if stopped:
+                    client.set_tag(run.info.run_id, "optuna_state", "STOPPED")
+                    client.set_terminated(run.info.run_id, status="KILLED")
+                elif run.info.status == "RUNNING" or state != "FINISHED":
                     client.set_terminated(run.info.run_id, status=state)
 
     while True:
@@ -305,6 +317,19 @@ def run_study(
     summary = summarise_study(study, root, client, experiment_name, parent_id)
     client.set_terminated(parent_id)
     return summary
+
+
+def requeue_stopped_trial(study: Any, number: int) -> None:
+    """A trial whose worker was asked to stop (SIGTERM): failed now and enqueued again with the same parameters,
+    as the heartbeat does for a killed worker's trial, so the next worker resumes it from its checkpoint at once
+    instead of after the grace period. It still counts once towards ``n_trials``."""
+    import optuna
+
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+    frozen = study._storage.get_trial(frozen._trial_id)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, frozen)
+    logger.warning("trial %d stopped by a signal: given back to the study, to be resumed by the next worker", number)
 
 
 def check_study_settings(study: Any, objective: str, space: Mapping[str, Sequence[float]], tie_beta: bool) -> None:

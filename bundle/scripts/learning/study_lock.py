@@ -40,13 +40,20 @@ class StudyLock:
         self._connection.execute(sqlalchemy.text(statement), params)
         self._connection.commit()
 
-    def acquire(self) -> StudyLock:
+    def acquire(self, reconnect: bool = False) -> StudyLock:
+        """Block until the lock is held. With ``reconnect`` (every acquisition after the first, from ``with``),
+        a database that does not answer is retried as the storage retries it (a restart during a search)."""
         if self.dialect in ("postgresql", "mysql", "mariadb"):
             import sqlalchemy
 
             if self._engine is None:
                 self._engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
-            self._connection = self._engine.connect()
+            if reconnect:
+                from .study_storage import with_reconnect
+
+                self._connection = with_reconnect(lambda lock: lock._engine.connect())(self)
+            else:
+                self._connection = self._engine.connect()
             if self.dialect == "postgresql":
                 self._sql("SELECT pg_advisory_lock(:key)", key=self.key)
             else:
@@ -73,6 +80,11 @@ class StudyLock:
                     self._sql("SELECT pg_advisory_unlock(:key)", key=self.key)
                 else:
                     self._sql("SELECT RELEASE_LOCK(:name)", name=f"optuna-{self.key}")
+            except Exception as err:
+                from .study_storage import connection_lost
+
+                if not connection_lost(err):
+                    raise  # a lost connection (the database restarted) took its session's lock with it
             finally:
                 self._connection.close()  # a closed session releases its locks in any case
                 self._connection = None
@@ -86,7 +98,7 @@ class StudyLock:
             _LOCAL.release()
 
     def __enter__(self) -> StudyLock:
-        return self.acquire()
+        return self.acquire(reconnect=True)
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
