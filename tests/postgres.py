@@ -54,7 +54,7 @@ def cluster(databases: tuple[str, ...] = ("optuna", "mlflow")) -> Iterator[str]:
     prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
 
     def run(*command: str) -> None:
-        result = subprocess.run([*prefix, *command], capture_output=True, text=True)
+        result = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=900)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip() or result.stdout.strip()}")
 

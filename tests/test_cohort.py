@@ -105,6 +105,7 @@ def test_bundle_workflows_generate_then_compute_maps(tmp_path):
         cwd=ROOT,
         check=True,
         capture_output=True,
+        timeout=900,
     )
     item = json.loads((out / "datalist.json").read_text())["training"][0]
     maps_dir = tmp_path / "maps"
@@ -122,6 +123,7 @@ def test_bundle_workflows_generate_then_compute_maps(tmp_path):
         cwd=ROOT,
         check=True,
         capture_output=True,
+        timeout=900,
     )
     for name in ("cbf", "cbv", "mtt", "ttp", "tmax", "mip"):
         img = nib.load(maps_dir / f"{name}.nii.gz")
@@ -138,6 +140,7 @@ def test_workflow_user_errors_print_one_line_not_a_traceback(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
+        timeout=900,
     )
     assert refused.returncode == 1
     assert refused.stderr.strip().endswith(
@@ -149,6 +152,7 @@ def test_workflow_user_errors_print_one_line_not_a_traceback(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
+        timeout=900,
     )
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1] == "error: ctp: no 4D series given; pass --ctp path/to/ctp.nii.gz."

@@ -135,7 +135,7 @@ def test_voxel_baseline_workflows_fit_then_score(tiny_cohort, tmp_path):
         "20000",
     ]
     command = [sys.executable, "-m", "monai.bundle", "run", "fitting", *common]
-    subprocess.run(command, cwd=root, check=True, capture_output=True)
+    subprocess.run(command, cwd=root, check=True, capture_output=True, timeout=900)
     run_in_process("evaluating", common[1], **overrides_from(common[2:]))
     summary = list(csv.DictReader(open(tmp_path / "voxel" / "test" / "metrics_summary.csv")))
     assert {row["class"] for row in summary} >= {"penumbra", "core"}

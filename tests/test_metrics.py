@@ -210,5 +210,6 @@ def test_scoring_workflow_writes_the_reports(tiny_cohort, predictions, tmp_path)
         cwd=root,
         check=True,
         capture_output=True,
+        timeout=900,
     )
     assert "| model | penumbra |" in (tmp_path / "out" / "metrics_summary.md").read_text()
