@@ -102,6 +102,71 @@ def test_uneven_times_and_each_time_source(tmp_path):
         read_ctp_dicom(study)
 
 
+def _ge_cine(path: Path, mid_scan_time: float, as_text: bool = False) -> None:
+    """Rewrite one image as a GE LightSpeed cine run stores it: the run's start in AcquisitionTime and
+    ContentTime on every frame, the frame's time only in GEMS_ACQU_01 (0019,xx24) "Mid Scan Time [sec]", a DS
+    element holding a binary little-endian double (or DS text, as a rewriting tool may leave it)."""
+    import struct
+
+    from pydicom.dataelem import RawDataElement
+
+    ds = pydicom.dcmread(path)
+    ds.AcquisitionTime = ds.ContentTime = "080000.000000"
+    tag = ds.private_block(0x0019, "GEMS_ACQU_01", create=True).get_tag(0x24)
+    value = f"{mid_scan_time:.4f}".encode() if as_text else struct.pack("<d", mid_scan_time)
+    value += b" " * (len(value) % 2)
+    ds[tag] = RawDataElement(tag, "DS", len(value), value, 0, False, True)
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("as_text", [False, True], ids=["binary-double", "ds-text"])
+def test_a_ge_cine_series_is_timed_by_its_mid_scan_time(tmp_path, as_text):
+    """GE cine CTP: constant AcquisitionTime/ContentTime (the former reader refused it: "duplicate image"); the
+    frame times come from the private Mid Scan Time, uneven steps kept, the constant standard times ignored."""
+    times = [0, 1, 2, 3, 4, 5, 6.5, 8, 10, 12, 15, 18]
+    ctp = make_ctp(tmp_path, times=times)
+    study = tmp_path / "ge"
+    write_ctp_dicom(ctp, study, time_tags=["AcquisitionTime", "ContentTime"])
+    reference = read_ctp_dicom(study)
+    for path in files_of(study):
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        frame = next(t for t in range(len(times)) if abs(_frame_seconds(header) - times[t]) < 0.5)
+        _ge_cine(path, 1234.5 + times[frame], as_text)
+    series = read_ctp_dicom(study)
+    assert series.time_source == "GEMidScanTime"
+    assert np.allclose(series.frame_times, times, atol=1e-6)
+    assert np.array_equal(series.array, reference.array) and np.allclose(series.affine, reference.affine)
+    for path in files_of(study):  # without the private time, the constant standard times cannot order frames
+        ds = pydicom.dcmread(path)
+        del ds[ds.private_block(0x0019, "GEMS_ACQU_01").get_tag(0x24)]
+        ds.save_as(path)
+    with pytest.raises(CTPDataError, match="duplicate image"):
+        read_ctp_dicom(study)
+
+
+def _frame_seconds(header) -> float:
+    """Seconds after the study start (08:00:00) of an image written by write_ctp_dicom."""
+    t = str(header.AcquisitionTime)
+    return int(t[:2]) * 3600 + int(t[2:4]) * 60 + float(t[4:]) - 8 * 3600
+
+
+def test_a_malformed_ge_mid_scan_time_is_refused_with_the_file_named(tmp_path):
+    ctp = make_ctp(tmp_path)
+    study = tmp_path / "ge"
+    write_ctp_dicom(ctp, study, time_tags=["AcquisitionTime"])
+    first = files_of(study)[0]
+    from pydicom.dataelem import RawDataElement
+
+    for path in files_of(study):
+        _ge_cine(path, 1.0 + files_of(study).index(path))
+    ds = pydicom.dcmread(first)
+    tag = ds.private_block(0x0019, "GEMS_ACQU_01").get_tag(0x24)
+    ds[tag] = RawDataElement(tag, "DS", 4, b"\x01\x02\x03\x04", 0, False, True)
+    ds.save_as(first)
+    with pytest.raises(CTPDataError, match=rf"{first.name}: GEMidScanTime .* is not a valid time"):
+        read_ctp_dicom(study)
+
+
 def test_oblique_grid_is_read_exactly(tmp_path):
     angle = np.deg2rad(20)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]) @ np.array(

@@ -11,7 +11,9 @@ encodes DICOM by hand. What this module adds is the CTP logic that DICOM leaves 
   the images are grouped by slice position, and each position's images are sorted by time; frame *k* is
   the *k*-th image of every position. Every position must have the same number of images.
 - **Time** comes from the first of :data:`TIME_SOURCES` that every image carries, with distinct values
-  at each slice position: ``AcquisitionDateTime``, ``AcquisitionTime`` (with ``AcquisitionDate``),
+  at each slice position: GE's private Mid Scan Time (``GEMS_ACQU_01`` (0019,xx24), a binary double in a DS
+  element: GE cine runs repeat one ``AcquisitionTime`` on every frame), ``AcquisitionDateTime``,
+  ``AcquisitionTime`` (with ``AcquisitionDate``),
   ``ContentTime`` (with ``ContentDate``), ``TriggerTime`` (ms), ``TemporalPositionIndex`` (an order only:
   needs ``frame_interval``). A frame's time is the median of its slices' times; frame times are seconds
   from the first frame, uneven intervals kept.
@@ -46,8 +48,20 @@ from .images import MIN_FRAMES, check_map_values, frame_times_sidecar, load_ctp,
 
 logger = logging.getLogger(__name__)
 
-TIME_SOURCES = ("AcquisitionDateTime", "AcquisitionTime", "ContentTime", "TriggerTime", "TemporalPositionIndex")
-"""Where a CTP image's time is read from, first match wins (the one attribute every image carries)."""
+GE_MID_SCAN_TIME = "GEMidScanTime"
+"""GE's private "Mid Scan Time [sec]", (0019,xx24) in the ``GEMS_ACQU_01`` block: the per-frame time of a cine
+acquisition, whose standard time attributes are the run's start on every frame. GE stores it in a DS element
+as a binary little-endian double (text is accepted too)."""
+TIME_SOURCES = (
+    GE_MID_SCAN_TIME,
+    "AcquisitionDateTime",
+    "AcquisitionTime",
+    "ContentTime",
+    "TriggerTime",
+    "TemporalPositionIndex",
+)
+"""Where a CTP image's time is read from: the first that every image carries with distinct values at each slice
+position (a cine run's constant ``AcquisitionTime`` is skipped)."""
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 POSITION_TOLERANCE_MM = 0.01
@@ -127,10 +141,40 @@ def _is_derived(header) -> bool:
     return "DERIVED" in [str(v).upper() for v in (header.get("ImageType") or [])]
 
 
+def _time_value(header, source: str):
+    """The raw value of ``source`` in ``header`` (see :data:`TIME_SOURCES`), ``None`` when absent."""
+    if source != GE_MID_SCAN_TIME:
+        value = header.get(source)
+        return None if value in (None, "") else value
+    try:
+        block = header.private_block(0x0019, "GEMS_ACQU_01")
+    except KeyError:
+        return None
+    element = header.get_item(block.get_tag(0x24))  # unconverted: the bytes as stored
+    return None if element is None or not element.value else element.value
+
+
+def _ge_seconds(raw) -> float:
+    """GE's Mid Scan Time: a binary little-endian double in a DS element, or (rewritten files) DS text."""
+    import struct
+
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            return float(raw.decode("ascii").strip("\x00 "))
+        except (UnicodeDecodeError, ValueError):
+            if len(raw) != 8:
+                raise ValueError(f"{len(raw)} bytes, neither DS text nor one 8-byte double") from None
+            value = struct.unpack("<d", bytes(raw))[0]
+            if not np.isfinite(value):
+                raise ValueError("not a finite double") from None
+            return value
+    return float(raw)
+
+
 def _seconds(header, source: str) -> float | None:
     """The time of one image in seconds from ``source`` (see :data:`TIME_SOURCES`), ``None`` when absent."""
-    value = header.get(source)
-    if value in (None, ""):
+    value = _time_value(header, source)
+    if value is None:
         return None
     try:
         return _parse_time(header, source, value)
@@ -140,6 +184,8 @@ def _seconds(header, source: str) -> float | None:
 
 def _parse_time(header, source: str, value) -> float | None:
     pydicom = _pydicom()
+    if source == GE_MID_SCAN_TIME:
+        return _ge_seconds(value)
     if source == "AcquisitionDateTime":
         dt = pydicom.valuerep.DT(value)
         return dt.replace(tzinfo=None).timestamp() if isinstance(dt, datetime.datetime) else None
@@ -192,9 +238,9 @@ def _check_ct(path: Path, header) -> None:
 def _time_source(images: list[tuple[Path, object]]) -> str:
     """The first of :data:`TIME_SOURCES` that every image carries with distinct values at each slice position
     (some scanners stamp every image of a series with the series' start in one of them)."""
-    carried = [s for s in TIME_SOURCES if all(header.get(s) not in (None, "") for _, header in images)]
+    carried = [s for s in TIME_SOURCES if all(_time_value(header, s) is not None for _, header in images)]
     if not carried:
-        missing = next(path for path, header in images if all(header.get(s) in (None, "") for s in TIME_SOURCES))
+        missing = next(path for path, h in images if all(_time_value(h, s) is None for s in TIME_SOURCES))
         raise CTPDataError(
             f"{missing}: no usable acquisition time (none of {', '.join(TIME_SOURCES)}); cannot order the CTP frames."
         )
