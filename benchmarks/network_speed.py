@@ -10,6 +10,7 @@ Uses the GPU when one is present.
 ``--widths`` adds rows per encoder width (default 1, the paper's network; the bundle's default is 0.25).
 
 Run: python benchmarks/network_speed.py [--sizes 128 256 512 --variants SF EF EFI --widths 1 0.25 --repeats 2]
+     python benchmarks/network_speed.py --training-precision 128 0.25 --repeats 5   (fp32 vs bf16 training step)
 """
 
 from __future__ import annotations
@@ -173,6 +174,29 @@ def cpu_options(size: int, repeats: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+def training_precision(size: int, width: float, repeats: int) -> list[tuple[str, float]]:
+    """SF training step (forward, backward, Adam step; batch 2, all weights trainable) in fp32 and under bf16
+    autocast, ms per step: whether bf16 speeds the bundle's training on this CPU (issue #26)."""
+    rows = []
+    for name, bf16 in (("fp32", False), ("bf16 autocast", True)):
+        torch.manual_seed(0)
+        net = create_network("SF", "PMs+N", encoder_width=width).to(DEVICE).train()
+        net.set_finetuning("all")
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+        image, nihss = inputs(size)
+
+        def step(net=net, optimizer=optimizer, image=image, nihss=nihss, bf16=bf16):
+            optimizer.zero_grad()
+            autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+            with autocast:
+                loss = net(image, nihss).float().mean()
+            loss.backward()
+            optimizer.step()
+
+        rows.append((name, 1000 * timed(step, repeats)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
@@ -181,9 +205,22 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0], help="encoder widths (1 = the paper)")
     parser.add_argument("--one", nargs=3, metavar=("VARIANT", "SIZE", "WIDTH"), help=argparse.SUPPRESS)
     parser.add_argument("--skip-options", action="store_true", help="skip the CPU-options comparison")
+    parser.add_argument(
+        "--training-precision",
+        nargs=2,
+        metavar=("SIZE", "WIDTH"),
+        help="only the SF training step in fp32 and bf16 autocast at SIZE^2 and encoder WIDTH",
+    )
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.repeats, float(args.one[2]))))
+        return
+    if args.training_precision:
+        size, width = int(args.training_precision[0]), float(args.training_precision[1])
+        rows = training_precision(size, width, args.repeats)
+        print(f"SF training step at {size}^2, width {width:g}, batch {BATCH}, {torch.get_num_threads()} threads:")
+        for name, ms in rows:
+            print(f"- {name}: {ms:.0f} ms per step ({rows[0][1] / ms:.2f}x fp32)")
         return
     peak = matmul_peak_gflops()
     print(
