@@ -3,7 +3,8 @@ are kept, in order, and sent again; the run's end waits for them.
 
 MLflow's client retries an unreachable server for minutes (7 retries, exponential back-off) and then raises,
 so a server restarted during a training used to stall the epoch loop and then kill the run. Through
-:class:`TolerantClient` each write is tried once, quickly (no retries, a short timeout); one that finds the
+:class:`TolerantClient` each write is tried once, quickly (no retries, a short timeout; artifact uploads, at the
+end of a run, keep MLflow's own retries and timeouts, as a large model may take longer); one that finds the
 server down joins a process-wide queue (:data:`PENDING`) with everything after it, and the queue is sent again,
 oldest first, before every later write. Metrics keep the timestamp and step they were logged with, so the
 run's history after the outage is the same as without it. The call that ends the run
@@ -23,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ WRITES = frozenset(
     }
 )
 """Client methods that only write: safe to send later."""
+UPLOADS = frozenset({"log_artifact", "log_artifacts"})
+"""Writes that may take longer than a quick try: sent with MLflow's own retries and timeouts."""
 UNAVAILABLE = (
     "Max retries exceeded",
     "Connection refused",
@@ -92,25 +95,27 @@ class PendingWrites:
     """The process's queue of tracking writes that found the server down, sent again oldest first."""
 
     def __init__(self) -> None:
-        self.queue: deque[tuple[str, Callable[[], Any]]] = deque()
+        self.queue: deque[tuple[str, Callable[[], Any], bool]] = deque()
         self.lock = threading.RLock()
         self.delayed = 0  # writes that waited in the queue, for the log
         self.quiet_until = 0.0  # after a failed try, the queue waits this long before the next one
         self.quiet_s = 5.0
 
-    def call(self, description: str, write: Callable[[], Any]) -> Any:
-        """``write()`` now if the queue is empty (or empties now) and the server answers, else queued."""
+    def call(self, description: str, write: Callable[[], Any], quick: bool = True) -> Any:
+        """``write()`` now if the queue is empty (or empties now) and the server answers, else queued. ``quick``:
+        one try with a short timeout (metrics in the epoch loop); otherwise MLflow's own retries and timeouts
+        (artifact uploads at the end of a run, which may take longer than a quick try allows)."""
         with self.lock:
             if self.queue and (time.monotonic() < self.quiet_until or not self.flush()):
-                self.queue.append((description, write))
+                self.queue.append((description, write, quick))
                 return None
             try:
-                with one_quick_try():
+                with one_quick_try() if quick else nullcontext():
                     return write()
             except Exception as err:
                 if not unreachable(err):
                     raise
-                self.queue.append((description, write))
+                self.queue.append((description, write, quick))
                 self.quiet_until = time.monotonic() + self.quiet_s
                 logger.warning(
                     "tracking server does not answer (%s): %s kept and sent when it is back; training goes on",
@@ -123,9 +128,9 @@ class PendingWrites:
         """Send the queue, oldest first, until one write finds the server down; True when it is empty."""
         with self.lock:
             while self.queue:
-                description, write = self.queue[0]
+                description, write, quick = self.queue[0]
                 try:
-                    with one_quick_try():
+                    with one_quick_try() if quick else nullcontext():
                         write()
                 except Exception as err:
                     if not unreachable(err):
@@ -183,7 +188,8 @@ class TolerantClient:
             return attribute
 
         def write(*args: Any, **kwargs: Any) -> Any:
-            return PENDING.call(f"{name} {_describe(args, kwargs)}", lambda: attribute(*args, **kwargs))
+            description = f"{name} {_describe(args, kwargs)}"
+            return PENDING.call(description, lambda: attribute(*args, **kwargs), quick=name not in UPLOADS)
 
         return write
 
