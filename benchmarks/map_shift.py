@@ -32,13 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bundle"), str(ROOT / "benchmarks")]
 
 from inference_agreement import run as run_inference  # noqa: E402
-from seed_robustness import print_table  # noqa: E402
+from seed_robustness import baseline_rows, print_table, scored  # noqa: E402
 
 from scripts.io import load_datalist, load_map, save_json, save_nifti  # noqa: E402
-from scripts.learning.metrics import patient_row  # noqa: E402
-from scripts.perfusion.brain_mask import brain_mask_from_mip  # noqa: E402
 from scripts.perfusion.deconvolution import compute_perfusion_maps  # noqa: E402
-from scripts.perfusion.thresholds import threshold_labels  # noqa: E402
 from scripts.simulation.cohort import cohort_tasks, simulate_task  # noqa: E402
 
 SHIFTS = ("as generated", "bSVD", "no smoothing", "2 s frames", "twice the noise")
@@ -76,27 +73,10 @@ def write_patient(job: tuple[dict, dict, str]) -> dict[str, dict]:
     return items
 
 
-def threshold_rows(items: list[dict]) -> list[dict]:
-    rows = []
-    for item in items:
-        label, _ = load_map(item["label"])
-        brain = brain_mask_from_mip(load_map(item["mip"])[0])
-        pred = threshold_labels(load_map(item["cbf"])[0], load_map(item["tmax"])[0], brain)
-        spacing = nib.load(item["label"]).header.get_zooms()[:3]
-        rows.append(patient_row(item["id"], item["group"], pred, label.astype(np.uint8), spacing))
-    return rows
-
-
 def network_rows(items: list[dict], folder: Path, checkpoint: str, inputs: str) -> list[dict]:
     datalist = save_json(folder / "datalist.json", {"test": items})
     run_inference(str(datalist), "test", checkpoint, inputs, folder / "out")
-    rows = []
-    for item in items:
-        label, _ = load_map(item["label"])
-        pred, _ = load_map(folder / "out" / item["id"] / "label.nii.gz")
-        spacing = nib.load(item["label"]).header.get_zooms()[:3]
-        rows.append(patient_row(item["id"], item["group"], pred.astype(np.uint8), label.astype(np.uint8), spacing))
-    return rows
+    return [scored(item, load_map(folder / "out" / item["id"] / "label.nii.gz")[0]) for item in items]
 
 
 def main() -> None:
@@ -121,7 +101,7 @@ def main() -> None:
             shifted = [patient[shift] for patient in per_patient]
             folder = Path(tmp) / shift.replace(" ", "_")
             results[f"{shift}: network"] = network_rows(shifted, folder, args.checkpoint, args.inputs)
-            results[f"{shift}: threshold"] = threshold_rows(shifted)
+            results[f"{shift}: threshold"] = baseline_rows({"test": shifted}, "threshold", Path(tmp))
     groups = [item["group"] for item in items]
     print(f"checkpoint: {args.checkpoint}; cohort {args.datalist}; rows: maps: method")
     print_table(results, ", ".join(f"{g} {groups.count(g)}" for g in ("LVO", "Non-LVO", "WIS")))

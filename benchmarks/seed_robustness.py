@@ -106,13 +106,18 @@ def rule_written_here(item: dict) -> np.ndarray:
     return label
 
 
+def scored(item: dict, pred: np.ndarray) -> dict:
+    """One patient's metrics row: ``pred`` against the item's label."""
+    label, _ = load_map(item["label"])
+    spacing = nib.load(item["label"]).header.get_zooms()[:3]
+    return patient_row(item["id"], item["group"], pred.astype(np.uint8), label.astype(np.uint8), spacing)
+
+
 def baseline_rows(splits: dict, method: str, root: Path, seed: int = 0) -> list[dict]:
     """Per-patient test rows of ``threshold``, ``voxel`` (fitted with ``seed``), ``oracle`` or ``ceiling``."""
     model = VoxelOutcomeModel(seed=seed).fit(splits["training"]) if method == "voxel" else None
     rows = []
     for item in splits["test"]:
-        label, _ = load_map(item["label"])
-        spacing = nib.load(item["label"]).header.get_zooms()[:3]
         if method in ("oracle", "ceiling"):
             pred = fate_rule_labels(item, method == "ceiling", root)
         elif method == "rule written here":
@@ -124,7 +129,7 @@ def baseline_rows(splits: dict, method: str, root: Path, seed: int = 0) -> list[
                 if model is None
                 else model.predict(maps, brain, item["nihss"])
             )
-        rows.append(patient_row(item["id"], item["group"], pred, label.astype(np.uint8), spacing))
+        rows.append(scored(item, pred))
     return rows
 
 

@@ -104,9 +104,7 @@ def test_a_tracking_server_outage_mid_training_loses_nothing(tiny_cohort, tmp_pa
 
     import mlflow_server
     from postgres import free_port
-    from test_training import ROOT, SUBPROCESS_TIMEOUT
-
-    from scripts.learning.tracking import latest_run
+    from test_training import ROOT, SUBPROCESS_TIMEOUT, metric_history, runs_named
 
     port, root, out = free_port(), tmp_path / "server", tmp_path / "run"
     epochs = 10
@@ -141,19 +139,13 @@ def test_a_tracking_server_outage_mid_training_loses_nothing(tiny_cohort, tmp_pa
             output = (tmp_path / "training.log").read_text()
             assert process.returncode == 0, output[-3000:]
             assert "tracking server does not answer" in output and "tracking server back" in output
-            client = mlflow.MlflowClient(url)
-            run = latest_run(client, "outage", "run")
-            assert run.info.status == "FINISHED"
+            _, runs = runs_named(url, "run", "outage")
+            assert [run.info.status for run in runs] == ["FINISHED"]
             for metric in ("train_loss", "val_loss", "val_dice_lesion"):
-                steps = [step for step, _ in metric_history_at(client, run.info.run_id, metric)]
+                steps = [step for step, _ in metric_history(url, "run", metric, "outage")]
                 assert steps == list(range(1, epochs + 1)), (metric, steps)
     finally:
         if process.poll() is None:
             process.kill()
         process.wait()
         log.close()
-
-
-def metric_history_at(client, run_id: str, metric: str) -> list[tuple[int, float]]:
-    """A run's (step, value) history of one metric, each step once."""
-    return sorted({(m.step, round(m.value, 6)) for m in client.get_metric_history(run_id, metric)})

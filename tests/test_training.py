@@ -62,9 +62,9 @@ def trained_epochs(checkpoint: dict) -> int:
     return checkpoint["trainer"]["iteration"] // checkpoint["trainer"]["epoch_length"]
 
 
-def runs_named(uri: str, name: str):
+def runs_named(uri: str, name: str, experiment: str = "ctp-stroke"):
     client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("ctp-stroke")
+    experiment = client.get_experiment_by_name(experiment)
     return client, client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
 
 
@@ -165,10 +165,10 @@ def test_stage_transitions_happen_in_order(trained):
     assert trained_epochs(last) == 4  # no improvement in the last stage: early stopping, not epoch 6
 
 
-def metric_history(uri: str, name: str, metric: str) -> list[tuple[int, float]]:
+def metric_history(uri: str, name: str, metric: str, experiment: str = "ctp-stroke") -> list[tuple[int, float]]:
     """A run's (step, value) history of one metric, each step once (a step logged again after a resume
     with the same value counts once)."""
-    client, runs = runs_named(uri, name)
+    client, runs = runs_named(uri, name, experiment)
     return sorted({(m.step, round(m.value, 6)) for m in client.get_metric_history(runs[0].info.run_id, metric)})
 
 

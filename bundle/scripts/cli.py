@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .io import CTPDataError, OutputWriteError, save_json
@@ -44,13 +44,17 @@ def user_error(err: BaseException) -> BaseException | None:
     it was raised from: MONAI's transforms and config runner wrap what they call in ``RuntimeError``."""
     if isinstance(err, USER_ERRORS):
         return err
+    return next((e for e in exception_chain(err) if isinstance(e, WRAPPED_ERRORS)), None)
+
+
+def exception_chain(err: BaseException | None, context: bool = False) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from (``__cause__``; with ``context``, else ``__context__``), each
+    once."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, WRAPPED_ERRORS):
-            return err
         seen.add(id(err))
-        err = err.__cause__
-    return None
+        yield err
+        err = err.__cause__ or (err.__context__ if context else None)
 
 
 def bundle_workflow(

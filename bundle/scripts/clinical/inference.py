@@ -155,9 +155,10 @@ def prepare_studies(
     if not studies:
         raise CTPDataError(f"{source}: no study in split '{split}'.")
     if str2bool(resume) and not overwrite:
-        done = [item for item in studies if (out / str(item["id"]) / "report.json").is_file()]
-        studies = [item for item in studies if item not in done]
-        logger.info("resume: %d patient(s) already done in %s, %d to go", len(done), out, len(studies))
+        remaining = [item for item in studies if not (out / str(item["id"]) / "report.json").is_file()]
+        done = len(studies) - len(remaining)
+        logger.info("resume: %d patient(s) already done in %s, %d to go", done, out, len(remaining))
+        studies = remaining
     try:
         return [_prepare_study(item, out, nihss, needs_nihss, overwrite, perfusion, check_values) for item in studies]
     except BaseException:

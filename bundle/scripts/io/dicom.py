@@ -38,6 +38,7 @@ import datetime
 import logging
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,8 +157,6 @@ def _time_value(header, source: str):
 
 def _ge_seconds(raw) -> float:
     """GE's Mid Scan Time: a binary little-endian double in a DS element, or (rewritten files) DS text."""
-    import struct
-
     if isinstance(raw, (bytes, bytearray)):
         try:
             return float(raw.decode("ascii").strip("\x00 "))

@@ -34,12 +34,11 @@ class KeepUntilSaved(DiskSaver):
 
     Ignite's ``Checkpoint`` removes the old file *before* it saves the new one, so with ``n_saved`` 1 a full
     disk used to leave no checkpoint at all. Here the removal waits for a successful save; a save that fails
-    (its temporary file is removed by ``DiskSaver``) leaves the previous checkpoint loadable and stops with one
-    line naming the folder (:class:`scripts.io.OutputWriteError`).
+    (its temporary file removed) leaves the previous checkpoint loadable and stops with one line naming the
+    folder (:class:`scripts.io.OutputWriteError`). The write is always atomic (:meth:`_save_func`).
     """
 
     def __init__(self, dirname: str | os.PathLike, **kwargs: Any) -> None:
-        kwargs.setdefault("atomic", True)
         kwargs.setdefault("require_empty", False)
         super().__init__(dirname, **kwargs)
         self._replaced: list[str] = []

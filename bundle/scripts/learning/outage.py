@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+from ..cli import exception_chain
+
 logger = logging.getLogger(__name__)
 
 WRITES = frozenset(
@@ -63,15 +65,11 @@ def unreachable(err: BaseException) -> bool:
     a request it refused (bad parameter, unknown run), which is raised as usual."""
     import requests
 
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
-            return True
-        if any(marker in str(err) for marker in UNAVAILABLE) and "INVALID_PARAMETER" not in str(err):
-            return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return False
+    down = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)
+    return any(
+        isinstance(e, down) or (any(marker in str(e) for marker in UNAVAILABLE) and "INVALID_PARAMETER" not in str(e))
+        for e in exception_chain(err, context=True)
+    )
 
 
 @contextmanager

@@ -24,6 +24,8 @@ from typing import Any
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 
+from ..cli import exception_chain
+
 logger = logging.getLogger(__name__)
 
 RETRIED = (
@@ -59,18 +61,12 @@ def connection_lost(err: BaseException) -> bool:
     """Whether ``err`` (or what it was raised from) is a lost or refused database connection."""
     import sqlalchemy.exc
 
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, sqlalchemy.exc.DBAPIError) and (
-            err.connection_invalidated
-            or isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
-        ):
-            return True
-        if isinstance(err, (ConnectionError, sqlalchemy.exc.DisconnectionError)):
-            return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return False
+    lost = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+    return any(
+        (isinstance(e, sqlalchemy.exc.DBAPIError) and (e.connection_invalidated or isinstance(e, lost)))
+        or isinstance(e, (ConnectionError, sqlalchemy.exc.DisconnectionError))
+        for e in exception_chain(err, context=True)
+    )
 
 
 def retry_s() -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+from ignite.engine import Events
 from monai.handlers import MLFlowHandler as _MonaiMLFlowHandler
 
 from ..io import save_json
@@ -98,8 +99,6 @@ class MLFlowHandler(_MonaiMLFlowHandler):
 
     def attach(self, engine: Any) -> None:
         super().attach(engine)
-        from ignite.engine import Events
-
         engine.add_event_handler(Events.TERMINATE, self._terminated)
 
     def start(self, engine: Any) -> None:
