@@ -167,13 +167,17 @@ def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_roo
     second = searching(tiny_cohort, tmp_path, optuna_url, mlflow_url, 2, overrides, "second.log")
     reaped += [first, second]  # killed and reaped at the end if a wait below fails
 
+    known = []  # the first worker's trial folder, asked of the database only until it is known
+
     def first_workers_checkpoints():  # the folder of the trial the first worker runs, once it has one
-        try:
-            trials = optuna.load_study(study_name="exp1", storage=optuna_url).trials
-        except KeyError:
-            trials = []
-        mine = [t.number for t in trials if t.user_attrs.get("worker", "").endswith(f":{first.pid}")]
-        return tmp_path / "runs" / "exp1" / f"exp1_trial_{mine[0] if mine else 999:03d}" / "checkpoints"
+        if not known:
+            try:
+                trials = optuna.load_study(study_name="exp1", storage=optuna_url).trials
+            except KeyError:
+                trials = []
+            mine = [t.number for t in trials if t.user_attrs.get("worker", "").endswith(f":{first.pid}")]
+            known.extend(tmp_path / "runs" / "exp1" / f"exp1_trial_{n:03d}" / "checkpoints" for n in mine[:1])
+        return known[0] if known else tmp_path / "no trial yet"
 
     found = wait_for_checkpoint(first, first_workers_checkpoints)
     first.send_signal(signal.SIGKILL)

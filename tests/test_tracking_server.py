@@ -149,3 +149,35 @@ def test_a_tracking_server_outage_mid_training_loses_nothing(tiny_cohort, tmp_pa
             process.kill()
         process.wait()
         log.close()
+
+
+def test_runs_starting_together_log_one_new_dataset(mlflow_server, tmp_path):
+    """Workers of a search start their trials at once and log the same new datalist: the tracking server
+    checks for the dataset, then inserts it, and all but one insert break its unique key (seen in CI as a
+    failed trial). Every run ends linked to the one dataset."""
+    import threading
+
+    from scripts.learning.tracking import log_datalist
+
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"patient": str(tmp_path)}]}))  # a digest no other test has
+    client = mlflow.MlflowClient(mlflow_server)
+    experiment = client.create_experiment(f"datasets_{tmp_path.name}")
+    runs = [client.create_run(experiment).info.run_id for _ in range(8)]
+    start, errors = threading.Barrier(len(runs)), []
+
+    def log(run_id: str) -> None:
+        start.wait()
+        try:
+            log_datalist(client, run_id, datalist, "training")
+        except Exception as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    digests = [[d.dataset.digest for d in client.get_run(r).inputs.dataset_inputs] for r in runs]
+    assert all(len(d) == 1 for d in digests) and len({d[0] for d in digests}) == 1, digests

@@ -152,13 +152,23 @@ def log_datalist(client: Any, run_id: str, datalist: str | os.PathLike, context:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     path = Path(datalist).resolve()
     dataset = MetaDataset(resolve_dataset_source(str(path)), name=path.stem, digest=data_version(path))
     if any(d.dataset.digest == dataset.digest for d in client.get_run(run_id).inputs.dataset_inputs):
         return
     tag = InputTag(key="mlflow.data.context", value=context)
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[tag])])
+    inputs = [DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[tag])]
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as error:
+        # Two runs of one experiment logging a new dataset at once (workers of a search starting together):
+        # the tracking server checks for the dataset, then inserts it, and the later insert breaks the unique
+        # key. The dataset now exists, so a second call only links it to this run.
+        if "dataset_pk" not in str(error) and "UNIQUE constraint failed: datasets" not in str(error):
+            raise
+        client.log_inputs(run_id, datasets=inputs)
 
 
 @contextmanager
