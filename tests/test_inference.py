@@ -334,22 +334,22 @@ def test_deploy_app_runs_the_bundle_inference_without_the_sdk(tiny_cohort, tmp_p
     assert done == [patient.name] and (tmp_path / "out" / patient.name / "report.json").is_file()
 
 
-def test_fast_inference_options_keep_the_output():
-    from scripts.clinical.inference import FastInference
+def test_fast_forward_options_keep_the_output():
+    from scripts.learning.precision import FastForward
 
     torch.manual_seed(1)
     network = create_network("EF", "PMs+N", pretrained=False).eval()
     image, nihss = torch.randn(1, 4, 64, 64), torch.tensor([[9.0]])
     with torch.no_grad():
         reference = network(image, nihss)
-        channels_last = FastInference(network, channels_last=True)(image, nihss)
-        bf16 = FastInference(network, precision="bf16")(image, nihss)
+        channels_last = FastForward(network, channels_last=True)(image, nihss)
+        bf16 = FastForward(network, precision="bf16")(image, nihss)
     assert torch.allclose(channels_last, reference, atol=1e-4)
     assert (
         bf16.dtype == torch.float32 and torch.corrcoef(torch.stack([bf16.flatten(), reference.flatten()]))[0, 1] > 0.99
     )
     with pytest.raises(ValueError, match="precision must be one of"):
-        FastInference(network, precision="fp8")
+        FastForward(network, precision="fp8")
 
 
 def test_auto_slice_batch_fills_the_free_memory_and_keeps_the_output(monkeypatch):
@@ -522,14 +522,14 @@ def test_the_network_sees_only_the_brain_and_labels_return_to_the_input_grid(tin
 
 
 def test_precision_auto_takes_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
-    from scripts.clinical import inference
+    from scripts.learning import precision
 
     for native, expected in ((False, "fp32"), (True, "bf16")):  # e.g. AVX2 (emulated, 150x slower) / AMX
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
-        assert inference.resolve_precision("auto", "cpu") == expected
-        assert inference.resolve_precision("fp32", "cpu") == "fp32"  # an explicit choice stands
+        assert precision.resolve_precision("auto", "cpu") == expected
+        assert precision.resolve_precision("fp32", "cpu") == "fp32"  # an explicit choice stands
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
-        inference.resolve_precision("fp16", "cpu")
+        precision.resolve_precision("fp16", "cpu")
 
 
 def test_a_study_without_brain_is_refused_before_the_network(tmp_path):

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from workflows import overrides_from, refusal, run_in_process
 
 from scripts.io import CTPDataError
+from scripts.learning.precision import resolve_precision
 from scripts.learning.training import check_training_inputs
 from scripts.learning.vgg import vgg16_layers
 
@@ -128,6 +130,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     ):
         assert key in params, key
     assert params["pretrained"] == "True" and params["finetuning"] == "gradual"
+    assert params["precision"] == resolve_precision("auto", "cpu")  # bf16 where this CPU computes it natively
     metrics = run.data.metrics
     for key in (
         "train_loss",
@@ -152,6 +155,21 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     resolved = json.loads(Path(client.download_artifacts(run.info.run_id, "train_resolved.json")).read_text())
     assert resolved["min_delta"] == 1000 and resolved["roi_size"] == [64, 64]  # the command line's overrides
     assert resolved["network_def"]["_target_"] == "scripts.learning.networks.create_network"  # over the merged config
+
+
+def test_evaluation_in_each_precision_loads_the_trained_weights(trained, tmp_path):
+    """Training and evaluation wrap the network in bf16 autocast where the CPU computes bf16 natively; the
+    checkpoints hold the network's own weights, so an evaluation in either precision loads them and scores
+    alike (emulated bf16 on an AVX2 CPU is slow but correct on this tiny cohort)."""
+    dice = {}
+    for precision in ("fp32", "bf16"):
+        report = tmp_path / precision
+        args = [*trained["args"](trained["out"]), "--precision", precision, "--report_dir", str(report)]
+        args[args.index("--tracking_uri") + 1] = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the training's run untouched
+        bundle("evaluating", CONFIGS, *args)
+        rows = list(csv.DictReader(open(report / "metrics_per_patient.csv")))
+        dice[precision] = np.array([float(r["dice_hypoperfused"]) for r in rows])
+    assert dice["fp32"].size and np.nanmax(np.abs(dice["fp32"] - dice["bf16"])) < 0.05, dice
 
 
 def test_stage_transitions_happen_in_order(trained):

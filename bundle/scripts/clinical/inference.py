@@ -18,7 +18,7 @@ leaves no half-written patient.
 Speed (``inference.json``): the network sees only the brain's bounding box (MIP mask plus ``crop_margin``
 pixels, slices without brain skipped, padded to a multiple of 32; ``brain_crop false`` for whole slices) and
 the labels are pasted back onto the input grid; ``precision auto`` is bf16 only where the device computes it
-natively (:func:`native_bf16`).
+natively (:func:`scripts.learning.precision.native_bf16`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from ..io import (
     write_failure,
 )
 from ..io.dicom import dicom_files, is_dicom_folder
+from ..learning.precision import with_precision
 from ..perfusion.brain_mask import brain_mask_from_mip
 from .report import clinical_report, save_montage
 
@@ -345,58 +346,6 @@ def default_checkpoint(bundle_root: str | os.PathLike, run_dir: str | os.PathLik
     return str(model) if model.is_file() else latest_checkpoint(Path(run_dir) / "model", "best")
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def native_bf16(device: str | torch.device = "cpu") -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU with bf16, or a CPU whose oneDNN has bf16
-    kernels (AVX512-BF16, AMX, Arm bf16). Elsewhere bf16 is emulated, e.g. 150x slower than fp32 on AVX2."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return bool(torch.cpu._is_avx512_bf16_supported())
-
-
-def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
-    """``precision`` with ``auto`` resolved: bf16 where ``device`` computes it natively, fp32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    if precision == "auto":
-        precision = "bf16" if native_bf16(device) else "fp32"
-        logger.info("precision auto: %s on %s (%s)", precision, device, torch.backends.cpu.get_cpu_capability())
-    return precision
-
-
-class FastInference(torch.nn.Module):
-    """A trained network with inference-speed options: bfloat16 autocast and channels-last memory layout.
-
-    On CPUs with bfloat16 support, channels-last + bf16 runs SF at 512² several times faster than fp32
-    (see the model card); labels can differ from fp32 at a few boundary voxels
-    (``benchmarks/inference_agreement.py --candidate "--precision bf16"`` measures by how much on a trained
-    model).
-    """
-
-    def __init__(self, network: torch.nn.Module, precision: str = "fp32", channels_last: bool = False) -> None:
-        super().__init__()
-        precision = resolve_precision(precision, next(network.parameters()).device)
-        self.network, self.precision, self.channels_last = network, precision, bool(channels_last)
-        if self.channels_last:  # 2D convolutions only (EFI's 3D ones keep their layout)
-            for module in self.network.modules():
-                if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                    module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
-
-    def forward(self, image: torch.Tensor, nihss: torch.Tensor | None = None) -> torch.Tensor:
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        if self.precision == "fp32":
-            return self.network(image, nihss)
-        with torch.autocast(device_type=image.device.type, dtype=torch.bfloat16):
-            return self.network(image, nihss).float()
-
-
 def load_model(
     network: torch.nn.Module,
     checkpoint: str | os.PathLike | None,
@@ -406,8 +355,8 @@ def load_model(
     tracking_uri: str | None = None,
 ) -> torch.nn.Module:
     """Load the trained weights into ``network`` (clear errors for a missing or unfitting checkpoint); in eval
-    mode on ``device``, wrapped in :class:`FastInference` when a speed option is asked for. ``precision``
-    ``auto`` is bf16 where the device computes it natively (:func:`native_bf16`), else fp32.
+    mode on ``device``, wrapped in :class:`~scripts.learning.precision.FastForward` when a speed option is asked for. ``precision``
+    ``auto`` is bf16 where the device computes it natively (:func:`~scripts.learning.precision.native_bf16`), else fp32.
 
     ``checkpoint`` is a file, or an MLflow model URI (``models:/NAME/VERSION``, ``models:/NAME@alias``) of a
     network registered by the training (``--registered_model_name``), fetched from ``tracking_uri``'s store.
@@ -424,9 +373,4 @@ def load_model(
     else:
         load_network_weights(network, checkpoint)
     network.to(device).eval()
-    precision = resolve_precision(precision, device)
-    return (
-        network
-        if precision == "fp32" and not channels_last
-        else FastInference(network, precision, channels_last).eval()
-    )
+    return with_precision(network, precision, channels_last).eval()
