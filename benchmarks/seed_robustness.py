@@ -9,6 +9,10 @@ finished runs are reused, interrupted ones resumed. On the same test patients:
   rule cannot make the network look better than it is;
 * the voxel baseline (gradient boosting on rCBF, rCBV, Tmax, rTTP, NIHSS), fitted on the training split per seed;
 * the **oracle**: the tissue-fate rule on the *true* relative flow with the patient's latent ischaemia time;
+* the **oracle without the onset time**: the same rule on the same true flow (now and during ischaemia), with
+  the patient's ischaemia time replaced by the middle of the generator's onset range for the group (4.5 h LVO,
+  5.5 h Non-LVO; fixed by the generator, not fitted). The infarction threshold rises with time, and no map
+  carries the time: what a perfect reading of the flow alone can give;
 * the **computed-map ceiling** the issue asked for: the same rule on the *computed* CBF (relative to each
   voxel's true normal flow, the patient's global CBF bias divided out on healthy brain) with the true latent
   history, voxel by voxel. It shows what the map noise and the deconvolution's local errors do to the rule
@@ -43,7 +47,7 @@ from scripts.learning.metrics import bootstrap_ci, patient_row  # noqa: E402
 from scripts.learning.tracking import run_finished  # noqa: E402
 from scripts.learning.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
 from scripts.perfusion.thresholds import threshold_labels  # noqa: E402
-from scripts.simulation.fate import oracle_labels  # noqa: E402
+from scripts.simulation.fate import ONSET_H, oracle_labels  # noqa: E402
 
 CELLS = (("dice", "penumbra", "LVO"), ("dice", "core", "LVO"), ("dice", "penumbra", "Non-LVO"))
 CELLS += (("dice", "core", "Non-LVO"), ("adv_ml", "core", "LVO"), ("hd95", "core", "LVO"))
@@ -73,8 +77,9 @@ def network_rows(datalist: str, variant: str, inputs: str, seed: int, root: Path
         return list(csv.DictReader(handle))  # values as written ("nan" where undefined); read with float()
 
 
-def fate_rule_labels(item: dict, computed: bool, root: Path) -> np.ndarray:
-    """The fate rule with the latent parameters, on the true relative flow (oracle) or on the computed CBF."""
+def fate_rule_labels(item: dict, computed: bool, root: Path, onset_known: bool = True) -> np.ndarray:
+    """The fate rule with the latent parameters, on the true relative flow (oracle) or on the computed CBF;
+    without ``onset_known`` the ischaemia time is the middle of the group's onset range."""
     label, _ = load_map(item["label"])
     if "rcbf_true" not in item:  # WIS: no occlusion, no lesion
         return np.zeros(label.shape, np.uint8)
@@ -89,7 +94,8 @@ def fate_rule_labels(item: dict, computed: bool, root: Path) -> np.ndarray:
         measured = np.where(inside, cbf / max(bias, 1e-6) / np.maximum(normal, 1e-6), 0.0)
         history = np.where(inside, rcbf_ischaemic / np.maximum(rcbf, 1e-6), 1.0)  # reperfusion since ischaemia
         rcbf, rcbf_ischaemic = measured, np.where(inside, measured * history, 0.0)
-    return oracle_labels(rcbf, rcbf_ischaemic, item["fate"]["ischaemia_h"], float(np.prod(spacing)) / 1000.0)
+    hours = item["fate"]["ischaemia_h"] if onset_known else float(np.mean(ONSET_H[item["group"]]))
+    return oracle_labels(rcbf, rcbf_ischaemic, hours, float(np.prod(spacing)) / 1000.0)
 
 
 def rule_written_here(item: dict) -> np.ndarray:
@@ -114,12 +120,13 @@ def scored(item: dict, pred: np.ndarray) -> dict:
 
 
 def baseline_rows(splits: dict, method: str, root: Path, seed: int = 0) -> list[dict]:
-    """Per-patient test rows of ``threshold``, ``voxel`` (fitted with ``seed``), ``oracle`` or ``ceiling``."""
+    """Per-patient test rows of ``threshold``, ``voxel`` (fitted with ``seed``), ``oracle``, ``oracle without
+    onset`` or ``ceiling``."""
     model = VoxelOutcomeModel(seed=seed).fit(splits["training"]) if method == "voxel" else None
     rows = []
     for item in splits["test"]:
-        if method in ("oracle", "ceiling"):
-            pred = fate_rule_labels(item, method == "ceiling", root)
+        if method in ("oracle", "oracle without onset", "ceiling"):
+            pred = fate_rule_labels(item, method == "ceiling", root, onset_known=method != "oracle without onset")
         elif method == "rule written here":
             pred = rule_written_here(item)
         else:
@@ -210,6 +217,7 @@ def main() -> None:
     if any("rcbf_true" in item for item in splits["test"]):
         results["ceiling (computed CBF + latent)"] = baseline_rows(splits, "ceiling", root)
         results["oracle (true flow + latent)"] = baseline_rows(splits, "oracle", root)
+        results["oracle without onset time"] = baseline_rows(splits, "oracle without onset", root)
     groups = [item["group"] for item in splits["test"]]
     counts = ", ".join(f"{g} {groups.count(g)}" for g in ("LVO", "Non-LVO", "WIS"))
     print(f"cohort: {args.datalist}; seeds {args.seeds}")

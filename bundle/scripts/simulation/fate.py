@@ -66,9 +66,13 @@ def infarction_threshold(hours: np.ndarray | float) -> np.ndarray | float:
     return 0.08 + 0.24 * (1.0 - np.exp(-np.asarray(hours, dtype=np.float64) / 4.0))
 
 
+ONSET_H = {"LVO": (1.0, 8.0), "Non-LVO": (1.0, 10.0)}
+"""Range of the onset-to-imaging time (h) per group, drawn uniformly."""
+
+
 def draw_patient(group: str, rng: np.random.Generator) -> dict:
     """Latent parameters of one patient: onset to imaging (h), collateral grade, reperfusion."""
-    onset = float(rng.uniform(1.0, 8.0) if group == "LVO" else rng.uniform(1.0, 10.0))
+    onset = float(rng.uniform(*ONSET_H[group]))
     reperfused = bool(rng.random() < REPERFUSION_PROBABILITY[group])
     return {
         "onset_h": onset,
