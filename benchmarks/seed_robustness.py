@@ -165,8 +165,17 @@ def print_table(results: dict[str, list[dict]], counts: str) -> dict[str, dict]:
     return cells
 
 
-def targets(cells: dict[str, dict], network: str, seed: int) -> list[str]:
-    """Issue #26's targets for one seed: pass/fail lines."""
+def paired_difference(rows: list[dict], baseline: list[dict], metric: str, cls: str, group: str) -> tuple[float, ...]:
+    """Mean per-patient difference ``rows - baseline`` over the group's patients where both are defined, with its
+    95 % bootstrap interval: the paired comparison, which the two methods' own intervals understate."""
+    other = {r["id"]: float(r[f"{metric}_{cls}"]) for r in baseline}
+    pairs = [(float(r[f"{metric}_{cls}"]), other[r["id"]]) for r in rows if r["group"] == group and r["id"] in other]
+    diff = np.array([a - b for a, b in pairs if np.isfinite(a) and np.isfinite(b)])
+    return (float(diff.mean()), *bootstrap_ci(diff)) if diff.size else (float("nan"),) * 3
+
+
+def targets(cells: dict[str, dict], network: str, seed: int, results: dict[str, list[dict]]) -> list[str]:
+    """Issue #26's targets for one seed: pass/fail lines, then the paired LVO core difference to the rule."""
     net, rule, voxel = cells[network], cells["threshold"], cells[f"voxel baseline seed {seed}"]
     checks = []
     for c in CELLS[:3]:
@@ -177,7 +186,9 @@ def targets(cells: dict[str, dict], network: str, seed: int) -> list[str]:
     checks.append(("LVO core |dV| <= 10 ml", net[("adv_ml", "core", "LVO")][0] <= 10.0))
     checks.append(("LVO penumbra Dice >= 0.85", net[("dice", "penumbra", "LVO")][0] >= 0.85))
     checks.append(("Non-LVO penumbra Dice >= 0.65", net[("dice", "penumbra", "Non-LVO")][0] >= 0.65))
-    return [f"{network}: {'PASS' if ok else 'fail'}  {name}" for name, ok in checks]
+    lines = [f"{network}: {'PASS' if ok else 'fail'}  {name}" for name, ok in checks]
+    mean, low, high = paired_difference(results[network], results["threshold"], *core)
+    return lines + [f"{network}: LVO core Dice minus the threshold's, paired: {mean:+.2f} [{low:+.2f}, {high:+.2f}]"]
 
 
 def main() -> None:
@@ -224,7 +235,7 @@ def main() -> None:
     cells = print_table(results, counts)
     print()
     for name, seed in networks:
-        for line in targets(cells, name, seed):
+        for line in targets(cells, name, seed, results):
             print(f"- {line}")
 
 
