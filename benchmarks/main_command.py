@@ -3,6 +3,8 @@
 Runs generation, training, evaluation and inference (test split) with the bundle's defaults into a temporary
 directory (data, run and MLflow store there) and prints each step's wall time and the final validation and test Dice.
 Run: python benchmarks/main_command.py [--only-generation]
+As on an AVX2-only CPU (no AVX-512, bf16 emulated, so the default trains in fp32), on an AVX-512 machine:
+ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/main_command.py
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only-generation", action="store_true")
     args = parser.parse_args()
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bundle"))
+    from scripts.learning.precision import resolve_precision
+
+    capability, precision = torch.backends.cpu.get_cpu_capability(), resolve_precision("auto", "cpu")
+    print(f"CPU: {capability}, {torch.get_num_threads()} threads; training and inference precision: {precision}")
     with tempfile.TemporaryDirectory() as tmp:
         data, run, uri = f"{tmp}/synthetic", f"{tmp}/runs/default", f"sqlite:///{tmp}/mlflow.db"
         total = step(

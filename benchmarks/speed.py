@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from inference_speed import BEFORE, STAGES, make_study, time_study  # noqa: E402
 from network_speed import DEVICE, count_macs, sync  # noqa: E402
 
-from scripts.learning.precision import native_bf16  # noqa: E402
 from scripts.learning.networks import create_network  # noqa: E402
+from scripts.learning.precision import native_bf16  # noqa: E402
 
 AFTER: dict = {}  # the bundle's defaults
 

@@ -355,8 +355,9 @@ def load_model(
     tracking_uri: str | None = None,
 ) -> torch.nn.Module:
     """Load the trained weights into ``network`` (clear errors for a missing or unfitting checkpoint); in eval
-    mode on ``device``, wrapped in :class:`~scripts.learning.precision.FastForward` when a speed option is asked for. ``precision``
-    ``auto`` is bf16 where the device computes it natively (:func:`~scripts.learning.precision.native_bf16`), else fp32.
+    mode on ``device``, wrapped in :class:`~scripts.learning.precision.FastForward` when a speed option is asked
+    for. ``precision`` ``auto`` is bf16 where the device computes it natively
+    (:func:`~scripts.learning.precision.native_bf16`), else fp32.
 
     ``checkpoint`` is a file, or an MLflow model URI (``models:/NAME/VERSION``, ``models:/NAME@alias``) of a
     network registered by the training (``--registered_model_name``), fetched from ``tracking_uri``'s store.
