@@ -3,6 +3,7 @@ refusals, and the DICOM SEG / SR / SC outputs read back against the NIfTI output
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -180,6 +181,64 @@ def test_oblique_grid_is_read_exactly(tmp_path):
     series = read_ctp_dicom(tmp_path / "dicom")
     assert np.allclose(series.affine, affine, atol=1e-4)
     assert np.array_equal(series.array, np.asarray(nib.load(ctp).dataobj, dtype=np.float32))
+
+
+def on_grid_of(values: np.ndarray, affine: np.ndarray, reference_affine: np.ndarray, shape) -> np.ndarray:
+    """``values`` (a 3D volume with ``affine``) on the voxel grid of ``reference_affine`` and ``shape``: the two
+    grids must be the same points in space, up to axis order and direction (a signed permutation of whole voxels),
+    else the assertion fails."""
+    to_values = np.linalg.inv(affine) @ reference_affine
+    assert np.allclose(to_values, np.round(to_values), atol=1e-3), np.round(to_values, 4)
+    index = np.indices(shape).reshape(3, -1)
+    mapped = np.round(to_values[:3, :3] @ index + to_values[:3, 3:]).astype(int)
+    assert all((0 <= m).all() and (m < n).all() for m, n in zip(mapped, values.shape, strict=True))
+    return values[tuple(mapped)].reshape(shape)
+
+
+GEOMETRIES = {
+    "axial": np.diag([0.7, 0.75, 4.0]),
+    "flipped rows and slices": np.diag([-0.7, 0.75, -4.0]),
+    "oblique": (  # 20° about z after 10° about x
+        np.array([[np.cos(0.349), -np.sin(0.349), 0], [np.sin(0.349), np.cos(0.349), 0], [0, 0, 1]])
+        @ np.array([[1, 0, 0], [0, np.cos(0.175), -np.sin(0.175)], [0, np.sin(0.175), np.cos(0.175)]])
+        @ np.diag([0.7, 0.75, 4.0])
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", ["single", "per-frame"])
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+def test_geometry_agrees_with_dcm2niix(tmp_path, geometry, layout):
+    """The reader's affine and voxel order against dcm2niix (Rorden's converter, the Debian package), which shares
+    no code with the bundle: a series the bundle writes from a NIfTI must come back, through dcm2niix, as the
+    same values at the same points in space as the NIfTI, and through the bundle's reader as well. A convention
+    error that the writer and the reader share (RAS/LPS, row order, slice order) cancels out in a round trip;
+    here dcm2niix would disagree with the source."""
+    if shutil.which("dcm2niix") is None:
+        from conftest import missing_engine
+
+        missing_engine("dcm2niix is not installed (Debian package dcm2niix)")
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = GEOMETRIES[geometry], [-40.0, 30.0, 12.0]
+    ctp = make_ctp(tmp_path, shape=(16, 12, 4, 10), affine=affine)
+    source = np.asarray(nib.load(ctp).dataobj, dtype=np.float32)
+    write_ctp_dicom(ctp, tmp_path / "dicom", layout=layout)
+    out = tmp_path / "dcm2niix"
+    out.mkdir()
+    command = ["dcm2niix", "-z", "n", "-b", "n", "-f", "%s", "-o", str(out), str(tmp_path / "dicom")]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    converted = {int(p.name.split(".")[0].split("_")[0]): nib.load(p) for p in out.glob("*.nii")}
+    if layout == "single":  # one 4D series
+        frames = [np.asarray(converted[1].dataobj, dtype=np.float32)[..., t] for t in range(10)]
+        affines = [converted[1].affine] * 10
+    else:  # one 3D series per frame, numbered from 1
+        frames = [np.asarray(converted[t + 1].dataobj, dtype=np.float32) for t in range(10)]
+        affines = [converted[t + 1].affine for t in range(10)]
+    for t in range(10):
+        assert np.array_equal(on_grid_of(frames[t], affines[t], affine, source.shape[:3]), source[..., t]), t
+    series = read_ctp_dicom(tmp_path / "dicom")
+    first = on_grid_of(frames[0], affines[0], series.affine, series.array.shape[:3])
+    assert np.array_equal(first, series.array[..., 0])
 
 
 @pytest.fixture
