@@ -16,7 +16,7 @@ from pydicom.fileset import FileSet
 from test_inference import ROOT, bundle
 from workflows import refusal, run_in_process
 
-from scripts.clinical.dicom_outputs import read_segmentation, sr_volumes
+from scripts.clinical.dicom_outputs import read_segmentation, sr_quality_flags, sr_volumes
 from scripts.clinical.inference import find_studies
 from scripts.clinical.report import radiological
 from scripts.io import CTPDataError, save_json, save_nifti
@@ -365,7 +365,10 @@ def test_dicom_study_to_seg_and_report_end_to_end(tiny_cohort, tmp_path):
     ctp, other = (tiny_cohort.parent / item["ctp"] for item in (content["test"][0], content["training"][0]))
     studies = tmp_path / "studies"  # two studies, each in its own folder: two patients
     write_ctp_dicom(ctp, studies / "patient-a", layout="per-frame", transfer_syntax="jpeg-lossless")
-    write_ctp_dicom(other, studies / "patient-b")
+    series = nib.load(other)  # patient b's scan ends at 22 s, before the bolus washed out: flagged, still labelled
+    frames = np.asarray(series.dataobj)[..., :22]
+    short = save_nifti(tmp_path / "short.nii.gz", frames, series.affine, frame_interval=1.0)
+    write_ctp_dicom(short, studies / "patient-b")
     out = tmp_path / "out"
     run_in_process(
         "inference",
@@ -388,6 +391,10 @@ def test_dicom_study_to_seg_and_report_end_to_end(tiny_cohort, tmp_path):
     report = json.loads((folder / "report.json").read_text())
     volumes = sr_volumes(folder / "report_sr.dcm")
     assert volumes == {k: report["volumes_ml"][k] for k in ("penumbra", "core")}
+    assert report["quality"] == [] and sr_quality_flags(folder / "report_sr.dcm") == []
+    truncated = json.loads((out / "patient-b" / "report.json").read_text())
+    assert [f["flag"] for f in truncated["quality"]] == ["bolus_truncated"]
+    assert sr_quality_flags(out / "patient-b" / "report_sr.dcm") == ["bolus_truncated"]
     sc = pydicom.dcmread(folder / "report_sc.dcm")
     assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.PhotometricInterpretation == "RGB"
     nifti_maps = compute_maps(ctp, tmp_path / "nifti_maps")

@@ -151,6 +151,7 @@ def test_threshold_baseline_recovers_a_known_lesion_from_raw_ctp(tmp_path):
     assert scores["dice_hypoperfused"] > 0.7 and scores["dice_core"] > 0.4, scores
     report = json.loads((folder / "report.json").read_text())
     assert report["nihss"] == 12 and report["method"].startswith("threshold")
+    assert report["quality"] == []  # maps computed here from a full acquisition: assessed, nothing flagged
 
 
 def test_report_volumes_and_criteria():

@@ -126,3 +126,32 @@ def test_in_plane_smoothing_keeps_voxel_order_and_averages_within_tissue():
     assert np.all(smooth.cbf[:, 0] == 0) and np.all(smooth.tissue[:, 1:])
     centres = smooth.cbv[:, 1:, 0].reshape(4, 6, -1)[:, 2:4].mean(axis=(1, 2))  # 2 px from other tissues
     np.testing.assert_allclose(centres, params[:, 0] * params[:, 1] / 60, rtol=0.1)
+
+
+@pytest.fixture(scope="module")
+def lvo_study():
+    """One LVO study at its full 60 s (bolus washed out) and the same noise draw."""
+    return simulate_study("LVO", ph.Grid(size=96, slices=4), np.random.default_rng([3, 1]), noise_hu=8.0)
+
+
+def test_a_scan_ended_before_washout_is_flagged_and_still_mapped(lvo_study):
+    """Quality flags (scripts.perfusion.quality): the full acquisition has none; the same study cut at 25 s (the
+    venous curve still at ~70 % of its peak) is flagged ``bolus_truncated`` and still gets its maps; at many times
+    the noise its voxel curves are mostly noise (``low_contrast_to_noise``)."""
+    spacing = lvo_study.grid.spacing[:2]
+    full = compute_perfusion_maps(lvo_study.ctp, 1.0, spacing)
+    assert full.info["quality"] == [] and full.info["vof_hu"][-1] < 0.5 * max(full.info["vof_hu"])
+    cut = compute_perfusion_maps(lvo_study.ctp[..., :25], 1.0, spacing)
+    flags = {f["flag"]: f for f in cut.info["quality"]}
+    assert list(flags) == ["bolus_truncated"] and flags["bolus_truncated"]["value"] > 0.5
+    assert cut.cbf[cut.tissue].mean() > 0  # flagged, not refused
+    rng = np.random.default_rng(0)
+    noisy = lvo_study.ctp + rng.normal(0.0, 3.0 * full.info["tissue_peak_hu"], lvo_study.ctp.shape)
+    flags = [f["flag"] for f in compute_perfusion_maps(noisy, 1.0, spacing).info["quality"]]
+    assert "low_contrast_to_noise" in flags
+
+
+def test_a_given_aif_still_looks_for_the_venous_curve(lvo_study):
+    aif = lvo_study.aif(np.arange(25) * lvo_study.frame_interval)
+    maps = compute_perfusion_maps(lvo_study.ctp[..., :25], 1.0, lvo_study.grid.spacing[:2], aif=aif)
+    assert [f["flag"] for f in maps.info["quality"]] == ["bolus_truncated"]

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..io import save_bytes
+from ..perfusion.quality import TITLES
 
 BUNDLE_NAME = "ctp-stroke-bundle"
 LOCAL_SCHEME = "99CTPSTROKE"
@@ -180,10 +181,17 @@ def write_report_sr(report: Mapping[str, Any], seg, sources: Sequence, path: str
     if mismatch["ratio"] is not None:
         study_level.append(("MISMATCH_RATIO", "Mismatch ratio (hypoperfused / core)", mismatch["ratio"], "1"))
     units = {"ml": hd.sr.CodedConcept("ml", "UCUM", "milliliter"), "1": hd.sr.CodedConcept("1", "UCUM", "no units")}
+    flags = [  # the perfusion quality flags (scripts.perfusion.quality), each a coded finding
+        hd.sr.QualitativeEvaluation(
+            name=_local("QUALITY", "Perfusion quality flag"), value=_local(f["flag"], TITLES[f["flag"]])
+        )
+        for f in report.get("quality") or []
+    ]
     groups.append(
         hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="study"),
             algorithm_id=algorithm,
+            qualitative_evaluations=flags or None,
             measurements=[
                 hd.sr.Measurement(name=_local(code, meaning), value=float(value), unit=units[unit])
                 for code, meaning, value, unit in study_level
@@ -202,6 +210,18 @@ def write_report_sr(report: Mapping[str, Any], seg, sources: Sequence, path: str
     )
     _save(sr, path)
     return sr
+
+
+def sr_quality_flags(sr) -> list[str]:
+    """The perfusion quality flags (codes) in a report SR written by :func:`write_report_sr`."""
+    import highdicom as hd
+
+    parsed = hd.sr.srread(sr) if isinstance(sr, (str, os.PathLike)) else sr
+    return [
+        evaluation.value.value
+        for group in parsed.content.get_image_measurement_groups()
+        for evaluation in group.get_qualitative_evaluations()
+    ]
 
 
 def sr_volumes(sr) -> dict[str, float]:

@@ -296,6 +296,8 @@ class SaveStudyOutputsd(MapTransform):
             method=self.method,
         )
         report["inputs"] = {k: str(study[k]) for k in ("ctp", *MAP_KEYS) if k in study}
+        computed = staging / "maps" / "perfusion.json"  # maps made here from the raw series: their quality flags
+        report["quality"] = json.loads(computed.read_text())["quality"] if computed.is_file() else None
         save_json(staging / "report.json", report)
         if self.montage:
             save_montage(staging / "report.png", mip, label, report, affine=reference.affine)

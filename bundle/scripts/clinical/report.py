@@ -114,7 +114,9 @@ def save_montage(
     slices = background.shape[2]
     columns = min(columns, slices)
     rows = -(-slices // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(max(2.4 * columns, 7.2), 2.4 * rows + 0.6), squeeze=False)
+    title_lines = 2 + len(report.get("quality") or [])
+    size = (max(2.4 * columns, 7.2), 2.4 * rows + 0.3 * title_lines)
+    figure, axes = plt.subplots(rows, columns, figsize=size, squeeze=False)
     for z, ax in enumerate(axes.flat):
         ax.axis("off")
         if z < slices:
@@ -124,8 +126,10 @@ def save_montage(
     figure.suptitle(
         f"{report.get('patient_id', '')} [{report.get('method', '')}]   core (magenta) {volumes['core']:.1f} ml   "
         f"penumbra (green) {volumes['penumbra']:.1f} ml\nmismatch {mismatch['volume_ml']:.1f} ml, ratio {ratio}   "
-        f"Tmax>6s {report['tmax_volumes_ml']['Tmax>6s']:.1f} ml   research use only",
+        f"Tmax>6s {report['tmax_volumes_ml']['Tmax>6s']:.1f} ml   research use only"
+        + "".join(f"\nQUALITY: {flag['message']}" for flag in report.get("quality") or []),
         fontsize=9,
+        color="black" if not report.get("quality") else "darkred",
     )
     return _save_figure(path, figure)
 

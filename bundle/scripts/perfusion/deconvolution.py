@@ -42,6 +42,7 @@ from scipy import fft as sfft
 from scipy import ndimage
 
 from ..io.images import MIN_FRAMES, validate_frame_times
+from .quality import quality_flags
 
 RHO = 1.04
 """Brain tissue density (g/ml)."""
@@ -165,13 +166,13 @@ def select_arterial_input(
     early = np.nonzero(ttp <= np.percentile(ttp, 10) + max(1, round(2.0 / dt)))[0]
     chosen = early[np.argsort(peak[early])[::-1][:n_voxels]]
     aif = curves[chosen].mean(axis=0)
-    info = {"aif_voxels": int(chosen.size), "aif_ttp_s": float(aif.argmax() * dt), "vof_scale": 1.0}
+    info = {"aif_voxels": int(chosen.size), "aif_ttp_s": float(aif.argmax() * dt), "vof_scale": 1.0, "vof_hu": None}
     late = np.nonzero(ttp > aif.argmax())[0]
     if late.size:
         auc = curves[late].sum(axis=1)
         vof = curves[late[np.argsort(auc)[::-1][:n_voxels]]].mean(axis=0)
         scale = vof.sum() / max(aif.sum(), 1e-6)
-        info["vof_scale"] = float(scale)
+        info["vof_scale"], info["vof_hu"] = float(scale), [round(float(v), 2) for v in vof]
         if scale > 1.0:
             aif = aif * scale
     info["aif_peak_hu"] = float(aif.max())
@@ -414,6 +415,8 @@ def compute_perfusion_maps(
     n_base = int(n_base if baseline_frames is None else baseline_frames)
     baseline = baseline_of(n_base)
     info["baseline_frames"] = n_base
+    if "vof_hu" not in info:  # a given AIF: the venous curve is still looked for, for the quality flags
+        info["vof_hu"] = select_arterial_input(ctp, baseline, soft, dt, mip=mip)[2]["vof_hu"]
     if float(np.max(aif)) < MIN_AIF_PEAK_HU:
         raise ValueError(
             f"no contrast bolus: the arterial input peaks {float(np.max(aif)):.1f} HU above baseline "
@@ -440,6 +443,15 @@ def compute_perfusion_maps(
     mtt_v = np.where(cbf_v > 1e-3, 60.0 * cbv_v / np.maximum(cbf_v, 1e-3), 0.0)
     ttp_v = parabolic_peak(smooth, smooth.argmax(axis=1)) * dt
     info["median_truncation"] = float(np.median(thresholds))
+    if tissue.any():  # frame by frame: no copy of the whole series
+        level = float(baseline[tissue].mean())
+        info["tissue_peak_hu"] = max(float(ctp[..., t][tissue].mean()) - level for t in range(n_t))
+        noise = ctp[..., :n_base][tissue].std(axis=1, ddof=1) if n_base >= 2 else None
+        info["noise_hu"] = None if noise is None else float(np.median(noise))
+    else:
+        info["tissue_peak_hu"], info["noise_hu"] = 0.0, None
+    vof = info.get("vof_hu")
+    info["quality"] = quality_flags(None if vof is None else np.asarray(vof), info["tissue_peak_hu"], info["noise_hu"])
     maps = {}
     for name, values in (("cbf", cbf_v), ("cbv", cbv_v), ("mtt", mtt_v), ("tmax", tmax_v), ("ttp", ttp_v)):
         out = np.zeros(tissue.shape, dtype=np.float32)
