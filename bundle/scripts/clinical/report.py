@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,13 @@ def save_montage(
     slices = background.shape[2]
     columns = min(columns, slices)
     rows = -(-slices // columns)
-    title_lines = 2 + len(report.get("quality") or [])
-    size = (max(2.4 * columns, 7.2), 2.4 * rows + 0.3 * title_lines)
+    width = max(2.4 * columns, 7.2)
+    flags = [  # quality flags, wrapped to the figure's width (about 12 characters an inch at 9 pt)
+        line
+        for flag in report.get("quality") or []
+        for line in textwrap.wrap(f"QUALITY: {flag['message']}", width=int(12 * width))
+    ]
+    size = (width, 2.4 * rows + 0.3 * (2 + len(flags)))
     figure, axes = plt.subplots(rows, columns, figsize=size, squeeze=False)
     for z, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -127,9 +133,9 @@ def save_montage(
         f"{report.get('patient_id', '')} [{report.get('method', '')}]   core (magenta) {volumes['core']:.1f} ml   "
         f"penumbra (green) {volumes['penumbra']:.1f} ml\nmismatch {mismatch['volume_ml']:.1f} ml, ratio {ratio}   "
         f"Tmax>6s {report['tmax_volumes_ml']['Tmax>6s']:.1f} ml   research use only"
-        + "".join(f"\nQUALITY: {flag['message']}" for flag in report.get("quality") or []),
+        + "".join(f"\n{line}" for line in flags),
         fontsize=9,
-        color="black" if not report.get("quality") else "darkred",
+        color="darkred" if flags else "black",
     )
     return _save_figure(path, figure)
 
