@@ -294,3 +294,22 @@ def test_sigterm_gives_the_trial_back_and_the_next_worker_resumes_it(tiny_cohort
     (resumed,) = client.search_runs([experiment_id], filter_string="attributes.run_name = 'exp1_trial_000'")
     assert resumed.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train_loss")) == [1, 2]
+
+
+def test_the_median_pruner_waits_for_the_warm_up_epochs():
+    """A trial far below the median is not pruned before ``warmup_epochs`` (the training's ``min_epochs``: core,
+    half of the Dice objective, appears only after several epochs), and is from then on."""
+    from scripts.learning.search import make_pruner
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", warmup_epochs=5))
+    for _ in range(2):  # two finished trials, the median at every epoch 0.6
+        finished = study.ask()
+        for epoch in range(1, 8):
+            finished.report(0.6, epoch)
+        study.tell(finished, 0.6)
+    trial = study.ask()
+    decisions = []
+    for epoch in range(1, 8):
+        trial.report(0.1, epoch)
+        decisions.append(trial.should_prune())
+    assert decisions == [False] * 4 + [True] * 3

@@ -16,6 +16,7 @@ maximised, and the mean absolute volume error in ml, minimised; Optuna cannot pr
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -103,13 +104,17 @@ def _storage_error(url: str, err: BaseException) -> str:
     return f"{url}: cannot open the Optuna storage ({type(err).__name__}: {first})."
 
 
-def make_pruner(name: str):
-    """``median`` (Optuna's median rule after 2 trials and 1 epoch), ``none``, or ``threshold:<x>`` (stop a
-    trial as soon as its validation objective is below x)."""
+def make_pruner(name: str, warmup_epochs: int = 1):
+    """``median`` (Optuna's median rule after 2 trials, never before epoch ``warmup_epochs``), ``none``, or
+    ``threshold:<x>`` (stop a trial as soon as its validation objective is below x).
+
+    :func:`run_study` sets the warm-up to the training's ``min_epochs`` (at most ``max_epochs - 1``): before it
+    the Dice objective says little (core, half of it, appears after several epochs), so a median of early epochs
+    would prune at random."""
     import optuna
 
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, int(warmup_epochs)))
     if name == "none":
         return optuna.pruners.NopPruner()
     if name.startswith("threshold:"):
@@ -193,7 +198,9 @@ def run_study(
     directions = OBJECTIVES.get(objective)
     if directions is None:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}.")
-    trial_pruner = make_pruner(pruner)
+    training = {**json.loads((Path(config_dir) / "train.json").read_text()), **dict(training_overrides or {})}
+    warmup = min(int(training.get("min_epochs", 1)), int(training.get("max_epochs", 1)) - 1)
+    trial_pruner = make_pruner(pruner, warmup_epochs=warmup)
     space = check_search_space(search_space or PAPER_SPACE, tie_beta)
     if int(n_trials) < 1:
         raise ValueError(f"n_trials must be at least 1, got {n_trials}.")
