@@ -87,6 +87,7 @@ def test_network_inference_writes_aligned_label_report_and_png(tiny_cohort, chec
         assert report["volumes_ml"]["core"] == pytest.approx((values == 2).sum() * voxel, abs=0.01)
         assert report["volumes_ml"]["penumbra"] == pytest.approx((values == 1).sum() * voxel, abs=0.01)
         assert report["nihss"] == item["nihss"] and set(report["imaging_criteria_met"]) == {"DEFUSE-3", "EXTEND-IA"}
+        assert report["quality"] is None and "curves" not in report  # maps given: their curves are not ours to judge
         assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = refusal("inference", INFERENCE, input=str(tiny_cohort), checkpoint=str(checkpoint), output_dir=str(out))
     assert again.startswith("error: ") and "outputs already exist" in again  # nothing overwritten silently
@@ -152,6 +153,9 @@ def test_threshold_baseline_recovers_a_known_lesion_from_raw_ctp(tmp_path):
     report = json.loads((folder / "report.json").read_text())
     assert report["nihss"] == 12 and report["method"].startswith("threshold")
     assert report["quality"] == []  # maps computed here from a full acquisition: assessed, nothing flagged
+    curves = report["curves"]  # and the curves they were computed with, for the reader (the montage plots them)
+    assert curves["interval_s"] == 1.0 and len(curves["aif_hu"]) == len(curves["vof_hu"]) == 50
+    assert max(curves["aif_hu"]) > 100 and np.argmax(curves["vof_hu"]) > np.argmax(curves["aif_hu"])
 
 
 def test_report_volumes_and_criteria():

@@ -297,7 +297,14 @@ class SaveStudyOutputsd(MapTransform):
         )
         report["inputs"] = {k: str(study[k]) for k in ("ctp", *MAP_KEYS) if k in study}
         computed = staging / "maps" / "perfusion.json"  # maps made here from the raw series: their quality flags
-        report["quality"] = json.loads(computed.read_text())["quality"] if computed.is_file() else None
+        perfusion = json.loads(computed.read_text()) if computed.is_file() else {}
+        report["quality"] = perfusion.get("quality")
+        if perfusion:
+            report["curves"] = {
+                "interval_s": perfusion["curve_interval_s"],
+                "aif_hu": perfusion["aif_hu"],
+                "vof_hu": perfusion["vof_hu"],
+            }
         save_json(staging / "report.json", report)
         if self.montage:
             save_montage(staging / "report.png", mip, label, report, affine=reference.affine)

@@ -121,12 +121,18 @@ def save_montage(
         for flag in report.get("quality") or []
         for line in textwrap.wrap(f"QUALITY: {flag['message']}", width=int(12 * width))
     ]
-    size = (width, 2.4 * rows + 0.3 * (2 + len(flags)))
-    figure, axes = plt.subplots(rows, columns, figsize=size, squeeze=False)
-    for z, ax in enumerate(axes.flat):
+    curves = report.get("curves")  # the AIF and VOF the maps were computed with, when computed here
+    title_in = 0.2 * (2 + len(flags)) + 0.2
+    heights = [2.4] * rows + ([1.6] if curves else [])
+    figure = plt.figure(figsize=(width, sum(heights) + title_in))
+    grid = figure.add_gridspec(len(heights), columns, height_ratios=heights)
+    for z in range(rows * columns):
+        ax = figure.add_subplot(grid[z // columns, z % columns])
         ax.axis("off")
         if z < slices:
             _panel(ax, background[..., z], label[..., z], window, origin, f"{z + 1}", affine is not None)
+    if curves:
+        _curves(figure.add_subplot(grid[rows, :]), curves)
     volumes, mismatch = report["volumes_ml"], report["mismatch"]
     ratio = "n/a" if mismatch["ratio"] is None else f"{mismatch['ratio']:.1f}"
     figure.suptitle(
@@ -137,7 +143,21 @@ def save_montage(
         fontsize=9,
         color="darkred" if flags else "black",
     )
-    return _save_figure(path, figure)
+    return _save_figure(path, figure, top=1.0 - title_in / (sum(heights) + title_in))
+
+
+def _curves(ax: Any, curves: Mapping[str, Any]) -> None:
+    """The arterial input and venous output curves (HU above baseline) against time: what a reader checks first
+    when maps look wrong (a late, low or truncated bolus)."""
+    dt = float(curves["interval_s"])
+    for key, name, colour in (("aif_hu", "AIF", "tab:red"), ("vof_hu", "VOF", "tab:blue")):
+        values = curves.get(key)
+        if values:
+            ax.plot(np.arange(len(values)) * dt, values, color=colour, label=name, linewidth=1.2)
+    ax.set_xlabel("time (s)", fontsize=8)
+    ax.set_ylabel("HU above baseline", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper right")
 
 
 def save_comparison(
@@ -203,10 +223,10 @@ def _panel(
             )
 
 
-def _save_figure(path: str | os.PathLike, figure: Any) -> str:
+def _save_figure(path: str | os.PathLike, figure: Any, top: float = 0.93) -> str:
     from matplotlib import pyplot as plt
 
-    figure.tight_layout(rect=(0, 0, 1, 0.93))
+    figure.tight_layout(rect=(0, 0, 1, top))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)

@@ -414,7 +414,7 @@ def compute_perfusion_maps(
         n_base = baseline_frame_count(aif)
     n_base = int(n_base if baseline_frames is None else baseline_frames)
     baseline = baseline_of(n_base)
-    info["baseline_frames"] = n_base
+    info["baseline_frames"], info["curve_interval_s"] = n_base, dt
     if "vof_hu" not in info:  # a given AIF: the venous curve is still looked for, for the quality flags
         info["vof_hu"] = select_arterial_input(ctp, baseline, soft, dt, mip=mip)[2]["vof_hu"]
     if float(np.max(aif)) < MIN_AIF_PEAK_HU:
