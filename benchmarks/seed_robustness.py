@@ -20,7 +20,7 @@ finished runs are reused, interrupted ones resumed. On the same test patients:
 
 Prints, per method and seed, mean Dice per class and group and LVO core |dV| with 95 % bootstrap intervals over
 patients (:func:`scripts.learning.metrics.bootstrap_ci`), then the issue-#26 targets per seed.
-Run: python benchmarks/seed_robustness.py [--datalist data/synthetic/datalist.json] [--seeds 0 1 2]
+Run: python benchmarks/seed_robustness.py [--datalist data/synthetic/datalist.json] [--seeds 0 1 2] [--precision fp32]
 The paper's question (issue #26 item 4): ... --variants SF EF EFI --inputs PMs PMs+N
 """
 
@@ -59,13 +59,16 @@ def bundle(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], check=True, cwd=ROOT)
 
 
-def network_rows(datalist: str, variant: str, inputs: str, seed: int, root: Path, uri: str) -> list[dict]:
-    """Train (or resume) and evaluate one variant, input set and seed; its per-patient test rows."""
+def network_rows(
+    datalist: str, variant: str, inputs: str, seed: int, root: Path, uri: str, precision: str = "auto"
+) -> list[dict]:
+    """Train (or resume) and evaluate one variant, input set and seed in ``precision``; its per-patient test
+    rows."""
     out = root / f"{cell_name(variant, inputs, 'gradual')}-seed{seed}"
     report = out / "test" / "metrics_per_patient.csv"
     if not report.is_file():
         args = ["--datalist", datalist, "--output_dir", str(out), "--seed", str(seed), "--inputs", inputs]
-        args += ["--variant", variant]
+        args += ["--variant", variant, "--precision", precision]
         args += ["--tracking_uri", uri, "--experiment_name", "seeds"]
         # a finished run keeps its resume point: ask MLflow whether it finished, not the folder
         if not run_finished(uri, "seeds", out.name):
@@ -198,6 +201,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["SF"], choices=["SF", "EF", "EFI"])
     parser.add_argument("--inputs", nargs="+", default=["PMs+N"])
     parser.add_argument("--output_root", default="runs/seeds")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.json's precision")
     parser.add_argument(
         "--tracking_uri", default=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlruns/mlflow.db'}"
     )
@@ -209,7 +213,7 @@ def main() -> None:
     # seed-major, so an interrupted run has one seed of every network first; printed network by network
     trained = {
         (variant, inputs, seed): network_rows(
-            datalist, variant, inputs, seed, Path(args.output_root).resolve(), args.tracking_uri
+            datalist, variant, inputs, seed, Path(args.output_root).resolve(), args.tracking_uri, args.precision
         )
         for seed in args.seeds
         for variant in args.variants
