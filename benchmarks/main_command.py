@@ -16,7 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bundle"))
+
+from scripts.learning.precision import resolve_precision  # noqa: E402
 
 
 def step(name: str, command: list[str]) -> float:
@@ -31,11 +36,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only-generation", action="store_true")
     args = parser.parse_args()
-    import torch
-
-    sys.path.insert(0, str(ROOT / "bundle"))
-    from scripts.learning.precision import resolve_precision
-
     capability, precision = torch.backends.cpu.get_cpu_capability(), resolve_precision("auto", "cpu")
     print(f"CPU: {capability}, {torch.get_num_threads()} threads; training and inference precision: {precision}")
     with tempfile.TemporaryDirectory() as tmp:

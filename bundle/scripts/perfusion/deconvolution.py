@@ -443,13 +443,11 @@ def compute_perfusion_maps(
     mtt_v = np.where(cbf_v > 1e-3, 60.0 * cbv_v / np.maximum(cbf_v, 1e-3), 0.0)
     ttp_v = parabolic_peak(smooth, smooth.argmax(axis=1)) * dt
     info["median_truncation"] = float(np.median(thresholds))
-    if tissue.any():  # frame by frame: no copy of the whole series
-        level = float(baseline[tissue].mean())
-        info["tissue_peak_hu"] = max(float(ctp[..., t][tissue].mean()) - level for t in range(n_t))
-        noise = ctp[..., :n_base][tissue].std(axis=1, ddof=1) if n_base >= 2 else None
-        info["noise_hu"] = None if noise is None else float(np.median(noise))
-    else:
-        info["tissue_peak_hu"], info["noise_hu"] = 0.0, None
+    # the parenchyma's mean enhancement from the curves already made (smoothing within tissue keeps the mean);
+    # the noise from the raw baseline frames, as one voxel of one frame carries it
+    info["tissue_peak_hu"] = float(smooth.mean(axis=0).max()) if smooth.size else 0.0
+    noise = ctp[..., :n_base][tissue].std(axis=1, ddof=1) if n_base >= 2 and tissue.any() else None
+    info["noise_hu"] = None if noise is None else float(np.median(noise))
     vof = info.get("vof_hu")
     info["quality"] = quality_flags(None if vof is None else np.asarray(vof), info["tissue_peak_hu"], info["noise_hu"])
     maps = {}

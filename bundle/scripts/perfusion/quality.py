@@ -28,7 +28,7 @@ TITLES = {
     "no_venous_curve": "No venous curve",
     "low_contrast_to_noise": "Low contrast-to-noise",
 }
-"""Short titles (the montage, the DICOM SR's coded values)."""
+"""Short titles: the meanings of the flags' codes in the DICOM SR."""
 
 TRUNCATION_FRACTION = 0.5
 """VOF height at the last frame, relative to its peak, above which the bolus counts as truncated."""
