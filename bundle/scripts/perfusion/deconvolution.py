@@ -5,7 +5,8 @@ Pipeline, vectorised over voxels (no per-voxel Python loops):
 0. Uneven acquisitions (``frame_times``) are resampled linearly to an even grid at their shortest interval.
 1. The arterial input (AIF) is chosen automatically from the unsmoothed curves: the highest-enhancing voxels
    that peak earliest; the venous output (VOF) from the largest-area late voxels rescales the AIF for partial
-   volume (``AUC_AIF = AUC_VOF``). A given AIF skips this step. The AIF is searched in soft tissue (baseline
+   volume (``AUC_AIF = AUC_VOF``, the areas compared over what each holds of the bolus within the window,
+   :func:`venous_scale`). A given AIF skips this step. The AIF is searched in soft tissue (baseline
    HU inside ``soft_tissue_hu``: no air, no bone).
 2. The baseline is the frames before the AIF reaches 10 % of its peak (no tissue enhances before its
    artery); concentration = HU minus the voxel's mean baseline (CT enhancement is linear in contrast).
@@ -21,7 +22,9 @@ Pipeline, vectorised over voxels (no per-voxel Python loops):
    one fixed ``truncation``. The default was chosen on the independent phantom
    (:mod:`scripts.perfusion.digital_phantom`, ``benchmarks/perfusion_phantom.py``), not on the cohort simulator.
 5. From the flow-scaled residue ``k(t) = (rho/k_H) CBF R(t - delay)``: CBF = ``(k_H/rho) max k`` (x6000),
-   CBV = ``(k_H/rho) sum k dt`` (x100), MTT = ``60 CBV / CBF``. Tmax is the time of the residue's peak.
+   CBV = ``(k_H/rho) sum k dt`` (x100) divided by the fraction of the curve's area the window holds
+   (:func:`window_fraction`: without it CBV reads low wherever the bolus has not washed out by the last
+   frame), MTT = ``60 CBV / CBF``. Tmax is the time of the residue's peak.
    ``tmax_method="rise"`` (default) reads it at the half-maximum rise that leads to the peak's plateau, which
    equals the time of the maximum for any non-increasing residue and is not shifted by the deconvolution's
    low-pass blur; ``"argmax"`` is the vendor convention (parabolic peak of ``k``), known to read about +2 s
@@ -53,6 +56,9 @@ K_H = 0.73
 
 MIN_AIF_PEAK_HU = 20.0
 """An arterial input peaking lower than this (HU above baseline) is noise: real AIFs peak at hundreds of HU."""
+
+MIN_WINDOW_FRACTION = 0.5
+"""Smallest :func:`window_fraction` CBV is corrected by: a residue peaking so late (noise) is not trusted further."""
 
 TRUNCATION_LADDER = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
 """Relative singular-value thresholds oSVD tries per voxel, least regularisation first."""
@@ -171,7 +177,7 @@ def select_arterial_input(
     if late.size:
         auc = curves[late].sum(axis=1)
         vof = curves[late[np.argsort(auc)[::-1][:n_voxels]]].mean(axis=0)
-        scale = vof.sum() / max(aif.sum(), 1e-6)
+        scale = venous_scale(aif, vof, dt)
         info["vof_scale"], info["vof_hu"] = float(scale), [round(float(v), 2) for v in vof]
         if scale > 1.0:
             aif = aif * scale
@@ -179,6 +185,41 @@ def select_arterial_input(
     voxel_mask = np.zeros(soft.shape, dtype=bool)
     voxel_mask[tuple(idx[chosen] for idx in np.nonzero(candidates))] = True
     return aif, voxel_mask, info
+
+
+def window_fraction(residue: np.ndarray, aif: np.ndarray) -> np.ndarray:
+    """Fraction of the area under each curve that its acquisition window holds, from its residue.
+
+    A curve acquired over ``T`` frames holds ``sum_t C = dt sum_s k(s) A(T-1-s)``, where ``A`` is the
+    arterial input's cumulative area: the bolus that arrives late, and the part of it that reaches the voxel
+    only after its lag, lie beyond the window. The ratio of areas (``sum C / sum AIF``, the textbook CBV, which
+    is what the zero-padded deconvolution's ``sum k`` equals) thus falls short wherever the input has not
+    returned to baseline by the last frame (recirculation, a long bolus), by more the later the residue.
+    Returns ``sum_s k(s) A(T-1-s) / (sum_s k(s) A(T-1))`` over the residue's main lobe in the window (its
+    positive part up to the first sample after the peak that is not positive; the deconvolution's ringing
+    beyond would weigh late): dividing the area ratio by it gives the residue's own area. 1 where the residue
+    has no positive part.
+    """
+    index = np.arange(residue.shape[1])[None, :]
+    after = (residue <= 0) & (index > residue.argmax(axis=1)[:, None])
+    end = np.where(after.any(axis=1), after.argmax(axis=1), residue.shape[1])
+    positive = np.where(index < end[:, None], np.clip(residue, 0.0, None), 0.0).astype(np.float32)
+    cumulative = np.cumsum(np.asarray(aif, dtype=np.float64))
+    held = positive @ cumulative[::-1].astype(positive.dtype)
+    total = positive.sum(axis=1) * cumulative[-1]
+    return np.where(total > 0, held / np.where(total > 0, total, 1.0), 1.0).astype(np.float32)
+
+
+def venous_scale(aif: np.ndarray, vof: np.ndarray, dt: float) -> float:
+    """Partial-volume factor of an arterial curve from a venous one: the vein's blood volume relative to it.
+
+    Whole blood passes both, so a venous curve free of partial volume has the area of the true arterial
+    input; the factor is the vein's area over the artery's, each over the window, corrected for the part of
+    the input that reaches the vein after the last frame (:func:`window_fraction` of the vein's residue).
+    """
+    residue, _ = deconvolve(np.asarray(vof, dtype=np.float32)[None], aif, dt, method="bsvd", truncation=0.1)
+    fraction = float(window_fraction(residue[:, : len(aif)], aif)[0])
+    return float(np.sum(vof) / max(float(np.sum(aif)) * fraction, 1e-6))
 
 
 def oscillation_index(residue: np.ndarray, scale: np.ndarray, dt: float = 1.0) -> np.ndarray:
@@ -432,7 +473,8 @@ def compute_perfusion_maps(
     smooth = smooth_tissue_curves(ctp, baseline, tissue, sigma_px)
 
     def summarise(k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return k.max(axis=1), k.sum(axis=1), residue_peak_time(k, dt, n_t, tmax_method)
+        in_window = np.clip(window_fraction(k[:, :n_t], aif), MIN_WINDOW_FRACTION, 1.0)
+        return k.max(axis=1), k.sum(axis=1) / in_window, residue_peak_time(k, dt, n_t, tmax_method)
 
     (peak, area, tmax_v), thresholds = deconvolve(
         smooth, aif, dt, method, oscillation_limit, truncation=truncation, summarise=summarise

@@ -21,8 +21,8 @@ so the perfusion module can be scored on curves it was not tuned on. The design 
   noise of ``noise_hu`` per voxel and frame, and are **rounded to integer HU** as scanners store them
   (``integer_hu=False`` keeps the exact values, to separate rounding from the rest).
 * Between tiles runs a 2-pixel CSF gutter (10 HU, no enhancement); each section has an artery (the
-  AIF, no partial volume) and a vein (the AIF delayed 5 s and dispersed) so the automatic AIF can be
-  tried. Scores are read in each tile's interior (``roi``), 3 pixels in from its edge, as Kudo's ROIs.
+  AIF times ``artery_partial_volume``, 1 by default: no partial volume) and a vein (the AIF delayed 5 s and
+  dispersed, full volume) so the automatic AIF and its venous scaling can be tried. Scores are read in each tile's interior (``roi``), 3 pixels in from its edge, as Kudo's ROIs.
 
 ``rho = 1.04`` g/ml and ``k_H = 0.73`` are the usual CT values; they make the truth directly comparable
 with maps that invert the same relation. The frame times may be uneven (``frame_times``).
@@ -106,6 +106,7 @@ class PhantomDesign:
     aif_peak_s: float = 16.0
     vein_delay_s: float = 5.0
     vein_dispersion_s: float = 3.0
+    artery_partial_volume: float = 1.0
     rho: float = 1.04
     k_h: float = 0.73
     fine_dt: float = 0.01
@@ -211,7 +212,7 @@ def make_phantom(
                     }
                 )
         # vessels: a 4x4 artery and a vein in the last row
-        for col, (label, curve) in enumerate(((ARTERY, artery), (VEIN, vein))):
+        for col, (label, curve) in enumerate(((ARTERY, d.artery_partial_volume * artery), (VEIN, vein))):
             sx, sy = box(n_rows - 1, col)
             sx, sy = slice(sx.start + 6, sx.start + 10), slice(sy.start + 6, sy.start + 10)
             enhancement[sx, sy, z] = curve
