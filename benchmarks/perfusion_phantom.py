@@ -166,8 +166,9 @@ def residue_shape_table(seed: int, noise_hu: float = 3.0) -> None:
             scale = maps.info.get("vof_scale")
             print(
                 f"| {shape} | {label} | {'-' if aif is not None else f'{scale:.2f}'} | "
-                f"{pct(err['cbv'][mtt <= 12].mean())} | {pct(err['cbv'].mean())} | {pct(err['cbf'][cbf >= 30].mean())} | "
-                f"{stats.pearsonr(cbf, cbf * (1 + err['cbf'])).statistic:.3f} | {err['tmax'].mean():+.2f} | {measured} |"
+                f"{pct(err['cbv'][mtt <= 12].mean())} | {pct(err['cbv'].mean())} | "
+                f"{pct(err['cbf'][cbf >= 30].mean())} | {stats.pearsonr(cbf, cbf * (1 + err['cbf'])).statistic:.3f} | "
+                f"{err['tmax'].mean():+.2f} | {measured} |"
             )
 
 

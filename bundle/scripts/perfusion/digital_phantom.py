@@ -22,7 +22,8 @@ so the perfusion module can be scored on curves it was not tuned on. The design 
   (``integer_hu=False`` keeps the exact values, to separate rounding from the rest).
 * Between tiles runs a 2-pixel CSF gutter (10 HU, no enhancement); each section has an artery (the
   AIF times ``artery_partial_volume``, 1 by default: no partial volume) and a vein (the AIF delayed 5 s and
-  dispersed, full volume) so the automatic AIF and its venous scaling can be tried. Scores are read in each tile's interior (``roi``), 3 pixels in from its edge, as Kudo's ROIs.
+  dispersed, full volume) so the automatic AIF and its venous scaling can be tried. Scores are read in
+  each tile's interior (``roi``), 3 pixels in from its edge, as Kudo's ROIs.
 
 ``rho = 1.04`` g/ml and ``k_H = 0.73`` are the usual CT values; they make the truth directly comparable
 with maps that invert the same relation. The frame times may be uneven (``frame_times``).
