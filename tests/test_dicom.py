@@ -439,7 +439,8 @@ def test_vendor_maps_are_imported_with_their_rescale_slope(tiny_cohort, tmp_path
     )
     for name, (_, slope) in VENDOR.items():
         imported, source = nib.load(out / f"{name}.nii.gz"), nib.load(patient / f"{name}.nii.gz")
-        assert np.abs(imported.get_fdata() - source.get_fdata()).max() <= slope / 2 + 1e-6, name
+        # half a stored step, plus float32 rounding of values up to a few hundred
+        assert np.abs(imported.get_fdata() - source.get_fdata()).max() <= slope / 2 + 1e-4, name
         assert np.allclose(imported.affine, source.affine, atol=1e-4)
     mip = nib.load(out / "mip.nii.gz").get_fdata()  # no MIP series: the CTP series' maximum over time
     assert np.array_equal(mip, nib.load(out / "ctp.nii.gz").get_fdata().max(axis=-1))

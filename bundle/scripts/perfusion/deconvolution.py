@@ -7,7 +7,8 @@ Pipeline, vectorised over voxels (no per-voxel Python loops):
    that peak earliest; the venous output (VOF) from the largest-area late voxels rescales the AIF for partial
    volume (``AUC_AIF = AUC_VOF``, the areas compared over what each holds of the bolus within the window,
    :func:`venous_scale`). A given AIF skips this step. The AIF is searched in soft tissue (baseline
-   HU inside ``soft_tissue_hu``: no air, no bone).
+   HU inside ``soft_tissue_hu``: no air, no bone), the AIF also away from bone and among curves that rise, fall
+   and wash out once (a moved skull edge mimics an artery otherwise).
 2. The baseline is the frames before the AIF reaches 10 % of its peak (no tissue enhances before its
    artery); concentration = HU minus the voxel's mean baseline (CT enhancement is linear in contrast).
 3. Maps are computed in parenchyma (baseline inside ``parenchyma_hu``: no CSF) that does not enhance like a
@@ -56,6 +57,24 @@ K_H = 0.73
 
 MIN_AIF_PEAK_HU = 20.0
 """An arterial input peaking lower than this (HU above baseline) is noise: real AIFs peak at hundreds of HU."""
+
+WASHOUT_FRACTION = 0.5
+"""An arterial candidate's mean over the last quarter of the frames must fall below this fraction of its peak."""
+
+BOLUS_VARIATION = 1.5
+"""A bolus curve's total variation may be this many times the ``2 x peak`` of one clean rise and fall (noise)."""
+
+VENOUS_MATCH = 0.8
+"""Smallest :func:`delayed_match` of a venous output candidate."""
+
+VENOUS_LAG_S = 20.0
+"""Longest delay (s) of the venous curve behind the arterial one that :func:`delayed_match` tries."""
+
+BONE_HU = 300.0
+"""Baseline HU above which a voxel is bone."""
+
+BONE_MARGIN_MM = 3.0
+"""The AIF is not taken within this distance (in-plane) of bone: a slightly moved skull edge there mimics one."""
 
 MIN_WINDOW_FRACTION = 0.5
 """Smallest :func:`window_fraction` CBV is corrected by: a residue peaking so late (noise) is not trusted further."""
@@ -153,27 +172,43 @@ def select_arterial_input(
     candidate_percentile: float = 99.95,
     vessel_level: float = 0.3,
     mip: np.ndarray | None = None,
+    arterial_allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Automatic AIF: among vessel-like voxels, the highest of those that peak earliest; VOF-rescaled.
 
     Vessel-like voxels enhance by at least ``vessel_level`` times the ``candidate_percentile`` of all
-    soft-tissue peaks; "earliest" is within 2 s of their 10th-percentile time to peak. The VOF is the
-    mean of the largest-area vessel voxels peaking after the AIF. ``mip`` (the series' maximum over time)
-    is computed when not given.
+    soft-tissue peaks. Of those, a bolus curve rises and falls once (total variation at most
+    :data:`BOLUS_VARIATION` times twice its peak), and an arterial one also washes out (its last quarter
+    below :data:`WASHOUT_FRACTION` of its peak) and lies where ``arterial_allowed`` (e.g. away from bone):
+    a voxel that a moved bone edge enters jumps up and down or keeps its step. Each rule applies only when
+    at least ``n_voxels`` voxels pass it. "Earliest" is within 2 s of the arterial candidates' 10th-percentile
+    time to peak. The VOF is the mean of the largest-area bolus curves peaking after the AIF whose shape is a
+    delayed AIF's (:func:`delayed_match` at least :data:`VENOUS_MATCH`; none: no VOF). ``mip`` (the series'
+    maximum over time) is computed when not given.
 
     Returns the AIF curve (HU above baseline), a boolean mask of the voxels used and a summary dict.
     """
     peak_map = (ctp.max(axis=-1) if mip is None else mip) - baseline
     # vessels: enhancing at least `vessel_level` of the strongest voxels (robust high percentile)
     candidates = soft & (peak_map >= vessel_level * np.percentile(peak_map[soft], candidate_percentile))
+    where = np.nonzero(candidates)
     curves = ctp[candidates] - baseline[candidates][:, None]
     peak = curves.max(axis=1)
     ttp = curves.argmax(axis=1)
-    early = np.nonzero(ttp <= np.percentile(ttp, 10) + max(1, round(2.0 / dt)))[0]
+
+    def enough(rule: np.ndarray) -> np.ndarray:
+        return rule if rule.sum() >= n_voxels else np.ones_like(rule)
+
+    bolus = enough(np.abs(np.diff(curves, axis=1)).sum(axis=1) <= BOLUS_VARIATION * 2.0 * peak)
+    washes = curves[:, -max(1, curves.shape[1] // 4) :].mean(axis=1) < WASHOUT_FRACTION * peak
+    allowed = np.ones_like(bolus) if arterial_allowed is None else arterial_allowed[where]
+    arterial = np.nonzero(enough(bolus & washes & allowed))[0]
+    early = arterial[ttp[arterial] <= np.percentile(ttp[arterial], 10) + max(1, round(2.0 / dt))]
     chosen = early[np.argsort(peak[early])[::-1][:n_voxels]]
     aif = curves[chosen].mean(axis=0)
     info = {"aif_voxels": int(chosen.size), "aif_ttp_s": float(aif.argmax() * dt), "vof_scale": 1.0, "vof_hu": None}
-    late = np.nonzero(ttp > aif.argmax())[0]
+    venous_like = delayed_match(curves, aif, max(1, round(VENOUS_LAG_S / dt))) >= VENOUS_MATCH
+    late = np.nonzero(bolus & (ttp > aif.argmax()) & venous_like)[0]
     if late.size:
         auc = curves[late].sum(axis=1)
         vof = curves[late[np.argsort(auc)[::-1][:n_voxels]]].mean(axis=0)
@@ -183,8 +218,20 @@ def select_arterial_input(
             aif = aif * scale
     info["aif_peak_hu"] = float(aif.max())
     voxel_mask = np.zeros(soft.shape, dtype=bool)
-    voxel_mask[tuple(idx[chosen] for idx in np.nonzero(candidates))] = True
+    voxel_mask[tuple(idx[chosen] for idx in where)] = True
     return aif, voxel_mask, info
+
+
+def delayed_match(curves: np.ndarray, aif: np.ndarray, max_lag: int) -> np.ndarray:
+    """Each curve's best Pearson correlation with the AIF delayed by 0 to ``max_lag`` frames: a vein's curve is a
+    delayed, dispersed AIF (about 0.95); a voxel that a moved bone edge entered steps up and stays (about 0.5)."""
+    aif = np.asarray(aif, dtype=np.float64)
+    shifted = np.stack([np.r_[np.zeros(lag), aif[: aif.size - lag]] for lag in range(min(max_lag, aif.size - 2) + 1)])
+
+    def standard(a: np.ndarray) -> np.ndarray:
+        return (a - a.mean(axis=-1, keepdims=True)) / (a.std(axis=-1, keepdims=True) + 1e-9)
+
+    return (standard(np.asarray(curves, dtype=np.float64)) @ standard(shifted).T / aif.size).max(axis=1)
 
 
 def window_fraction(residue: np.ndarray, aif: np.ndarray) -> np.ndarray:
@@ -446,10 +493,14 @@ def compute_perfusion_maps(
         rise = mip - first
         strongest = soft & (rise >= np.percentile(rise[soft], 99.0))
         n_base = baseline_frame_count((ctp[strongest] - first[strongest][:, None]).mean(axis=0))
-        aif, _, aif_info = select_arterial_input(ctp, baseline_of(n_base), soft, dt, mip=mip)
+        reach = [int(np.ceil(BONE_MARGIN_MM / float(s))) for s in spacing[:2]]
+        allowed = ~ndimage.maximum_filter(first > BONE_HU, size=(2 * reach[0] + 1, 2 * reach[1] + 1, 1))
+        aif, _, aif_info = select_arterial_input(ctp, baseline_of(n_base), soft, dt, mip=mip, arterial_allowed=allowed)
         if baseline_frames is None and baseline_frame_count(aif) != n_base:
             n_base = baseline_frame_count(aif)
-            aif, _, aif_info = select_arterial_input(ctp, baseline_of(n_base), soft, dt, mip=mip)
+            aif, _, aif_info = select_arterial_input(
+                ctp, baseline_of(n_base), soft, dt, mip=mip, arterial_allowed=allowed
+            )
         info.update(aif_info)
     else:
         n_base = baseline_frame_count(aif)

@@ -23,7 +23,8 @@ so the perfusion module can be scored on curves it was not tuned on. The design 
 * Between tiles runs a 2-pixel CSF gutter (10 HU, no enhancement); each section has an artery (the
   AIF times ``artery_partial_volume``, 1 by default: no partial volume) and a vein (the AIF delayed 5 s and
   dispersed, full volume) so the automatic AIF and its venous scaling can be tried. Scores are read in
-  each tile's interior (``roi``), 3 pixels in from its edge, as Kudo's ROIs.
+  each tile's interior (``roi``), 3 pixels in from its edge, as Kudo's ROIs. ``skull_px`` > 0 rings the
+  sections with bone (1000 HU), as a head's skull, for motion correction to register on.
 
 ``rho = 1.04`` g/ml and ``k_H = 0.73`` are the usual CT values; they make the truth directly comparable
 with maps that invert the same relation. The frame times may be uneven (``frame_times``).
@@ -42,6 +43,7 @@ KUDO_MTT_S = (60 / 17.5, 4.0, 4.8, 6.0, 8.0, 12.0, 24.0)
 RESIDUE_SHAPES = ("box", "exponential", "linear")
 
 CSF_HU = 10.0
+BONE_HU = 1000.0
 ARTERY = -1
 VEIN = -2
 
@@ -108,6 +110,7 @@ class PhantomDesign:
     vein_delay_s: float = 5.0
     vein_dispersion_s: float = 3.0
     artery_partial_volume: float = 1.0
+    skull_px: int = 0
     rho: float = 1.04
     k_h: float = 0.73
     fine_dt: float = 0.01
@@ -166,11 +169,14 @@ def make_phantom(
     aif_fine = parker_aif(fine, d.aif_peak_hu, d.aif_peak_s)
     pitch = d.tile_px + d.gutter_px
     n_rows, n_cols = len(d.delays_s) + 1, len(d.mtt_s)  # the last row holds the artery and the vein
-    shape_xy = (n_cols * pitch + d.gutter_px, n_rows * pitch + d.gutter_px)
+    rim = d.skull_px
+    shape_xy = (n_cols * pitch + d.gutter_px + 2 * rim, n_rows * pitch + d.gutter_px + 2 * rim)
     sections = [(s, v) for s in d.shapes for v in d.cbv]
     n_z = len(sections)
     enhancement = np.zeros((*shape_xy, n_z, times.size), dtype=np.float64)
     baseline = np.full((*shape_xy, n_z), CSF_HU)
+    if rim:  # a skull around the tiles: what a registration holds on to in a head
+        baseline[:rim], baseline[-rim:], baseline[:, :rim], baseline[:, -rim:] = (BONE_HU,) * 4
     tile = np.full((*shape_xy, n_z), -3, dtype=np.int32)
     roi = np.zeros((*shape_xy, n_z), dtype=bool)
     truth = {k: np.zeros((*shape_xy, n_z), dtype=np.float32) for k in ("cbf", "cbv", "mtt", "tmax")}
@@ -178,7 +184,7 @@ def make_phantom(
     scale = d.rho / d.k_h
 
     def box(row: int, col: int) -> tuple[slice, slice]:
-        x0, y0 = d.gutter_px + col * pitch, d.gutter_px + row * pitch
+        x0, y0 = rim + d.gutter_px + col * pitch, rim + d.gutter_px + row * pitch
         return slice(x0, x0 + d.tile_px), slice(y0, y0 + d.tile_px)
 
     artery = np.interp(times, fine, aif_fine)

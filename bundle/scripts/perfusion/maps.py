@@ -11,6 +11,8 @@ import numpy as np
 from ..io import save_json, save_nifti
 from ..io.dicom import load_ctp_series
 from .deconvolution import PerfusionMaps, compute_perfusion_maps
+from .motion import correct_motion
+from .quality import motion_flags
 
 
 def compute_maps(
@@ -19,6 +21,8 @@ def compute_maps(
     overwrite: bool = False,
     aif: str | os.PathLike | None = None,
     frame_interval: float | None = None,
+    motion_correction: bool = True,
+    motion_limit_mm: float = 10.0,
     **settings,
 ) -> dict[str, str]:
     """Compute CBF, CBV, MTT, TTP, Tmax and MIP from ``ctp`` into ``output_dir``; return the written paths.
@@ -31,6 +35,8 @@ def compute_maps(
         overwrite: replace maps already in ``output_dir``.
         aif: optional text file with one AIF value (HU above baseline) per frame.
         frame_interval: seconds between frames, for DICOM images whose only timing is TemporalPositionIndex.
+        motion_correction: register every frame rigidly to the first (:mod:`scripts.perfusion.motion`); frames
+            that moved more than ``motion_limit_mm`` are left out; displacement and flags go into ``perfusion.json``.
         settings: keyword arguments of :func:`scripts.perfusion.deconvolution.compute_perfusion_maps`.
     """
     if ctp is None:
@@ -49,11 +55,24 @@ def compute_maps(
             given_aif = np.loadtxt(aif, dtype=np.float64).ravel()
         except (OSError, ValueError) as err:
             raise ValueError(f"{aif}: cannot read the AIF as numbers ({err}).") from err
-    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :2], axis=0))
+    voxel_mm = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    motion = None
+    if motion_correction:
+        series, motion = correct_motion(series, voxel_mm, motion_limit_mm)
+        if motion.excluded.any():
+            keep = ~motion.excluded
+            times = np.arange(series.shape[-1]) * interval if frame_times is None else frame_times
+            series, frame_times = series[..., keep], times[keep]
+            given_aif = None if given_aif is None else given_aif[keep]
     try:
-        maps = compute_perfusion_maps(series, interval, spacing, aif=given_aif, frame_times=frame_times, **settings)
+        maps = compute_perfusion_maps(
+            series, interval, voxel_mm[:2], aif=given_aif, frame_times=frame_times, **settings
+        )
     except ValueError as err:
         raise ValueError(f"{ctp}: {err}") from err
+    if motion is not None:
+        maps.info["motion"] = motion.as_dict()
+        maps.info["quality"] = [*maps.info["quality"], *motion_flags(motion.as_dict())]
     for name, array in maps.as_dict().items():
         save_nifti(targets[name], array, affine)
     report = {
@@ -63,6 +82,7 @@ def compute_maps(
         "aif_hu": maps.aif.round(3).tolist(),
         **maps.info,
         **settings,
+        "motion_correction": motion_correction,
     }
     if dicom is not None:
         report["dicom"] = dicom

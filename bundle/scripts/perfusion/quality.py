@@ -15,8 +15,12 @@ measured and the limit it crossed:
   median single-voxel noise (SD over the baseline frames): each voxel's curve is mostly noise, the maps rest on the
   smoothing (typical studies: enhancement 15-40 HU, noise 3-15 HU).
 
-Motion is not assessed (no motion estimation yet). The limits are heuristics stated for the reader, not
-validated decision thresholds.
+* ``motion``: a frame moved more than :data:`MOTION_FLAG_MM` from the first (rigid registration,
+  :mod:`scripts.perfusion.motion`), frames were left out beyond the workflow's limit, or a frame could not be
+  registered. The maps come from the corrected series; voxels at the skull and the slab's top and bottom slices
+  are the least trustworthy.
+
+The limits are heuristics stated for the reader, not validated decision thresholds.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ TITLES = {
     "bolus_truncated": "Bolus truncated",
     "no_venous_curve": "No venous curve",
     "low_contrast_to_noise": "Low contrast-to-noise",
+    "motion": "Patient motion",
 }
 """Short titles: the meanings of the flags' codes in the DICOM SR."""
 
@@ -35,6 +40,9 @@ TRUNCATION_FRACTION = 0.5
 
 MIN_TISSUE_CNR = 1.0
 """Parenchyma peak enhancement over the median single-voxel baseline noise below which the study is flagged."""
+
+MOTION_FLAG_MM = 2.0
+"""Largest head displacement of any frame (mm) above which the study is flagged for motion."""
 
 
 def quality_flags(vof: np.ndarray | None, tissue_peak_hu: float, noise_hu: float | None) -> list[dict]:
@@ -76,3 +84,16 @@ def quality_flags(vof: np.ndarray | None, tissue_peak_hu: float, noise_hu: float
             }
         )
     return flags
+
+
+def motion_flags(motion: dict) -> list[dict]:
+    """The ``motion`` flag from a motion summary (:meth:`scripts.perfusion.motion.MotionCorrection.as_dict`)."""
+    largest, excluded, failed = motion["max_displacement_mm"], motion["excluded_frames"], motion["unregistered_frames"]
+    if largest <= MOTION_FLAG_MM and not excluded and not failed:
+        return []
+    parts = [f"the head moved up to {largest:.1f} mm (corrected by rigid registration)"]
+    if excluded:
+        parts.append(f"{len(excluded)} frame(s) beyond {motion['limit_mm']:g} mm left out")
+    if failed:
+        parts.append(f"{len(failed)} frame(s) could not be registered")
+    return [{"flag": "motion", "value": largest, "limit": MOTION_FLAG_MM, "message": "; ".join(parts)}]

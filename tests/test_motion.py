@@ -1,0 +1,106 @@
+"""Motion correction (``scripts.perfusion.motion``) against motion injected by ``scripts.simulation.motion``."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts.io import save_nifti
+from scripts.perfusion.deconvolution import compute_perfusion_maps
+from scripts.perfusion.digital_phantom import PhantomDesign, make_phantom
+from scripts.perfusion.maps import compute_maps
+from scripts.perfusion.motion import correct_motion
+from scripts.simulation import phantom as ph
+from scripts.simulation.motion import inject_motion, move_volume
+from scripts.simulation.simulate import simulate_study
+
+
+@pytest.fixture(scope="module")
+def study():
+    """An LVO study on a 96² x 8 slab, 1.5 s frames (30 frames), 3 HU noise."""
+    return simulate_study("LVO", ph.Grid(size=96, slices=8), np.random.default_rng([5, 2]), 3.0, 30, 1.5)
+
+
+@pytest.fixture(scope="module")
+def moved(study):
+    """The study with a drift and three abrupt frames (up to 5 mm and 5 degrees), and its correction."""
+    series, truth = inject_motion(study.ctp, study.grid.spacing, np.random.default_rng(7))
+    corrected, found = correct_motion(series, study.grid.spacing)
+    return series, truth, corrected, found
+
+
+def _median_error(maps, reference, key: str) -> float:
+    both = maps.tissue & reference.tissue
+    return float(np.median(np.abs(getattr(maps, key)[both] - getattr(reference, key)[both])))
+
+
+def test_a_still_series_is_left_as_acquired(study):
+    corrected, found = correct_motion(study.ctp, study.grid.spacing)
+    assert np.array_equal(corrected, study.ctp.astype(np.float32))
+    assert not found.resampled.any() and found.displacement_mm.max() < 0.2 * study.grid.spacing[0]
+
+
+def test_registration_finds_the_injected_displacement(study, moved):
+    _, truth, _, found = moved
+    # largest head displacement per frame, within 1 mm + 10 % (5 mm slices: tilts are the least certain)
+    np.testing.assert_allclose(found.displacement_mm, truth.displacement_mm, atol=1.0, rtol=0.1)
+    assert truth.displacement_mm.max() > 4.0 and found.resampled.sum() >= 20
+
+
+def test_maps_after_correction_come_back_to_the_still_maps(study, moved):
+    series, _, corrected, _ = moved
+    spacing, dt = study.grid.spacing[:2], study.frame_interval
+    still = compute_perfusion_maps(study.ctp, dt, spacing)
+    before = compute_perfusion_maps(series, dt, spacing)
+    after = compute_perfusion_maps(corrected, dt, spacing)
+    # median |error| against the still maps: CBF (ml/100 g/min) and Tmax (s)
+    assert _median_error(after, still, "cbf") < 0.25 * _median_error(before, still, "cbf")
+    assert _median_error(after, still, "cbf") < 0.12 * float(np.median(still.cbf[still.tissue]))
+    assert _median_error(after, still, "tmax") < 0.6 * _median_error(before, still, "tmax")
+
+
+def test_the_digital_phantom_moved_in_plane_is_corrected():
+    design = PhantomDesign(shapes=("box",), cbv=(2.0, 4.0), skull_px=4)  # a skull ring to register on
+    phantom = make_phantom(design, noise_hu=3.0, frame_interval=1.5)
+    series, _ = inject_motion(phantom.ctp, phantom.spacing, np.random.default_rng(3), in_plane=True)
+    corrected, _ = correct_motion(series, phantom.spacing)
+    still, before, after = (
+        compute_perfusion_maps(s, 1.5, phantom.spacing[:2], aif=phantom.aif) for s in (phantom.ctp, series, corrected)
+    )
+    roi = phantom.roi
+    error_before, error_after = (np.median(np.abs(m.cbf - still.cbf)[roi]) for m in (before, after))
+    assert error_after < 0.3 * error_before
+
+
+def test_a_slab_of_two_slices_registers():
+    volume = np.full((48, 48, 2), -1000.0, dtype=np.float32)
+    volume[8:40, 10:38] = 35.0
+    volume[6:42, 6:10] = volume[6:42, 38:42] = volume[6:10, 6:42] = volume[38:42, 6:42] = 1200.0  # a skull
+    series = np.repeat(volume[..., None], 6, axis=-1)
+    for t in range(3, 6):
+        series[..., t] = move_volume(volume, (1.0, 1.0, 5.0), np.zeros(3), np.array([2.0, -1.5, 0.0]))
+    _, found = correct_motion(series, (1.0, 1.0, 5.0))
+    assert not np.isnan(found.displacement_mm).any()
+    np.testing.assert_allclose(found.displacement_mm[3:], np.hypot(2.0, 1.5), atol=0.5)
+
+
+def test_the_workflow_records_motion_flags_it_and_leaves_out_frames_beyond_the_limit(study, tmp_path):
+    spacing = study.grid.spacing
+    series = study.ctp.copy()
+    series[..., 12] = move_volume(study.ctp[..., 12], spacing, np.zeros(3), np.array([3.0, 0.0, 0.0]))
+    series[..., 20] = move_volume(study.ctp[..., 20], spacing, np.array([0.0, 0.0, 8.0]), np.array([6.0, 6, 0]))
+    path = save_nifti(tmp_path / "ctp.nii.gz", series, study.grid.affine(), frame_interval=study.frame_interval)
+    compute_maps(path, tmp_path / "maps", motion_limit_mm=8.0)
+    report = json.loads((tmp_path / "maps" / "perfusion.json").read_text())
+    motion = report["motion"]
+    assert motion["excluded_frames"] == [20] and motion["resampled_frames"] == 2
+    assert motion["displacement_mm"][12] == pytest.approx(3.0, abs=0.5)
+    # the frame at 30 s is left out; the 29 others go onto the even 1.5 s grid, which bridges the gap
+    assert len(report["frame_times_s"]) == 29 and 30.0 not in report["frame_times_s"]
+    assert report["frame_times_resampled"] and report["resampled_frames"] == 30
+    flags = {f["flag"]: f for f in report["quality"]}
+    assert "frame(s) beyond 8 mm left out" in flags["motion"]["message"]
+    assert nib.load(tmp_path / "maps" / "cbf.nii.gz").shape == series.shape[:3]
+    off = compute_maps(path, tmp_path / "off", motion_correction=False)
+    assert "motion" not in json.loads((tmp_path / "off" / "perfusion.json").read_text()) and off
