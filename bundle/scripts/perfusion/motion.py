@@ -6,8 +6,8 @@ frame (the first, acquired before the bolus) with ITK's registration framework: 
 (the skull and the skin-air border dominate, which contrast enhancement hardly changes), two resolution
 levels (in-plane averages; slices are kept) ending at :data:`REGISTRATION_MM` voxels, regular-step gradient
 descent, a fixed sampling seed per frame so that a study always gives the same result; frames are registered
-in parallel threads. The frame is then resampled onto the reference grid (linear interpolation; at the volume's edges the
-nearest voxel, so nothing is filled with a made-up value).
+in parallel threads. The frame is then resampled onto the reference grid (linear interpolation; at the
+volume's edges the nearest voxel, so nothing is filled with a made-up value).
 
 Each frame's displacement is the largest distance any head voxel moved (mm). Frames that moved less than
 :data:`STILL_VOXEL_FRACTION` of the in-plane voxel are kept as acquired (resampling would only blur their
