@@ -7,14 +7,14 @@ import torch
 
 from scripts.learning import vgg
 from scripts.learning.encoding import IMAGENET_MEAN, IMAGENET_STD, PerfusionColourEncoding
-from scripts.learning.networks import INPUT_SETS, VARIANTS, create_network, trainable_parameters
+from scripts.learning.networks import INPUT_SETS, VARIANTS, create_network, input_set, trainable_parameters
 from scripts.learning.vgg import InflatedVGG16Encoder, VGG16Encoder
 
 SIZE = 64
 
 
 def inputs_for(inputs: str, batch: int = 1, size: int = SIZE):
-    maps, use_nihss = INPUT_SETS[inputs]
+    maps, use_nihss = input_set(inputs)
     torch.manual_seed(1)
     image = torch.rand(batch, len(maps), size, size) * torch.tensor([60.0, 5.0, 30.0, 10.0, 100.0][: len(maps)]).view(
         1, -1, 1, 1

@@ -39,11 +39,11 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy, str2bool
 
 from ..io import (
-    MAP_KEYS,
     SPLITS,
     CTPDataError,
     check_patient,
     check_patient_id,
+    datalist_maps,
     read_datalist,
     resolve_paths,
     save_json,
@@ -61,8 +61,8 @@ PARTIAL = ".{}.partial"
 
 
 def _patient_folder(folder: Path) -> dict | None:
-    if all((folder / f"{k}.nii.gz").is_file() for k in MAP_KEYS):
-        return {"id": folder.name, **{k: str(folder / f"{k}.nii.gz") for k in MAP_KEYS}}
+    if all((folder / f"{k}.nii.gz").is_file() for k in datalist_maps()):
+        return {"id": folder.name, **{k: str(folder / f"{k}.nii.gz") for k in datalist_maps()}}
     if (folder / "ctp.nii.gz").is_file():
         return {"id": folder.name, "ctp": str(folder / "ctp.nii.gz")}
     return None
@@ -101,7 +101,7 @@ def find_studies(source: str | os.PathLike, split: str = "test") -> list[dict]:
                 if not isinstance(item, dict) or "id" not in item:
                     raise CTPDataError(f"{path} {s}[{i}]: each item needs an 'id'.")
                 check_patient_id(item["id"], f"{path} {s}[{i}]")
-                study = {k: v for k, v in item.items() if k in ("id", "nihss", "ctp", *MAP_KEYS)}
+                study = {k: v for k, v in item.items() if k in ("id", "nihss", "ctp", *datalist_maps())}
                 items.append(resolve_paths(study, path.parent))
         return items
     if not path.is_dir():
@@ -114,8 +114,8 @@ def find_studies(source: str | os.PathLike, split: str = "test") -> list[dict]:
         return _dicom_studies(path)
     if not items:
         raise CTPDataError(
-            f"{path}: no patient found (folders with {', '.join(k + '.nii.gz' for k in MAP_KEYS)} or ctp.nii.gz, "
-            "or DICOM studies)."
+            f"{path}: no patient found (folders with {', '.join(k + '.nii.gz' for k in datalist_maps())} or "
+            "ctp.nii.gz, or DICOM studies)."
         )
     return items
 
@@ -195,7 +195,7 @@ def _prepare_study(
     ):
         raise CTPDataError(f"patient {pid}: nihss must be an integer 0-42, got {value!r}.")
     item = {**item, "id": pid, "nihss": torch.tensor([float(value if value is not None else 0)])}
-    missing = [k for k in MAP_KEYS if k not in item]
+    missing = [k for k in datalist_maps() if k not in item]
     if missing:
         if "ctp" not in item:
             raise CTPDataError(
@@ -205,18 +205,18 @@ def _prepare_study(
         shutil.rmtree(staging, ignore_errors=True)
         logger.info("patient %s: computing maps from %s", pid, item["ctp"])
         paths = compute_maps(item["ctp"], staging, overwrite=True, **dict(perfusion or {}))
-        item.update({k: paths[k] for k in MAP_KEYS})
+        item.update({k: paths[k] for k in datalist_maps()})
         if "dicom" in json.loads((staging / "perfusion.json").read_text()):
             item["dicom_reference"] = str(staging / "perfusion.json")
-    for key in MAP_KEYS:
+    for key in datalist_maps():
         if not Path(item[key]).is_file():
             raise CTPDataError(f"patient {pid}: {key} file not found: {item[key]}.")
-    check_patient(item, keys=MAP_KEYS, check_values=check_values)
+    check_patient(item, keys=datalist_maps(), check_values=check_values)
     if not brain_mask_from_mip(np.asarray(nib.load(item["mip"]).dataobj, dtype=np.float32)).any():
         raise CTPDataError(
             f"patient {pid}: no brain found in {item['mip']} (the MIP's brain mask is empty; is it a head CT in HU?)."
         )
-    item["study"] = {k: item[k] for k in ("id", *MAP_KEYS, "ctp", "dicom_reference") if k in item}
+    item["study"] = {k: item[k] for k in ("id", *datalist_maps(), "ctp", "dicom_reference") if k in item}
     item["study"]["nihss"] = int(value) if value is not None else -1
     return item
 
@@ -295,7 +295,7 @@ class SaveStudyOutputsd(MapTransform):
             patient_id=pid,
             method=self.method,
         )
-        report["inputs"] = {k: str(study[k]) for k in ("ctp", *MAP_KEYS) if k in study}
+        report["inputs"] = {k: str(study[k]) for k in ("ctp", *datalist_maps()) if k in study}
         computed = staging / "maps" / "perfusion.json"  # maps made here from the raw series: their quality flags
         perfusion = json.loads(computed.read_text()) if computed.is_file() else {}
         report["quality"] = perfusion.get("quality")

@@ -3,22 +3,20 @@ and the input error type."""
 
 from . import dicom
 from .datalist import (
-    FILE_KEYS,
     GROUPS,
     LABEL_VALUES,
-    MAP_KEYS,
-    REQUIRED_KEYS,
     SPLITS,
     check_patient,
     check_patient_id,
+    file_keys,
     load_datalist,
     read_datalist,
+    required_keys,
     resolve_paths,
     validate_item,
 )
 from .files import CTPDataError, OutputWriteError, save_bytes, save_csv, save_json, save_nifti, save_text, write_failure
 from .images import (
-    MAP_RANGES,
     MIN_FRAMES,
     check_map_values,
     frame_times_sidecar,
@@ -28,18 +26,20 @@ from .images import (
     validate_frame_times,
     voxel_volume_ml,
 )
+from .map_registry import MAPS, datalist_maps, network_maps
 
 __all__ = [
     "CTPDataError",
     "OutputWriteError",
-    "FILE_KEYS",
     "GROUPS",
     "LABEL_VALUES",
-    "MAP_KEYS",
-    "MAP_RANGES",
+    "MAPS",
     "MIN_FRAMES",
-    "REQUIRED_KEYS",
     "SPLITS",
+    "datalist_maps",
+    "file_keys",
+    "network_maps",
+    "required_keys",
     "check_map_values",
     "check_patient",
     "check_patient_id",

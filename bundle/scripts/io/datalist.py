@@ -15,11 +15,17 @@ import numpy as np
 
 from .files import CTPDataError
 from .images import check_map_values, load_map
+from .map_registry import datalist_maps
 
-MAP_KEYS = ("cbf", "cbv", "ttp", "tmax", "mip")
+
+def required_keys() -> tuple[str, ...]:
+    """Keys every datalist item must have: its id, every datalist map, label, NIHSS and group."""
+    return ("id", *datalist_maps(), "label", "nihss", "group")
 
 
-REQUIRED_KEYS = ("id", *MAP_KEYS, "label", "nihss", "group")
+def file_keys() -> tuple[str, ...]:
+    """Item keys holding file paths, relative to the datalist unless absolute."""
+    return (*datalist_maps(), "label", "ctp")
 
 
 GROUPS = ("LVO", "Non-LVO", "WIS")
@@ -29,7 +35,6 @@ SPLITS = ("training", "validation", "test")
 
 
 LABEL_VALUES = (0, 1, 2)
-FILE_KEYS = (*MAP_KEYS, "label", "ctp")  # item keys holding file paths, relative to the datalist unless absolute
 
 
 def check_patient_id(pid: object, where: str) -> str:
@@ -58,7 +63,7 @@ def validate_item(item: dict, where: str, base: Path | None = None, check_files:
     """Check one datalist item; return it with paths made absolute (relative to ``base``)."""
     if not isinstance(item, dict):
         raise CTPDataError(f"{where}: each item must be an object, got {type(item).__name__}.")
-    missing = [key for key in REQUIRED_KEYS if key not in item]
+    missing = [key for key in required_keys() if key not in item]
     name = f"{where} (id {item.get('id', '?')})"
     if missing:
         raise CTPDataError(f"{name}: missing key(s) {', '.join(missing)}.")
@@ -69,16 +74,16 @@ def validate_item(item: dict, where: str, base: Path | None = None, check_files:
     if item["group"] not in GROUPS:
         raise CTPDataError(f"{name}: group must be one of {', '.join(GROUPS)}, got {item['group']!r}.")
     out = resolve_paths(item, base)
-    for key in FILE_KEYS:
+    for key in file_keys():
         if key in out and check_files and not Path(out[key]).is_file():
             raise CTPDataError(f"{name}: {key} file not found: {out[key]}.")
     return out
 
 
 def resolve_paths(item: dict, base: Path | None) -> dict:
-    """A copy of ``item`` whose file paths (:data:`FILE_KEYS`) relative to ``base`` are made absolute."""
+    """A copy of ``item`` whose file paths (:func:`file_keys`) relative to ``base`` are made absolute."""
     out = dict(item)
-    for key in FILE_KEYS:
+    for key in file_keys():
         if key in out:
             path = Path(out[key])
             out[key] = str(path if path.is_absolute() or base is None else base / path)
@@ -123,9 +128,11 @@ def load_datalist(
     return result
 
 
-def check_patient(item: dict, keys: tuple[str, ...] = (*MAP_KEYS, "label"), check_values: bool = True) -> None:
-    """Load a validated item's maps and label (``keys``): same shape and affine, finite, label values in {0, 1, 2},
-    and (``check_values``) map values plausible for their kind (:func:`~scripts.io.images.check_map_values`)."""
+def check_patient(item: dict, keys: tuple[str, ...] | None = None, check_values: bool = True) -> None:
+    """Load a validated item's maps and label (``keys``; by default every datalist map and the label): same shape
+    and affine, finite, label values in {0, 1, 2}, and (``check_values``) map values plausible for their kind
+    (:func:`~scripts.io.images.check_map_values`)."""
+    keys = (*datalist_maps(), "label") if keys is None else keys
     reference_key, reference_shape, reference_affine, tissue = None, None, None, None
     for key in keys:
         data, affine = load_map(item[key])

@@ -46,6 +46,7 @@ import numpy as np
 
 from .files import CTPDataError, save_json, save_nifti
 from .images import MIN_FRAMES, check_map_values, frame_times_sidecar, load_ctp, load_frame_times, validate_frame_times
+from .map_registry import dicom_patterns, required_maps
 
 logger = logging.getLogger(__name__)
 
@@ -388,18 +389,6 @@ def read_ctp_dicom(
     return DicomSeries(array, stack.affine(), frame_times, references, source, study)
 
 
-DEFAULT_MAP_PATTERNS = {
-    "cbf": r"\bCBF\b",
-    "cbv": r"\bCBV\b",
-    "ttp": r"\bTTP\b",
-    "tmax": r"\bT[ _-]?max\b",
-    "mtt": r"\bMTT\b",
-    "mip": r"\bMIP\b",
-}
-"""Regular expressions (case-insensitive) matched against a derived series' SeriesDescription, per map."""
-REQUIRED_MAPS = ("cbf", "cbv", "ttp", "tmax")
-
-
 def read_map_series(images: list[tuple[Path, object]], name: str) -> tuple[np.ndarray, np.ndarray]:
     """One derived map series (one image per slice) as ``(array (column, row, slice), RAS affine)`` in the
     map's physical units (each image's RescaleSlope / RescaleIntercept applied)."""
@@ -413,9 +402,10 @@ def read_map_series(images: list[tuple[Path, object]], name: str) -> tuple[np.nd
 def find_map_series(
     files: list[tuple[Path, object]], patterns: dict[str, str] | None = None
 ) -> dict[str, list[tuple[Path, object]]]:
-    """The derived series matching each map's SeriesDescription pattern (:data:`DEFAULT_MAP_PATTERNS`,
-    overridable per map); one error naming both series when two match one map."""
-    patterns = {**DEFAULT_MAP_PATTERNS, **(patterns or {})}
+    """The derived series matching each map's SeriesDescription pattern (the map registry's,
+    :func:`scripts.io.map_registry.dicom_patterns`, overridable per map); one error naming both series when two
+    match one map."""
+    patterns = {**dicom_patterns(), **(patterns or {})}
     series: dict[str, list[tuple[Path, object]]] = {}
     for path, header in files:
         if _is_derived(header):
@@ -444,14 +434,14 @@ def import_vendor_maps(
 ) -> dict[str, str]:
     """Write the vendor map series under ``folder`` as ``<map>.nii.gz`` into ``output_dir``.
 
-    CBF, CBV, TTP and Tmax are required, MTT and MIP optional; without a MIP series the MIP is computed
-    from the study's CTP series (the maximum over time) when there is one. Values are checked against
-    plausible ranges for their kind (:func:`~scripts.io.images.check_map_values`), so a map exported
+    The registry's required maps (CBF, CBV, TTP, Tmax) must be there, the others (MTT, MIP) may; without a MIP
+    series the MIP is computed from the study's CTP series (the maximum over time) when there is one. Values
+    are checked against plausible ranges for their kind (:func:`~scripts.io.images.check_map_values`), so a map exported
     without its rescale slope is refused naming the file. Returns the written paths.
     """
     files = files if files is not None else dicom_files(folder)
     found = find_map_series(files, patterns)
-    missing = [name for name in REQUIRED_MAPS if name not in found]
+    missing = [name for name in required_maps() if name not in found]
     if missing:
         descriptions = sorted({str(h.get("SeriesDescription", "")) for _, h in files if _is_derived(h)})
         raise CTPDataError(

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from .files import CTPDataError
+from .map_registry import MAPS
 
 MIN_FRAMES = 10
 """Fewest frames a series may have: a baseline, the bolus and its wash-out."""
@@ -123,47 +124,37 @@ def load_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return data, img.affine
 
 
-MAP_RANGES = {
-    "cbf": (5.0, 150.0, "ml/100 g/min"),
-    "cbv": (0.5, 15.0, "ml/100 g"),
-    "ttp": (1.0, 100.0, "s"),
-    "tmax": (-2.0, 30.0, "s"),
-}
-"""Plausible median of a map's non-zero voxels (tissue; maps are zero outside the brain) in the units of
-``shared/DESIGN.md``. Brain tissue: CBF about 20-80 ml/100 g/min, CBV 2-5 ml/100 g, TTP 10-40 s from the
-series start, Tmax 0-3 s, so a map scaled by a power of ten (a vendor's stored values without their
-slope), or in ms, falls outside."""
-MIP_TISSUE_HU = (10.0, 300.0)
-"""Plausible median MIP (HU) in the brain: parenchyma at 30-40 HU plus its contrast enhancement."""
 NEGATIVE_FRACTION = 0.01
 OVERRIDE = "check the map's units and scaling, or pass --check_values false to use it as it is"
 
 
 def check_map_values(key: str, data: np.ndarray, path: str | os.PathLike, tissue: np.ndarray | None = None) -> None:
-    """Refuse a map whose values are physically implausible for its kind (see :data:`MAP_RANGES`): negative
-    flow, volume or time, a power-of-ten scale, Tmax in ms, a MIP not in HU (its median inside ``tissue``,
-    the CBF map's non-zero voxels, outside :data:`MIP_TISSUE_HU`). ``CTPDataError`` names the file, the
-    map and what was found."""
-    if key == "mip":
+    """Refuse a map whose values are physically implausible for its kind: the median of its brain voxels
+    outside the map's ``plausible_median`` (:data:`scripts.io.map_registry.MAPS`; brain = its non-zero voxels
+    for maps that are zero outside the brain, else ``tissue``, the CBF map's non-zero voxels), or negative
+    where the map cannot be (flow, volume, time; Tmax may be a little negative). Catches a power-of-ten
+    scale, Tmax in ms, a MIP not in HU. ``CTPDataError`` names the file, the map and what was found."""
+    spec = MAPS.get(key)
+    if spec is None or spec.plausible_median is None:
+        return
+    low, high = spec.plausible_median
+    unit = spec.unit
+    if not spec.zero_outside_brain:
         if tissue is None or not tissue.any():
             return
         median = float(np.median(data[tissue]))
-        if not MIP_TISSUE_HU[0] <= median <= MIP_TISSUE_HU[1]:
+        if not low <= median <= high:
             raise CTPDataError(
-                f"{path}: mip does not look like HU: its median in the brain is {median:.4g}, expected "
-                f"{MIP_TISSUE_HU[0]:g} to {MIP_TISSUE_HU[1]:g} HU (stored values without the rescale intercept?); "
-                f"{OVERRIDE}."
+                f"{path}: {key} does not look like {unit}: its median in the brain is {median:.4g}, expected "
+                f"{low:g} to {high:g} {unit} (stored values without the rescale intercept?); {OVERRIDE}."
             )
         return
-    if key not in MAP_RANGES:
-        return
-    low, high, unit = MAP_RANGES[key]
     brain = data[data != 0]
     if brain.size == 0:
-        if key == "tmax":  # no delay anywhere: possible, and nothing to judge the scale by
+        if low < 0:  # e.g. Tmax: no delay anywhere is possible, and leaves nothing to judge the scale by
             return
         raise CTPDataError(f"{path}: {key} is zero everywhere; {OVERRIDE}.")
-    negative = float((brain < low - 1.0).mean()) if key == "tmax" else float((brain < 0).mean())
+    negative = float((brain < low - 1.0).mean()) if low < 0 else float((brain < 0).mean())
     if negative > NEGATIVE_FRACTION:
         raise CTPDataError(
             f"{path}: {key} is negative in {negative:.0%} of the brain (a negated map?); {key} cannot be "

@@ -14,15 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-DEFAULT_WINDOWS: dict[str, tuple[float, float]] = {
-    "cbf": (0.0, 80.0),  # ml/100 g/min
-    "cbv": (0.0, 6.0),  # ml/100 g
-    "ttp": (0.0, 40.0),  # s from scan start
-    "tmax": (0.0, 12.0),  # s
-    "mtt": (0.0, 16.0),  # s
-    "mip": (-20.0, 180.0),  # HU
-}
-"""Display windows (low, high) per map, in the map's physical unit."""
+from ..io.map_registry import display_windows
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,7 +25,8 @@ class PerfusionColourEncoding(nn.Module):
 
     Args:
         maps: names of the input channels, in order (e.g. ``("cbf", "cbv", "ttp", "tmax")``).
-        windows: per-map display window overriding :data:`DEFAULT_WINDOWS`.
+        windows: per-map display window overriding the map registry's
+            (:func:`scripts.io.map_registry.display_windows`).
         lut: ``"jet"`` (vendor-like rainbow) or ``"gray"`` (value repeated on three channels).
     """
 
@@ -46,7 +39,7 @@ class PerfusionColourEncoding(nn.Module):
         super().__init__()
         if lut not in ("jet", "gray"):
             raise ValueError(f"lut must be 'jet' or 'gray', got {lut!r}.")
-        chosen = {**DEFAULT_WINDOWS, **{k: tuple(v) for k, v in (windows or {}).items()}}
+        chosen = {**display_windows(), **{k: tuple(v) for k, v in (windows or {}).items()}}
         unknown = [m for m in maps if m not in chosen]
         if unknown:
             raise ValueError(f"no display window for map(s) {unknown}; pass windows={{name: (low, high)}}.")

@@ -21,17 +21,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.map_registry import network_maps
 from .encoding import PerfusionColourEncoding
 from .vgg import InflatedVGG16Encoder, VGG16Encoder, check_width, load_vgg16_state, scaled, skip_channels
 
-PERFUSION_MAPS = ("cbf", "cbv", "ttp", "tmax")
-INPUT_SETS = {
-    "PMs": (PERFUSION_MAPS, False),
-    "PMs+M": ((*PERFUSION_MAPS, "mip"), False),
-    "PMs+N": (PERFUSION_MAPS, True),
-    "PMs+M+N": ((*PERFUSION_MAPS, "mip"), True),
-}
-"""The paper's input sets: maps used and whether NIHSS is an input."""
+INPUT_SETS = ("PMs", "PMs+M", "PMs+N", "PMs+M+N")
+"""The paper's input sets: the perfusion maps (PMs: the map registry's network maps), with the MIP (M), with
+NIHSS (N); :func:`input_set` gives each one's maps."""
+
+
+def input_set(inputs: str) -> tuple[tuple[str, ...], bool]:
+    """The maps of the input set ``inputs`` (the registry's network maps, then the MIP for ``+M``) and whether
+    NIHSS is an input."""
+    if inputs not in INPUT_SETS:
+        raise ValueError(f"inputs must be one of {', '.join(INPUT_SETS)}, got {inputs!r}.")
+    parts = inputs.split("+")
+    return (*network_maps(), *(("mip",) if "M" in parts else ())), "N" in parts
+
+
 FINETUNING_SCHEDULES = {
     "frozen": ("frozen",),
     "unfrozen": ("all",),
@@ -131,7 +138,7 @@ class FineTunableEncoders(nn.Module):
     the NIHSS branch and the fusion decoder follow.
 
     Args:
-        maps: input channels in order (subset of ``cbf, cbv, ttp, tmax, mip``).
+        maps: input channels in order (names of the map registry; default its network maps).
         use_nihss: take NIHSS as an extra input.
         n_classes: output classes (healthy, penumbra, core).
         pretrained: ImageNet weights for the encoders: True (download), False, or a state-dict path.
@@ -145,7 +152,7 @@ class FineTunableEncoders(nn.Module):
 
     def __init__(
         self,
-        maps: Sequence[str] = PERFUSION_MAPS,
+        maps: Sequence[str] | None = None,
         use_nihss: bool = True,
         n_classes: int = 3,
         pretrained: bool | str | os.PathLike = False,
@@ -156,7 +163,7 @@ class FineTunableEncoders(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder_width = check_width(encoder_width)
-        self.maps = list(maps)
+        self.maps = list(network_maps() if maps is None else maps)
         self.use_nihss = bool(use_nihss)
         self.encoding = PerfusionColourEncoding(self.maps, windows, lut)
         self.finetuning_stage = "all"
@@ -313,9 +320,7 @@ def create_network(variant: str = "SF", inputs: str = "PMs+N", **kwargs) -> Fine
     """Build a network by the paper's names: ``variant`` SF/EF/EFI, ``inputs`` PMs, PMs+M, PMs+N, PMs+M+N."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
-    if inputs not in INPUT_SETS:
-        raise ValueError(f"inputs must be one of {', '.join(INPUT_SETS)}, got {inputs!r}.")
-    maps, use_nihss = INPUT_SETS[inputs]
+    maps, use_nihss = input_set(inputs)
     return VARIANTS[variant](maps=maps, use_nihss=use_nihss, **kwargs)
 
 

@@ -12,6 +12,8 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
+from ..io.map_registry import display_windows
+
 SCRIPTS = Path(__file__).resolve().parents[1]
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 
@@ -59,8 +61,8 @@ def log_model(
         raise FileNotFoundError(f"{checkpoint}: no best checkpoint to log as a model.")
     load_network_weights(network, checkpoint)
     served = ServedNetwork(network.cpu().eval())
-    typical = {"cbf": 50.0, "cbv": 4.0, "ttp": 12.0, "tmax": 1.0, "mtt": 5.0, "mip": 40.0}
     size = tuple(int(s) if int(s) > 0 else 64 for s in roi_size)
+    typical = {name: float(np.mean(window)) for name, window in display_windows().items()}  # mid-window values
     example = np.stack([np.full(size, typical.get(m, 1.0), np.float32) for m in network.maps])[None]
     params = {"nihss": 10.0} if network.use_nihss else None
     with torch.no_grad():

@@ -16,7 +16,7 @@ from monai.utils import str2bool
 from ..io import CTPDataError, load_datalist
 from .checkpoints import latest_checkpoint
 from .losses import FocalTverskyLoss
-from .networks import FINETUNING_SCHEDULES, INPUT_SETS, VARIANTS
+from .networks import FINETUNING_SCHEDULES, VARIANTS, input_set
 from .tracking import check_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -44,8 +44,7 @@ def check_training_inputs(
         )
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
-    if inputs not in INPUT_SETS:
-        raise ValueError(f"inputs must be one of {', '.join(INPUT_SETS)}, got {inputs!r}.")
+    input_set(inputs)  # refuses an unknown input set, naming the known ones
     if finetuning not in FINETUNING_SCHEDULES:
         raise ValueError(f"finetuning must be one of {', '.join(FINETUNING_SCHEDULES)}, got {finetuning!r}.")
     device = torch.device(device)

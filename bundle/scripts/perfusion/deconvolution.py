@@ -48,6 +48,7 @@ from scipy import fft as sfft
 from scipy import ndimage
 
 from ..io.images import MIN_FRAMES, validate_frame_times
+from ..io.map_registry import computed_maps
 from .denoising import tips_filter
 from .quality import quality_flags
 
@@ -110,11 +111,9 @@ class PerfusionMaps:
     aif: np.ndarray
     info: dict = field(default_factory=dict)
 
-    MAP_NAMES = ("cbf", "cbv", "mtt", "ttp", "tmax", "mip")
-
     def as_dict(self) -> dict[str, np.ndarray]:
-        """The six maps by name."""
-        return {name: getattr(self, name) for name in self.MAP_NAMES}
+        """The computed maps by name (:func:`scripts.io.map_registry.computed_maps`)."""
+        return {name: getattr(self, name) for name in computed_maps()}
 
 
 def baseline_frame_count(mean_curve: np.ndarray, fraction: float = 0.1, minimum: int = 2) -> int:

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..io import save_json, save_nifti
 from ..io.dicom import load_ctp_series
-from .deconvolution import PerfusionMaps, compute_perfusion_maps
+from ..io.map_registry import computed_maps
+from .deconvolution import compute_perfusion_maps
 from .motion import correct_motion
 from .quality import motion_flags
 
@@ -42,7 +43,7 @@ def compute_maps(
     if ctp is None:
         raise ValueError("ctp: no 4D series given; pass --ctp path/to/ctp.nii.gz.")
     out = Path(output_dir)
-    targets = {name: out / f"{name}.nii.gz" for name in PerfusionMaps.MAP_NAMES}
+    targets = {name: out / f"{name}.nii.gz" for name in computed_maps()}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(

@@ -10,19 +10,22 @@ Per patient volume, inside the brain mask:
   (low-flow voxels without delay are CSF, sulci or old infarcts, not acute core; as in Lin et al. 2016);
 - **penumbra** = hypoperfused minus core.
 
-:class:`ThresholdSegmentation` is an ``nn.Module`` taking the stacked maps ``(B, C, H, W, D)`` in the
-bundle's channel order (cbf, cbv, ttp, tmax[, mip]) and a ``brain`` mask keyword, and returning one-hot
-scores ``(B, 3, H, W, D)``, so the inference and evaluation configs run it exactly like a network.
+:class:`ThresholdSegmentation` is an ``nn.Module`` taking the stacked maps ``(B, C, H, W, D)`` named by its
+``maps`` (the config's ``image_keys``; CBF and Tmax are found by name) and a ``brain`` mask keyword, and
+returning one-hot scores ``(B, 3, H, W, D)``, so the inference and evaluation configs run it exactly like a
+network.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from monai.utils import convert_to_numpy
 from torch import nn
 
-CBF_CHANNEL, TMAX_CHANNEL = 0, 3
+from ..io.map_registry import channel, network_maps
 
 
 def threshold_labels(
@@ -51,8 +54,16 @@ def threshold_labels(
 class ThresholdSegmentation(nn.Module):
     """Threshold baseline as a module (no weights): maps in, one-hot healthy/penumbra/core scores out."""
 
-    def __init__(self, core_rcbf: float = 0.30, hypoperfused_tmax: float = 6.0, normal_tmax: float = 4.0) -> None:
+    def __init__(
+        self,
+        core_rcbf: float = 0.30,
+        hypoperfused_tmax: float = 6.0,
+        normal_tmax: float = 4.0,
+        maps: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
+        self.maps = tuple(network_maps() if maps is None else maps)
+        self.cbf_channel, self.tmax_channel = channel(self.maps, "cbf"), channel(self.maps, "tmax")
         if not 0 < core_rcbf < 1:
             raise ValueError(f"core_rcbf is a fraction of normal CBF in (0, 1), got {core_rcbf}.")
         if not 0 <= normal_tmax <= hypoperfused_tmax:
@@ -62,16 +73,16 @@ class ThresholdSegmentation(nn.Module):
     def forward(
         self, image: torch.Tensor, brain: torch.Tensor | None = None, nihss: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if image.ndim != 5 or image.shape[1] < 4:
+        if image.ndim != 5 or image.shape[1] != len(self.maps):
             raise ValueError(
-                f"expected stacked maps (B, C>=4, H, W, D) with cbf first and tmax fourth, got {tuple(image.shape)}."
+                f"expected stacked maps {self.maps} as (B, {len(self.maps)}, H, W, D), got {tuple(image.shape)}."
             )
         scores = torch.zeros((image.shape[0], 3, *image.shape[2:]), dtype=torch.float32, device=image.device)
         for b in range(image.shape[0]):
             mask = None if brain is None else convert_to_numpy(brain[b, 0]) > 0
             label = threshold_labels(
-                convert_to_numpy(image[b, CBF_CHANNEL]),
-                convert_to_numpy(image[b, TMAX_CHANNEL]),
+                convert_to_numpy(image[b, self.cbf_channel]),
+                convert_to_numpy(image[b, self.tmax_channel]),
                 mask,
                 self.core_rcbf,
                 self.hypoperfused_tmax,
