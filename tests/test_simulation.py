@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from scripts.perfusion.deconvolution import K_H, RHO
+from scripts.physics import K_H, RHO
 from scripts.simulation import phantom as ph
 from scripts.simulation.cohort import draw_nihss, group_counts, split_patients
 from scripts.simulation.simulate import simulate_study, voxel_noise_sigma

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from scripts.perfusion.deconvolution import K_H, RHO
+from scripts.physics import K_H, RHO
 from scripts.simulation.tracer import ArterialInput, TissueCurveTable, gamma_variate, residue
 
 

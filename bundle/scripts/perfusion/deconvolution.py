@@ -49,15 +49,9 @@ from scipy import ndimage
 
 from ..io.images import MIN_FRAMES, validate_frame_times
 from ..io.map_registry import computed_maps
+from ..physics import K_H, RHO
 from .denoising import tips_filter
 from .quality import quality_flags
-
-RHO = 1.04
-"""Brain tissue density (g/ml)."""
-
-K_H = 0.73
-"""Haematocrit correction (1 - Hct_large) / (1 - Hct_small) = 0.55 / 0.75."""
-
 
 MIN_AIF_PEAK_HU = 20.0
 """An arterial input peaking lower than this (HU above baseline) is noise: real AIFs peak at hundreds of HU."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaincc
 
-from ..perfusion.deconvolution import K_H, RHO
+from ..physics import K_H, RHO
 
 
 @dataclass(frozen=True)
