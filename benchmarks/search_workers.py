@@ -1,7 +1,7 @@
 """Benchmark: the loss search (``searching``) with one worker against several workers sharing one study.
 
 A throwaway PostgreSQL cluster (``tests/postgres.py``) holds the Optuna storage and the MLflow tracking store,
-as in the README's scale-out commands. For each worker count, the same budget (``--n_trials`` trials of a
+as in bundle/docs/search.md's scale-out commands. For each worker count, the same budget (``--n_trials`` trials of a
 short training on a small synthetic cohort) runs as a fresh study; the workers are started together with
 the documented command and the wall time is measured from the first start to the last exit. Prints the
 wall time, the trials each worker ran, and the ratio to one worker. On one machine the workers share its

@@ -16,7 +16,7 @@ from postgres import free_port
 
 
 def command(backend_store_uri: str, artifacts: Path, port: int) -> list[str]:
-    """The server command (the README's scale-out section shows the same)."""
+    """The server command (bundle/docs/search.md's scale-out section shows the same)."""
     return [
         sys.executable,
         "-m",

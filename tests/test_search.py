@@ -152,7 +152,7 @@ def wait_for_checkpoint(worker, checkpoints, timeout=300):
 
 
 def test_two_workers_share_one_study_on_postgresql(tiny_cohort, tmp_path, in_root, postgres, mlflow_server, reaped):
-    """The README's scale-out commands, run for real: two ``searching`` workers on one PostgreSQL Optuna
+    """The scale-out commands (bundle/docs/search.md), run for real: two ``searching`` workers on one PostgreSQL Optuna
     storage (a throwaway cluster) logging to one MLflow tracking server over HTTP (its backend store on the
     same cluster). One is killed with SIGKILL mid-trial and
     started again; the other goes on. The study ends with exactly ``n_trials`` complete trials, no sample
