@@ -15,6 +15,7 @@ a cohort is deterministic whatever the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -236,11 +237,11 @@ def generate_cohort(
     test_ids = {task["id"] for task in tasks if task["test"]}
     n_workers = min(len(tasks), workers or os.cpu_count() or 1)
     try:
-        if n_workers > 1:
-            with ProcessPoolExecutor(n_workers) as pool:
-                items = list(pool.map(simulate_patient, tasks))
-        else:
-            items = [simulate_patient(task) for task in tasks]
+        items = []
+        with ProcessPoolExecutor(n_workers) if n_workers > 1 else contextlib.nullcontext() as pool:
+            for item in pool.map(simulate_patient, tasks) if pool else map(simulate_patient, tasks):
+                items.append(item)  # one line per patient: a large cohort is not silent for minutes
+                logger.info("patient %s (%s) written: %d of %d", item["id"], item["group"], len(items), len(tasks))
         by_id = {item["id"]: item for item in items}
         ids_by_group = {g: [i["id"] for i in items if i["group"] == g and i["id"] not in test_ids] for g in GROUPS}
         if test_ids:
