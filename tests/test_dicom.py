@@ -23,6 +23,7 @@ from scripts.io import CTPDataError, save_json, save_nifti
 from scripts.io.dicom import convert_dicom_study, read_ctp_dicom, read_pixels
 from scripts.perfusion.maps import compute_maps
 from scripts.simulation.dicom_study import TRANSFER_SYNTAXES, write_ctp_dicom, write_map_series
+from scripts.simulation.motion import move_volume
 
 
 def make_ctp(folder: Path, shape=(16, 12, 4, 12), affine=None, times=None, seed=0) -> Path:
@@ -366,7 +367,10 @@ def test_dicom_study_to_seg_and_report_end_to_end(tiny_cohort, tmp_path):
     studies = tmp_path / "studies"  # two studies, each in its own folder: two patients
     write_ctp_dicom(ctp, studies / "patient-a", layout="per-frame", transfer_syntax="jpeg-lossless")
     series = nib.load(other)  # patient b's scan ends at 22 s, before the bolus washed out: flagged, still labelled
-    frames = np.asarray(series.dataobj)[..., :22]
+    frames = np.asarray(series.dataobj)[..., :22].astype(np.float32)
+    spacing = series.header.get_zooms()[:3]
+    for t in range(12, 22):  # and the head moved 3 mm halfway: corrected, flagged
+        frames[..., t] = move_volume(frames[..., t], spacing, np.zeros(3), np.array([3.0, 0.0, 0.0]))
     short = save_nifti(tmp_path / "short.nii.gz", frames, series.affine, frame_interval=1.0)
     write_ctp_dicom(short, studies / "patient-b")
     out = tmp_path / "out"
@@ -393,8 +397,8 @@ def test_dicom_study_to_seg_and_report_end_to_end(tiny_cohort, tmp_path):
     assert volumes == {k: report["volumes_ml"][k] for k in ("penumbra", "core")}
     assert report["quality"] == [] and sr_quality_flags(folder / "report_sr.dcm") == []
     truncated = json.loads((out / "patient-b" / "report.json").read_text())
-    assert [f["flag"] for f in truncated["quality"]] == ["bolus_truncated"]
-    assert sr_quality_flags(out / "patient-b" / "report_sr.dcm") == ["bolus_truncated"]
+    assert [f["flag"] for f in truncated["quality"]] == ["bolus_truncated", "motion"]
+    assert sr_quality_flags(out / "patient-b" / "report_sr.dcm") == ["bolus_truncated", "motion"]
     sc = pydicom.dcmread(folder / "report_sc.dcm")
     assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.PhotometricInterpretation == "RGB"
     nifti_maps = compute_maps(ctp, tmp_path / "nifti_maps")
