@@ -59,20 +59,15 @@ MAPS: dict[str, PerfusionMap] = {
 """Every map, in the bundle's channel order (cbf, cbv, ttp, tmax first: the network's inputs)."""
 
 
-def map_names(network: bool | None = None, datalist: bool | None = None, required: bool | None = None) -> tuple:
-    """Names of the maps with the given roles (``None``: either), in :data:`MAPS` order."""
-    return tuple(
-        spec.name
-        for spec in MAPS.values()
-        if (network is None or spec.network == network)
-        and (datalist is None or spec.datalist == datalist)
-        and (required is None or spec.required == required)
-    )
+def map_names(**roles: bool) -> tuple[str, ...]:
+    """Names of the maps with the given roles (``network``, ``datalist``, ``required``, ``computed``: each
+    ``True`` or ``False``; a role not given is either), in :data:`MAPS` order."""
+    return tuple(spec.name for spec in MAPS.values() if all(getattr(spec, r) == v for r, v in roles.items()))
 
 
 def computed_maps() -> tuple[str, ...]:
     """The maps the perfusion module computes from a raw series."""
-    return tuple(name for name, spec in MAPS.items() if spec.computed)
+    return map_names(computed=True)
 
 
 def network_maps() -> tuple[str, ...]:

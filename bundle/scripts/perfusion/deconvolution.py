@@ -142,9 +142,8 @@ def smooth_tissue_curves(
     margin = [int(np.ceil(3.0 * sp)) + 1 for sp in sigma_px]
     box = []
     for axis, pad in zip((0, 1), margin):
-        present = np.nonzero(tissue.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        lo, hi = (present[0], present[-1] + 1) if present.size else (0, 0)
-        box.append(slice(max(0, lo - pad), min(tissue.shape[axis], hi + pad)))
+        extent = _extent(tissue, axis)
+        box.append(slice(max(0, extent.start - pad), min(tissue.shape[axis], extent.stop + pad)))
     mask = np.ascontiguousarray(tissue[box[0], box[1]].transpose(2, 0, 1))
     weight = mask.astype(np.float32)
     base = np.ascontiguousarray(baseline[box[0], box[1]].transpose(2, 0, 1))

@@ -73,7 +73,7 @@ def compute_maps(
         raise ValueError(f"{ctp}: {err}") from err
     if motion is not None:
         maps.info["motion"] = motion.as_dict()
-        maps.info["quality"] = [*maps.info["quality"], *motion_flags(motion.as_dict())]
+        maps.info["quality"] = [*maps.info["quality"], *motion_flags(maps.info["motion"])]
     for name, array in maps.as_dict().items():
         save_nifti(targets[name], array, affine)
     report = {

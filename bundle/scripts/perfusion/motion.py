@@ -72,14 +72,27 @@ def _image(volume: np.ndarray, spacing: tuple[float, float, float]) -> sitk.Imag
     return image
 
 
-def register_frame(fixed: sitk.Image, moving: sitk.Image, shrink: int = 1, seed: int = 0) -> sitk.Euler3DTransform:
+def levels(image: sitk.Image, shrink: int) -> tuple[sitk.Image, sitk.Image]:
+    """The registration's two levels: ``image`` averaged in-plane over ``2 * shrink``, then ``shrink`` voxels;
+    slices are never merged, so a slab of a few thick slices registers too."""
+    return sitk.BinShrink(image, [2 * shrink, 2 * shrink, 1]), sitk.BinShrink(image, [shrink, shrink, 1])
+
+
+def register_frame(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    shrink: int = 1,
+    seed: int = 0,
+    fixed_levels: tuple[sitk.Image, sitk.Image] | None = None,
+) -> sitk.Euler3DTransform:
     """Rigid transform mapping points of ``fixed`` to ``moving`` (both clipped to :data:`CLIP_HU`), found on
-    images averaged in-plane over ``2 * shrink`` then ``shrink`` voxels (the last at about
-    :data:`REGISTRATION_MM`); slices are never merged, so a slab of a few thick slices registers too."""
+    their :func:`levels` (the last at about :data:`REGISTRATION_MM`); ``fixed_levels``: the fixed image's, when
+    one reference serves many frames."""
     transform = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
     )
-    for factor in (2 * shrink, shrink):
+    pairs = zip((2 * shrink, shrink), fixed_levels or levels(fixed, shrink), levels(moving, shrink))
+    for factor, fixed_level, moving_level in pairs:
         registration = sitk.ImageRegistrationMethod()
         registration.SetMetricAsMeanSquares()
         registration.MetricUseFixedImageGradientFilterOff()  # gradients on the fly: no 4-slice minimum
@@ -96,8 +109,7 @@ def register_frame(fixed: sitk.Image, moving: sitk.Image, shrink: int = 1, seed:
         )
         registration.SetOptimizerScalesFromPhysicalShift()
         registration.SetInitialTransform(transform, inPlace=False)
-        bins = [factor, factor, 1]
-        result = registration.Execute(sitk.BinShrink(fixed, bins), sitk.BinShrink(moving, bins))
+        result = registration.Execute(fixed_level, moving_level)
         transform = sitk.Euler3DTransform(sitk.CompositeTransform(result).GetNthTransform(0))
     return transform
 
@@ -129,6 +141,7 @@ def correct_motion(
     fixed_volume = series[..., reference_frame]
     fixed = _image(np.clip(fixed_volume, *CLIP_HU), spacing)
     shrink = max(1, int(round(REGISTRATION_MM / min(spacing[:2]))))
+    fixed_levels = levels(fixed, shrink)  # once for the study, not once per frame
     head = np.argwhere(fixed_volume > HEAD_HU)[::7] * np.asarray(spacing, dtype=np.float64)
     still = STILL_VOXEL_FRACTION * min(spacing[:2])
     out = series.copy()
@@ -137,7 +150,8 @@ def correct_motion(
 
     def one_frame(t: int) -> None:
         try:
-            transform = register_frame(fixed, _image(np.clip(series[..., t], *CLIP_HU), spacing), shrink, seed=t)
+            moving = _image(np.clip(series[..., t], *CLIP_HU), spacing)
+            transform = register_frame(fixed, moving, shrink, seed=t, fixed_levels=fixed_levels)
         except RuntimeError as err:  # ITK could not register (e.g. too little overlap): motion unknown
             logger.warning("frame %d: rigid registration failed (%s); kept as acquired", t, str(err).splitlines()[-1])
             moved[t] = np.nan

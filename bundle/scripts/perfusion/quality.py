@@ -14,7 +14,6 @@ measured and the limit it crossed:
 * ``low_contrast_to_noise``: the parenchyma's mean peak enhancement is below :data:`MIN_TISSUE_CNR` times the
   median single-voxel noise (SD over the baseline frames): each voxel's curve is mostly noise, the maps rest on the
   smoothing (typical studies: enhancement 15-40 HU, noise 3-15 HU).
-
 * ``motion``: a frame moved more than :data:`MOTION_FLAG_MM` from the first (rigid registration,
   :mod:`scripts.perfusion.motion`), frames were left out beyond the workflow's limit, or a frame could not be
   registered. The maps come from the corrected series; voxels at the skull and the slab's top and bottom slices
