@@ -154,6 +154,10 @@ def test_tips_keeps_a_small_lesion_its_own_flow_where_a_gaussian_inflates_it():
     for (name, size), error in tips.items():  # noise-free: every lesion reads as its large tile does
         assert error == pytest.approx(tips[name, "large"], abs=0.02), (name, size)
     assert gaussian["core", "2 mm"] > gaussian["core", "large"] + 1.0  # healthy flow smeared into the core
+    with pytest.raises(ValueError, match="denoising must be one of"):
+        _lesion_cbf(clean, denoising="median")
+    with pytest.raises(ValueError, match="tips_range must be a positive"):
+        _lesion_cbf(clean, tips_range=0.0)
     # at 10 HU: a small core's excess over the large core's error, under half of what the Gaussian leaves
     # (2 mm: about +0.2-0.7 against +1.9; the benchmark prints the table)
     noisy = make_lesion_phantom(10.0, sections=8, seed=2)

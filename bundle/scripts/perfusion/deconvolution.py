@@ -464,6 +464,10 @@ def compute_perfusion_maps(
             series (and a given ``aif``) are resampled linearly to an even grid at the shortest interval.
             Times with steps equal within :data:`EVEN_TOLERANCE_S` are taken as even, without resampling.
     """
+    if denoising not in DENOISING:
+        raise ValueError(f"denoising must be one of {DENOISING}, got {denoising!r}.")
+    if not tips_range > 0:
+        raise ValueError(f"tips_range must be a positive multiple of the noise, got {tips_range!r}.")
     n_acquired = ctp.shape[-1] if ctp.ndim == 4 else 0
     info: dict = {}
     if frame_times is not None and ctp.ndim == 4:
@@ -537,8 +541,6 @@ def compute_perfusion_maps(
         noise_hu = float(np.median(np.abs(np.diff(ctp[tissue], axis=1))) / 0.6745 / np.sqrt(2))
     else:
         noise_hu = None
-    if denoising not in DENOISING:
-        raise ValueError(f"denoising must be one of {DENOISING}, got {denoising!r}.")
     if denoising == "tips" and max(sigma_px) > 0 and noise_hu is not None:
         box = tuple(_extent(tissue, axis) for axis in range(3))
         concentration = ctp[box] - baseline[box][..., None]
