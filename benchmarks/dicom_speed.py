@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from inference_speed import make_study  # noqa: E402
 
 from scripts.io.dicom import read_ctp_dicom  # noqa: E402
-from scripts.learning.networks import create_network  # noqa: E402
+from scripts.learning.model.networks import create_network  # noqa: E402
 from scripts.simulation.dicom_study import write_ctp_dicom  # noqa: E402
 
 

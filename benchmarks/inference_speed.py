@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bundle"))
 from monai.bundle import ConfigParser  # noqa: E402
 from monai.data import decollate_batch, list_data_collate  # noqa: E402
 
-from scripts.learning.networks import create_network  # noqa: E402
+from scripts.learning.model.networks import create_network  # noqa: E402
 from scripts.simulation.cohort import simulate_patient  # noqa: E402
 
 STAGES = ("checks/maps", "load", "network", "post-processing", "report")

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from inference_agreement import run as run_inference  # noqa: E402
 
 from scripts.io import load_datalist, load_map, save_json, save_nifti  # noqa: E402
-from scripts.learning.metrics import lesion_metrics  # noqa: E402
-from scripts.learning.voxel_baseline import load_patient  # noqa: E402
+from scripts.learning.engine.metrics import lesion_metrics  # noqa: E402
+from scripts.learning.experiments.voxel_baseline import load_patient  # noqa: E402
 
 ABLATIONS = ("none", "cbf", "cbv", "ttp", "tmax")
 

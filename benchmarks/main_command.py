@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 
-from scripts.learning.precision import resolve_precision  # noqa: E402
+from scripts.learning.engine.precision import resolve_precision  # noqa: E402
 
 
 def step(name: str, command: list[str]) -> float:

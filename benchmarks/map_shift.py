@@ -13,7 +13,7 @@ and recomputes the maps with one thing changed at a time:
 
 The trained network (``--checkpoint``, run by the bundle's inference config) and the bundle's threshold rule
 label each set; printed per shift and method: mean Dice per class and group and LVO core |dV| with 95 %
-bootstrap intervals over patients (:func:`scripts.learning.metrics.bootstrap_ci`). The labels are the cohort's
+bootstrap intervals over patients (:func:`scripts.learning.engine.metrics.bootstrap_ci`). The labels are the cohort's
 (a shift changes the maps, never the tissue's fate).
 Run: python benchmarks/map_shift.py --checkpoint runs/default/model/best_*.pt [--datalist ...] [--patients N]
 """

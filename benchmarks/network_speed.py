@@ -30,7 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.learning.networks import create_network  # noqa: E402
+from scripts.learning.model.networks import create_network  # noqa: E402
 
 BATCH = 2
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -19,7 +19,7 @@ finished runs are reused, interrupted ones resumed. On the same test patients:
   itself; it is not an upper bound for a network, which reads neighbourhoods and several maps at once.
 
 Prints, per method and seed, mean Dice per class and group and LVO core |dV| with 95 % bootstrap intervals over
-patients (:func:`scripts.learning.metrics.bootstrap_ci`), then the issue-#26 targets per seed.
+patients (:func:`scripts.learning.engine.metrics.bootstrap_ci`), then the issue-#26 targets per seed.
 Run: python benchmarks/seed_robustness.py [--datalist data/synthetic/datalist.json] [--seeds 0 1 2] [--precision fp32]
 The paper's question (issue #26 item 4): ... --variants SF EF EFI --inputs PMs PMs+N
 """
@@ -42,10 +42,10 @@ sys.path[:0] = [str(ROOT / "bundle"), str(ROOT / "benchmarks")]
 from tissue_fate_calibration import truth  # noqa: E402
 
 from scripts.io import load_datalist, load_map  # noqa: E402
-from scripts.learning.experiments import cell_name  # noqa: E402
-from scripts.learning.metrics import bootstrap_ci, patient_row  # noqa: E402
-from scripts.learning.tracking import run_finished  # noqa: E402
-from scripts.learning.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
+from scripts.learning.engine.metrics import bootstrap_ci, patient_row  # noqa: E402
+from scripts.learning.experiments.grids import cell_name  # noqa: E402
+from scripts.learning.experiments.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
+from scripts.learning.tracking.runs import run_finished  # noqa: E402
 from scripts.perfusion.thresholds import threshold_labels  # noqa: E402
 from scripts.simulation.fate import ONSET_H, oracle_labels  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Rows, each measured in this run:
 - the matmul peak (GFLOP/s, 2048² repeated) in fp32, and in bf16 where the device computes it natively
-  (``scripts.learning.precision.native_bf16``; on CPUs without it bf16 is emulated and far slower);
+  (``scripts.learning.engine.precision.native_bf16``; on CPUs without it bf16 is emulated and far slower);
 - a 512×512×16-slice study (60 frames), raw 4D → maps → labels → report, and its network stage alone with
   the network's achieved GFLOP/s and its ratio to the same-run peak of the precision it ran in;
 - the default 128×128×8 study from maps;
@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from inference_speed import BEFORE, STAGES, make_study, time_study  # noqa: E402
 from network_speed import DEVICE, count_macs, sync  # noqa: E402
 
-from scripts.learning.networks import create_network  # noqa: E402
-from scripts.learning.precision import native_bf16  # noqa: E402
+from scripts.learning.engine.precision import native_bf16  # noqa: E402
+from scripts.learning.model.networks import create_network  # noqa: E402
 
 AFTER: dict = {}  # the bundle's defaults
 

@@ -7,7 +7,7 @@ On a generated cohort (its estimated maps, labels and, for the tissue-fate model
    the patient's latent ischaemia time; no model can have these), Dice / |dV| per class and group;
 2. the best one-sided threshold of each single true map (pooled over lesion patients) per class;
 3. the test split: threshold, the voxel-wise tissue-outcome baseline fitted on the training split
-   (:mod:`scripts.learning.voxel_baseline`), and the oracle;
+   (:mod:`scripts.learning.experiments.voxel_baseline`), and the oracle;
 4. class fractions against the paper's 93.1 / 6.2 / 0.7 %.
 
 Real-world targets (ISLES 2018, CTP against DWI; the issue's calibration band): threshold core Dice
@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
 from scripts.io import GROUPS, load_datalist, load_map  # noqa: E402
-from scripts.learning.metrics import lesion_metrics  # noqa: E402
-from scripts.learning.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
+from scripts.learning.engine.metrics import lesion_metrics  # noqa: E402
+from scripts.learning.experiments.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
 from scripts.perfusion.thresholds import threshold_labels  # noqa: E402
 from scripts.simulation.fate import best_single_map_dice, oracle_labels  # noqa: E402
 

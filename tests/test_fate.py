@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from scripts.learning.metrics import lesion_metrics
-from scripts.learning.voxel_baseline import VoxelOutcomeModel
+from scripts.learning.engine.metrics import lesion_metrics
+from scripts.learning.experiments.voxel_baseline import VoxelOutcomeModel
 from scripts.simulation import fate
 from scripts.simulation import phantom as ph
 from scripts.simulation.simulate import simulate_study
@@ -116,7 +116,7 @@ def test_separable_model_is_kept_and_models_are_deterministic():
 
 def test_voxel_baseline_fits_predicts_and_round_trips(tiny_cohort, tmp_path):
     from scripts.io import CTPDataError, load_datalist
-    from scripts.learning.voxel_baseline import load_patient
+    from scripts.learning.experiments.voxel_baseline import load_patient
 
     splits = load_datalist(tiny_cohort)
     model = VoxelOutcomeModel(max_voxels=20000, seed=0).fit(splits["training"])

@@ -16,8 +16,8 @@ from workflows import refusal
 from scripts.clinical.inference import load_model, prepare_studies
 from scripts.clinical.report import clinical_report, imaging_criteria
 from scripts.io import CTPDataError, save_nifti
-from scripts.learning.metrics import lesion_metrics
-from scripts.learning.networks import create_network
+from scripts.learning.engine.metrics import lesion_metrics
+from scripts.learning.model.networks import create_network
 from scripts.perfusion.brain_mask import brain_mask_from_mip
 from scripts.perfusion.thresholds import ThresholdSegmentation, threshold_labels
 from scripts.simulation.cohort import generate_cohort
@@ -340,7 +340,7 @@ def test_deploy_app_runs_the_bundle_inference_without_the_sdk(tiny_cohort, tmp_p
 
 
 def test_fast_forward_options_keep_the_output():
-    from scripts.learning.precision import FastForward
+    from scripts.learning.engine.precision import FastForward
 
     torch.manual_seed(1)
     network = create_network("EF", "PMs+N", pretrained=False).eval()
@@ -358,7 +358,7 @@ def test_fast_forward_options_keep_the_output():
 
 
 def test_auto_slice_batch_fills_the_free_memory_and_keeps_the_output(monkeypatch):
-    from scripts.learning import inferers
+    from scripts.learning.engine import inferers
 
     layer = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1)), torch.nn.ReLU())
     assert inferers.slice_bytes(layer, 4) == 2 * 8 * 64 * 64 * 4  # conv and ReLU outputs, containers not again
@@ -527,7 +527,7 @@ def test_the_network_sees_only_the_brain_and_labels_return_to_the_input_grid(tin
 
 
 def test_precision_auto_takes_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
-    from scripts.learning import precision
+    from scripts.learning.engine import precision
 
     for native, expected in ((False, "fp32"), (True, "bf16")):  # e.g. AVX2 (emulated, 150x slower) / AMX
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)

@@ -42,3 +42,56 @@ def test_imports_flow_downwards_only():
             if LAYERS[target] >= LAYERS[layer]:
                 wrong.append(f"{path.relative_to(SCRIPTS)} imports scripts.{target}")
     assert not wrong, wrong
+
+
+LEARNING = SCRIPTS / "learning"
+ROOMS = {"model": 0, "tracking": 1, "engine": 2, "experiments": 3}
+"""The rooms of ``learning``: the model knows no tracker, the tracker no engine, the engine no experiment."""
+
+
+def learning_imports(path: Path) -> set[str]:
+    """The rooms of ``scripts.learning`` that a module under it imports."""
+    package = list(path.relative_to(SCRIPTS).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)]
+            target = base + (node.module.split(".") if node.module else [a.name for a in node.names][:1])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("scripts."):
+            target = node.module.split(".")[1:]
+        else:
+            continue
+        if target[0] == "learning" and len(target) > 1:
+            found.add(target[1])
+    return found
+
+
+def test_learning_has_rooms():
+    loose = [p.name for p in LEARNING.glob("*.py") if p.name != "__init__.py"]
+    assert not loose, f"modules outside a room of learning/: {loose}"
+    assert {p.name for p in LEARNING.iterdir() if p.is_dir() and p.name != "__pycache__"} == set(ROOMS)
+
+
+def test_learning_rooms_import_downwards_only():
+    wrong = []
+    for path in LEARNING.rglob("*.py"):
+        room = path.relative_to(LEARNING).parts[0]
+        if room == "__init__.py":
+            continue
+        for target in learning_imports(path) - {room}:
+            if ROOMS[target] >= ROOMS[room]:
+                wrong.append(f"{path.relative_to(SCRIPTS)} imports learning.{target}")
+    assert not wrong, wrong
+
+
+def test_modules_and_functions_stay_small():
+    """No module over 350 lines, no function over 80 (issue #29): a reader sees one job at a time."""
+    big = []
+    for path in SCRIPTS.rglob("*.py"):
+        source = path.read_text()
+        if source.count("\n") > 350:
+            big.append(f"{path.relative_to(SCRIPTS)}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                big.append(f"{path.relative_to(SCRIPTS)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}")
+    assert not big, big

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.learning.losses import FocalTverskyLoss
+from scripts.learning.model.losses import FocalTverskyLoss
 
 # one row of 10 pixels: truth has 4 penumbra pixels; A misses 2 of them, B adds 2 false alarms
 TRUTH = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])

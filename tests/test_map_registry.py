@@ -17,8 +17,8 @@ from scripts.io.map_registry import (
     network_maps,
     required_maps,
 )
-from scripts.learning.encoding import PerfusionColourEncoding
-from scripts.learning.networks import create_network, input_set
+from scripts.learning.model.encoding import PerfusionColourEncoding
+from scripts.learning.model.networks import create_network, input_set
 from scripts.perfusion.deconvolution import PerfusionMaps
 from scripts.perfusion.thresholds import ThresholdSegmentation, threshold_labels
 from scripts.simulation.dicom_study import write_map_series

@@ -9,7 +9,7 @@ from ignite.engine import Engine
 from monai.data import MetaTensor
 
 from scripts.io import CTPDataError, load_datalist, save_nifti
-from scripts.learning.metrics import (
+from scripts.learning.engine.metrics import (
     CLASSES,
     METRICS,
     LesionMetrics,

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripts.learning import vgg
-from scripts.learning.encoding import IMAGENET_MEAN, IMAGENET_STD, PerfusionColourEncoding
-from scripts.learning.networks import INPUT_SETS, VARIANTS, create_network, input_set, trainable_parameters
-from scripts.learning.vgg import InflatedVGG16Encoder, VGG16Encoder
+from scripts.learning.model import vgg
+from scripts.learning.model.encoding import IMAGENET_MEAN, IMAGENET_STD, PerfusionColourEncoding
+from scripts.learning.model.networks import INPUT_SETS, VARIANTS, create_network, input_set, trainable_parameters
+from scripts.learning.model.vgg import InflatedVGG16Encoder, VGG16Encoder
 
 SIZE = 64
 

@@ -11,7 +11,7 @@ import mlflow
 import optuna
 import pytest
 
-from scripts.learning.search import check_search_space, objective_values, run_study
+from scripts.learning.experiments.search import check_search_space, objective_values, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAINING = {"max_epochs": 1, "patience": 1, "pretrained": False, "roi_size": [64, 64], "slices_per_volume": 1}
@@ -299,7 +299,7 @@ def test_sigterm_gives_the_trial_back_and_the_next_worker_resumes_it(tiny_cohort
 def test_the_median_pruner_waits_for_the_warm_up_epochs():
     """A trial far below the median is not pruned before ``warmup_epochs`` (the training's ``min_epochs``: core,
     half of the Dice objective, appears only after several epochs), and is from then on."""
-    from scripts.learning.search import make_pruner
+    from scripts.learning.experiments.search import make_pruner
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner("median", warmup_epochs=5))
     for _ in range(2):  # two finished trials, the median at every epoch 0.6

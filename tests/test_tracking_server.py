@@ -14,9 +14,9 @@ from test_training import CONFIG_FILES, tiny_overrides
 from test_training import bundle as run_bundle
 from workflows import overrides_from, run_in_process
 
-from scripts.learning.experiments import build_tables
-from scripts.learning.registry import registered_weights
-from scripts.learning.tracking import data_version
+from scripts.learning.experiments.grids import build_tables
+from scripts.learning.tracking.registry import registered_weights
+from scripts.learning.tracking.runs import data_version
 
 
 def bundle(run_id: str, config: str, *args: str, check: bool = True):
@@ -97,7 +97,7 @@ def test_a_tracking_server_outage_mid_training_loses_nothing(tiny_cohort, tmp_pa
     """A second ``mlflow server`` on the tests' PostgreSQL database, stopped for 20 s once the training has
     logged its first epoch, then started again on the same port: the training neither dies nor stalls (epochs
     go on during the outage), the writes of the outage are sent when the server is back, and the run ends
-    FINISHED with every epoch's metrics (``scripts.learning.outage``)."""
+    FINISHED with every epoch's metrics (``scripts.learning.tracking.outage``)."""
     import subprocess
     import sys
     import time
@@ -157,7 +157,7 @@ def test_runs_starting_together_log_one_new_dataset(mlflow_server, tmp_path):
     failed trial). Every run ends linked to the one dataset."""
     import threading
 
-    from scripts.learning.tracking import log_datalist
+    from scripts.learning.tracking.runs import log_datalist
 
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"training": [{"patient": str(tmp_path)}]}))  # a digest no other test has

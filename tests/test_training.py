@@ -17,9 +17,9 @@ import torch
 from workflows import overrides_from, refusal, run_in_process
 
 from scripts.io import CTPDataError
-from scripts.learning.precision import resolve_precision
-from scripts.learning.training import check_training_inputs
-from scripts.learning.vgg import vgg16_layers
+from scripts.learning.engine.precision import resolve_precision
+from scripts.learning.engine.training import check_training_inputs
+from scripts.learning.model.vgg import vgg16_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = ["bundle/configs/train.json", "bundle/configs/evaluate.json"]
@@ -154,7 +154,9 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained):
     assert not any(a.startswith("last") for a in artifacts)  # the 1 GB resume point stays out of MLflow
     resolved = json.loads(Path(client.download_artifacts(run.info.run_id, "train_resolved.json")).read_text())
     assert resolved["min_delta"] == 1000 and resolved["roi_size"] == [64, 64]  # the command line's overrides
-    assert resolved["network_def"]["_target_"] == "scripts.learning.networks.create_network"  # over the merged config
+    assert (
+        resolved["network_def"]["_target_"] == "scripts.learning.model.networks.create_network"
+    )  # over the merged config
 
 
 def test_evaluation_in_each_precision_loads_the_trained_weights(trained, tmp_path):
@@ -276,7 +278,7 @@ def test_bad_training_inputs_stop_before_training(tiny_cohort, tmp_path):
 
 
 def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
-    from scripts.learning.experiments import GRIDS, build_tables, cell_name, run_grid
+    from scripts.learning.experiments.grids import GRIDS, build_tables, cell_name, run_grid
 
     assert len(GRIDS["exp2"]) == 12 and cell_name("SF", "PMs+M+N", "gradual") == "SF_G-PMs-M-N"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -340,7 +342,7 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
     args += [
         "--finalize",
         '[\'$torch.save(@network_def.state_dict(), @output_dir + "/rank" + str(@rank) + ".pt")\', '
-        "'$scripts.learning.distributed.end_process_group()']",
+        "'$scripts.learning.engine.distributed.end_process_group()']",
     ]
     command = [
         sys.executable,
@@ -402,7 +404,7 @@ def test_multi_gpu_config_drops_the_logging_handlers_on_other_ranks():
     parser.read_config([str(ROOT / "bundle/configs/train.json"), str(ROOT / "bundle/configs/multi_gpu_train.json")])
     train_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["train#handlers"]]
     val_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["validate#handlers"]]
-    mlflow_handler = "scripts.learning.tracking.MLFlowHandler"
+    mlflow_handler = "scripts.learning.tracking.runs.MLFlowHandler"
     assert train_handlers[-1] == mlflow_handler and mlflow_handler not in train_handlers[:-1]
     assert val_handlers[0] == "StatsHandler" and all(h != "StatsHandler" for h in val_handlers[1:])
     assert (
@@ -438,8 +440,8 @@ def test_non_lvo_penalty_scales_only_non_lvo_samples_and_clipping_bounds_every_g
     from ignite.engine import Events
     from monai.engines import SupervisedTrainer
 
-    from scripts.learning.losses import FocalTverskyLoss
-    from scripts.learning.training import ClipGradientValues, NonLVOPenalty
+    from scripts.learning.engine.training import ClipGradientValues, NonLVOPenalty
+    from scripts.learning.model.losses import FocalTverskyLoss
 
     torch.manual_seed(0)
     network = torch.nn.Conv2d(2, 3, 3, padding=1)
@@ -473,8 +475,8 @@ def test_non_lvo_penalty_scales_only_non_lvo_samples_and_clipping_bounds_every_g
 DDP_STEP = """
 import sys
 import torch, torch.distributed as dist
-from scripts.learning.distributed import end_process_group
-from scripts.learning.training import ClipGradientValues
+from scripts.learning.engine.distributed import end_process_group
+from scripts.learning.engine.training import ClipGradientValues
 dist.init_process_group("gloo")
 rank, out = dist.get_rank(), sys.argv[1]
 torch.manual_seed(0)
@@ -496,7 +498,7 @@ def test_ddp_update_equals_one_process_on_the_whole_batch(tmp_path):
     """Two gloo processes with 2 samples each make the same SGD update as one process with all 4 samples,
     clipping included (applied after DDP has averaged the gradients). The clip value is set between the
     per-process and the averaged gradient sizes, so clipping each process's gradient first would differ."""
-    from scripts.learning.training import ClipGradientValues
+    from scripts.learning.engine.training import ClipGradientValues
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
@@ -549,7 +551,7 @@ def test_staged_fine_tuning_moves_on_a_real_plateau_reloads_the_best_weights_and
     stage training stops after ``patience`` validations without improvement."""
     from ignite.engine import Engine, Events
 
-    from scripts.learning.finetuning import GradualFineTuning
+    from scripts.learning.model.finetuning import GradualFineTuning
 
     class Tiny(torch.nn.Module):
         pretrained = True
@@ -616,7 +618,7 @@ def test_a_configured_tracking_uri_wins_over_the_environment(tmp_path, monkeypat
     import mlflow
     from ignite.engine import Engine
 
-    from scripts.learning.tracking import MLFlowHandler
+    from scripts.learning.tracking.runs import MLFlowHandler
 
     configured, environment = (f"sqlite:///{tmp_path / name}.db" for name in ("configured", "environment"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", environment)
@@ -635,7 +637,7 @@ def test_switching_mlflow_for_a_model_leaves_the_users_settings(monkeypatch):
     registry's switch (logging and loading models) restores the user's environment and MLflow's globals."""
     import mlflow
 
-    from scripts.learning.tracking import use_tracking_uri
+    from scripts.learning.tracking.runs import use_tracking_uri
 
     for user in ("sqlite:///user.db", None):
         if user:
@@ -659,7 +661,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path):
     from ignite.handlers import Checkpoint
 
     from scripts.cli import run_or_exit
-    from scripts.learning.checkpoints import KeepUntilSaved
+    from scripts.learning.engine.checkpoints import KeepUntilSaved
 
     folder = tmp_path / "checkpoints"
     with small_filesystem(folder, 512):

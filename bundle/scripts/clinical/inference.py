@@ -18,7 +18,7 @@ leaves no half-written patient.
 Speed (``inference.json``): the network sees only the brain's bounding box (MIP mask plus ``crop_margin``
 pixels, slices without brain skipped, padded to a multiple of 32; ``brain_crop false`` for whole slices) and
 the labels are pasted back onto the input grid; ``precision auto`` is bf16 only where the device computes it
-natively (:func:`scripts.learning.precision.native_bf16`).
+natively (:func:`scripts.learning.engine.precision.native_bf16`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from ..io import (
     write_failure,
 )
 from ..io.dicom import dicom_files, is_dicom_folder
-from ..learning.precision import with_precision
+from ..learning.engine.precision import with_precision
 from ..perfusion.brain_mask import brain_mask_from_mip
 from .report import clinical_report, save_montage
 
@@ -331,9 +331,9 @@ def _move_into_place(staging: Path, target: Path, overwrite: bool) -> None:
 
 
 def run_inference(evaluator: Any, output_dir: str | os.PathLike) -> list[str]:
-    """Run the inference engine; on failure or SIGTERM / SIGINT (:mod:`scripts.learning.stopping`: stopped between
-    patients) remove the unfinished patient folders. Return the finished ids."""
-    from ..learning.stopping import run_until_signal
+    """Run the inference engine; on failure or SIGTERM / SIGINT (:mod:`scripts.learning.engine.stopping`: stopped
+    between patients) remove the unfinished patient folders. Return the finished ids."""
+    from ..learning.engine.stopping import run_until_signal
 
     out = Path(output_dir)
     try:
@@ -349,7 +349,7 @@ def run_inference(evaluator: Any, output_dir: str | os.PathLike) -> list[str]:
 def default_checkpoint(bundle_root: str | os.PathLike, run_dir: str | os.PathLike = "runs/default") -> str | None:
     """``<bundle>/models/model.pt`` when present, else the best checkpoint of the default training run
     (``runs/default/model/best_*.pt``)."""
-    from ..learning.checkpoints import latest_checkpoint
+    from ..learning.engine.checkpoints import latest_checkpoint
 
     model = Path(bundle_root) / "models" / "model.pt"
     return str(model) if model.is_file() else latest_checkpoint(Path(run_dir) / "model", "best")
@@ -364,15 +364,15 @@ def load_model(
     tracking_uri: str | None = None,
 ) -> torch.nn.Module:
     """Load the trained weights into ``network`` (clear errors for a missing or unfitting checkpoint); in eval
-    mode on ``device``, wrapped in :class:`~scripts.learning.precision.FastForward` when a speed option is asked
+    mode on ``device``, wrapped in :class:`~scripts.learning.engine.precision.FastForward` when a speed option is asked
     for. ``precision`` ``auto`` is bf16 where the device computes it natively
-    (:func:`~scripts.learning.precision.native_bf16`), else fp32.
+    (:func:`~scripts.learning.engine.precision.native_bf16`), else fp32.
 
     ``checkpoint`` is a file, or an MLflow model URI (``models:/NAME/VERSION``, ``models:/NAME@alias``) of a
     network registered by the training (``--registered_model_name``), fetched from ``tracking_uri``'s store.
     """
-    from ..learning.checkpoints import fit_weights, load_network_weights
-    from ..learning.registry import is_model_uri, registered_weights
+    from ..learning.model.weights import fit_weights, load_network_weights
+    from ..learning.tracking.registry import is_model_uri, registered_weights
 
     if is_model_uri(checkpoint):
         fit_weights(network, registered_weights(str(checkpoint), tracking_uri), str(checkpoint))

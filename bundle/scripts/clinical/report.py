@@ -24,7 +24,7 @@ from ignite.engine import Engine, Events
 from monai.utils import convert_to_numpy
 
 from ..io import save_bytes, voxel_volume_ml
-from ..learning.metrics import label_indices
+from ..learning.engine.metrics import label_indices
 
 TMAX_THRESHOLDS_S = (4.0, 6.0, 8.0, 10.0)
 DISCLAIMER = (

@@ -1,48 +1,7 @@
-"""Learning: encoders and the multi-input networks, loss, metrics, training handlers (fine-tuning stages,
-checkpoints, tracking through a server outage, the model registry), the clean end of a distributed run, the
-polite stop on SIGTERM, the voxel-wise baseline, the experiment grids and the Optuna loss search (with the
-lock its workers share)."""
+"""Learning, in four rooms that import downwards only (``tests/test_layout.py``): ``model`` (networks, loss,
+fine-tuning stages, weights), ``tracking`` (MLflow: runs, outage, registry), ``engine`` (the Ignite training and
+evaluation around the model) and ``experiments`` (grids, the Optuna search, the voxel baseline)."""
 
-from . import (
-    checkpoints,
-    distributed,
-    encoding,
-    experiments,
-    finetuning,
-    inferers,
-    losses,
-    metrics,
-    networks,
-    outage,
-    registry,
-    search,
-    stopping,
-    study_lock,
-    study_storage,
-    tracking,
-    training,
-    vgg,
-    voxel_baseline,
-)
+from . import engine, experiments, model, tracking
 
-__all__ = [
-    "checkpoints",
-    "distributed",
-    "encoding",
-    "experiments",
-    "finetuning",
-    "inferers",
-    "losses",
-    "metrics",
-    "networks",
-    "outage",
-    "registry",
-    "search",
-    "stopping",
-    "study_lock",
-    "study_storage",
-    "tracking",
-    "training",
-    "vgg",
-    "voxel_baseline",
-]
+__all__ = ["engine", "experiments", "model", "tracking"]

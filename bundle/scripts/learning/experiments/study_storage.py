@@ -24,7 +24,7 @@ from typing import Any
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 
-from ..cli import exception_chain
+from ...cli import exception_chain
 
 logger = logging.getLogger(__name__)
 

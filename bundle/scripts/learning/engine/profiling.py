@@ -10,7 +10,7 @@ from pathlib import Path
 from ignite.engine import Engine, Events
 from ignite.handlers import HandlersTimeProfiler
 
-from ..io import save_json
+from ...io import save_json
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ so the run ends FINISHED with every epoch's metrics; if the server is still down
 with one line and the run stays RUNNING, to be closed by ``--resume true``.
 
 Reads (``search_runs``, ``get_run``) go straight to the server: they happen when a run starts, where
-:func:`scripts.learning.tracking.check_tracking_uri` has just found the server up.
+:func:`scripts.learning.tracking.runs.check_tracking_uri` has just found the server up.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from ..cli import exception_chain
+from ...cli import exception_chain
 
 logger = logging.getLogger(__name__)
 

@@ -30,13 +30,13 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from ..cli import bundle_workflow
-from ..io import save_csv, save_json, save_text
-from .checkpoints import drop_resume_point
-from .metrics import LESION_CLASSES, lesion_mean
-from .stopping import StopRequested
+from ...cli import bundle_workflow
+from ...io import save_csv, save_json, save_text
+from ..engine.checkpoints import drop_resume_point
+from ..engine.metrics import LESION_CLASSES, lesion_mean
+from ..engine.stopping import StopRequested
+from ..tracking.runs import check_tracking_uri, experiment_id, latest_run, log_metrics
 from .study_lock import StudyLock
-from .tracking import check_tracking_uri, experiment_id, latest_run, log_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def open_storage(url: str, heartbeat_interval: int = 60):
     """An Optuna RDB storage with heartbeats: a trial whose worker died (no heartbeat for three intervals) is
     failed and enqueued once more with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``); the
     retry resumes the killed trial's training from its last checkpoint (see :func:`run_study`). A database
-    restart is ridden out (:class:`scripts.learning.study_storage.ReconnectingRDBStorage`)."""
+    restart is ridden out (:class:`scripts.learning.experiments.study_storage.ReconnectingRDBStorage`)."""
     import optuna
 
     from .study_storage import ReconnectingRDBStorage
@@ -204,7 +204,7 @@ def run_study(
     space = check_search_space(search_space or PAPER_SPACE, tie_beta)
     if int(n_trials) < 1:
         raise ValueError(f"n_trials must be at least 1, got {n_trials}.")
-    from .training import check_training_inputs
+    from ..engine.training import check_training_inputs
 
     check_training_inputs(datalist, "SF", "PMs+N", "gradual", "cpu")
     url = storage or "sqlite:///" + os.path.abspath("mlruns/optuna.db")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import CTPDataError, load_datalist, load_map, save_bytes, save_nifti
-from ..perfusion.brain_mask import brain_mask_from_mip
+from ...io import CTPDataError, load_datalist, load_map, save_bytes, save_nifti
+from ...perfusion.brain_mask import brain_mask_from_mip
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def evaluate_voxel_baseline(
 ) -> list[dict]:
     """Predict ``split`` into ``<output_dir>/predictions`` and score it like the networks (reports in
     ``<output_dir>/<split>``); return the per-group summary."""
-    from .metrics import evaluate_predictions
+    from ..engine.metrics import evaluate_predictions
 
     predictions = predict_split(datalist, model_path, split, Path(output_dir) / "predictions")
     _, summary = evaluate_predictions(

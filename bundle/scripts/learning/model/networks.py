@@ -5,7 +5,7 @@ units, channels ``cbf, cbv, ttp, tmax[, mip]``, ``nihss`` ``(B, 1)`` when the ne
 logits ``(B, 3, H, W)`` (healthy, penumbra, core). H and W must be multiples of 32.
 
 After Tomasetti et al. (NLDL 2022) and the original Keras code: every map is colour-encoded
-(:mod:`scripts.learning.encoding`); SF gives each map its own VGG-16, followed by two 3x3 convolutions (128) and
+(:mod:`scripts.learning.model.encoding`); SF gives each map its own VGG-16, followed by two 3x3 convolutions (128) and
 dropout 0.25, and the decoder concatenates, at every level, that level's features of all encoders; NIHSS
 goes through Dense(100)-Dense(16x16), reshaped and resized to the bottleneck grid and concatenated there as
 one channel (NIHSS is divided by 42 first). The original's Keras L1/L2 and max-norm weight constraints are
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io.map_registry import network_maps
+from ...io.map_registry import network_maps
 from .encoding import PerfusionColourEncoding
 from .vgg import InflatedVGG16Encoder, VGG16Encoder, check_width, load_vgg16_state, scaled, skip_channels
 
@@ -143,9 +143,9 @@ class FineTunableEncoders(nn.Module):
         n_classes: output classes (healthy, penumbra, core).
         pretrained: ImageNet weights for the encoders: True (download), False, or a state-dict path.
         dropout: dropout after each encoder's bottleneck convolutions.
-        windows, lut: colour encoding of the maps (:class:`scripts.learning.encoding.PerfusionColourEncoding`).
+        windows, lut: colour encoding of the maps (:class:`scripts.learning.model.encoding.PerfusionColourEncoding`).
         encoder_width: filters of every VGG-16 encoder, its bottleneck head and the decoder relative to the
-            paper's network (1); same topology, slow fusion and skips at any width (:mod:`scripts.learning.vgg`).
+            paper's network (1); same topology, slow fusion and skips at any width (:mod:`scripts.learning.model.vgg`).
     """
 
     __jit_unused_properties__ = ["pretrained"]

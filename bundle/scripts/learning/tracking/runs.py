@@ -19,7 +19,7 @@ import ignite.distributed as idist
 from ignite.engine import Events
 from monai.handlers import MLFlowHandler as _MonaiMLFlowHandler
 
-from ..io import save_json
+from ...io import save_json
 from .outage import PENDING, TolerantClient
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ class MLFlowHandler(_MonaiMLFlowHandler):
       :func:`data_version` (:func:`log_datalist`; the UI's Dataset column).
     - The run carries MLflow's source tags (command, user, git commit; the UI's Source column).
     - A tracking-server outage during the run neither kills nor stalls it: writes that find the server down are
-      kept and sent when it is back, and the run's end waits for them (:mod:`scripts.learning.outage`).
-    - A run stopped by SIGTERM / SIGINT (:mod:`scripts.learning.stopping`) ends ``KILLED``; a resumed training
+      kept and sent when it is back, and the run's end waits for them (:mod:`scripts.learning.tracking.outage`).
+    - A run stopped by SIGTERM / SIGINT (:mod:`scripts.learning.engine.stopping`) ends ``KILLED``; a resumed training
       reopens it (MONAI reopens every run not ``FINISHED``) and marks it ``RUNNING`` again.
     """
 
@@ -110,7 +110,7 @@ class MLFlowHandler(_MonaiMLFlowHandler):
         tag_source(self.client, self.cur_run)
 
     def _terminated(self, engine: Any) -> None:
-        """A run stopped by a signal (:mod:`scripts.learning.stopping`) ends KILLED, not FINISHED; early
+        """A run stopped by a signal (:mod:`scripts.learning.engine.stopping`) ends KILLED, not FINISHED; early
         stopping also terminates the engine and still ends FINISHED."""
         if getattr(engine.state, "stop_signal", None):
             self.run_finish_status = "KILLED"

@@ -37,7 +37,7 @@ from ignite.metrics import Metric, MetricsLambda
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.utils import convert_to_numpy
 
-from ..io import GROUPS, LABEL_VALUES, CTPDataError, load_datalist, save_csv, save_text, voxel_volume_ml
+from ...io import GROUPS, LABEL_VALUES, CTPDataError, load_datalist, save_csv, save_text, voxel_volume_ml
 
 LESION_CLASSES = ("penumbra", "core")
 LESION_GROUPS = ("LVO", "Non-LVO")

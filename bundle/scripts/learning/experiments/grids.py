@@ -3,7 +3,7 @@
 Exp-2: SF with the four input sets x three fine-tuning modes (frozen, unfrozen, gradual). Exp-3: SF, EF and
 EFI with gradual fine-tuning and PMs+N. Each grid also gets the threshold baseline (``threshold``: rCBF < 30 %
 core, Tmax > 6 s hypoperfusion, see :mod:`scripts.perfusion.thresholds`) and the voxel-wise tissue-outcome baseline
-(``voxel``, :mod:`scripts.learning.voxel_baseline`, fitted on the training split) scored the same way.
+(``voxel``, :mod:`scripts.learning.experiments.voxel_baseline`, fitted on the training split) scored the same way.
 Every cell is an ordinary bundle training (train.json with overrides, launched in-process like every
 workflow, :func:`scripts.cli.run_workflow`) followed by its evaluation, in MLflow experiment ``exp2`` /
 ``exp3``; rerunning the command skips finished cells and resumes interrupted ones.
@@ -18,12 +18,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import run_workflow
-from ..io import save_csv, save_text
-from ..perfusion.thresholds import ThresholdSegmentation
-from .checkpoints import drop_resume_point
-from .metrics import markdown_table
-from .tracking import check_tracking_uri, experiment_id, log_metrics, run_finished
+from ...cli import run_workflow
+from ...io import save_csv, save_text
+from ...perfusion.thresholds import ThresholdSegmentation
+from ..engine.checkpoints import drop_resume_point
+from ..engine.metrics import markdown_table
+from ..tracking.runs import check_tracking_uri, experiment_id, log_metrics, run_finished
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def log_baseline_run(
     """An MLflow run ``name`` in ``experiment`` holding a baseline's params, ``<split>_*`` metrics and reports."""
     import mlflow
 
-    from .metrics import metric_names
+    from ..engine.metrics import metric_names
 
     prefix = {"validation": "val", "training": "train"}.get(split, split)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -120,7 +120,7 @@ def run_threshold_baseline(
 ) -> str:
     """The threshold baseline as a table row: inference in threshold mode on ``split``, the same scoring as the
     networks, and an MLflow run named ``threshold`` in ``experiment`` holding its metrics and reports."""
-    from .metrics import evaluate_predictions
+    from ..engine.metrics import evaluate_predictions
 
     out = Path(output_root) / experiment / THRESHOLD
     predictions = out / "predictions"
@@ -157,8 +157,9 @@ def run_voxel_baseline(
     split: str = "validation",
     seed: int = 0,
 ) -> str:
-    """The voxel-wise tissue-outcome baseline (:mod:`scripts.learning.voxel_baseline`) as a table row: fitted on the
-    training split, its predictions on ``split`` scored like the networks', an MLflow run named ``voxel``."""
+    """The voxel-wise tissue-outcome baseline (:mod:`scripts.learning.experiments.voxel_baseline`) as a table row:
+    fitted on the training split, its predictions on ``split`` scored like the networks', an MLflow run named
+    ``voxel``."""
     from .voxel_baseline import FEATURES, evaluate_voxel_baseline, fit_voxel_baseline
 
     out = Path(output_root) / experiment / VOXEL

@@ -12,7 +12,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
-from ..io.map_registry import display_windows
+from ...io.map_registry import display_windows
 
 SCRIPTS = Path(__file__).resolve().parents[1]
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
@@ -52,8 +52,8 @@ def log_model(
     import mlflow
     from mlflow.models import infer_signature
 
-    from .checkpoints import load_network_weights
-    from .tracking import latest_run, use_tracking_uri
+    from ..model.weights import load_network_weights
+    from .runs import latest_run, use_tracking_uri
 
     if not registered_model_name or idist.get_rank() != 0:
         return None
@@ -105,7 +105,7 @@ def registered_weights(model_uri: str, tracking_uri: str | None = None) -> dict[
     (and its registry); one clear error when the name, version or alias does not exist there."""
     import mlflow
 
-    from .tracking import default_tracking_uri, use_tracking_uri
+    from .runs import default_tracking_uri, use_tracking_uri
 
     uri = default_tracking_uri(tracking_uri)
     try:  # MLflow downloads the model into a temporary folder it never removes unless given one

@@ -99,7 +99,7 @@ class FocalTverskyLoss(_Loss):
         self.softmax, self.to_onehot_y, self.epsilon, self.smooth = softmax, to_onehot_y, float(epsilon), float(smooth)
         self.batch, self.ce_weight = bool(batch), float(ce_weight)
         self.batch_non_lvo: torch.Tensor | None = (
-            None  # set per training batch by scripts.learning.training.NonLVOPenalty
+            None  # set per training batch by scripts.learning.engine.training.NonLVOPenalty
         )
 
     def label_sample_weights(self, onehot: torch.Tensor, non_lvo: torch.Tensor | None) -> torch.Tensor:

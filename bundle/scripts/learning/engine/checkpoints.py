@@ -6,19 +6,17 @@ from __future__ import annotations
 import io
 import logging
 import os
-import pickle
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
-import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 from monai.utils import str2bool
 
-from ..io import CTPDataError, write_failure
+from ...io import write_failure
+from ..model.weights import load_network_weights
 
 logger = logging.getLogger(__name__)
 
@@ -105,45 +103,6 @@ def drop_resume_point(output_dir: str | os.PathLike) -> None:
     searches call this once a cell or trial is done and will never be resumed; the best model stays."""
     for path in Path(output_dir, "checkpoints").glob("last*.pt"):
         path.unlink(missing_ok=True)
-
-
-def load_network_weights(
-    network: torch.nn.Module, path: str | os.PathLike, key: str = "network", required: Sequence[str] = ()
-) -> dict:
-    """Load ``network`` weights from a checkpoint (``{key: state_dict, ...}`` or a bare state dict); return it.
-
-    The file is read with ``weights_only=True``: tensors and plain containers only, so a crafted checkpoint
-    cannot run code when loaded (a pickle that holds anything else is refused, naming the file). An unreadable
-    file, missing entries or weights that do not fit the network stop with a message naming the file (and,
-    for a mismatch, the likely cause: another variant, input set or encoder_width).
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CTPDataError(
-            f"{path}: refused: the checkpoint holds Python objects other than weights, which could run code when "
-            "loaded; only weights-only checkpoints (tensors in plain containers) are read."
-        ) from err
-    except Exception as err:
-        raise CTPDataError(f"{path}: checkpoint cannot be read ({err}).") from err
-    if not isinstance(state, dict):
-        raise CTPDataError(f"{path}: not a checkpoint (a dict of state dicts), got {type(state).__name__}.")
-    missing = [k for k in required if k not in state]
-    if missing:
-        raise CTPDataError(f"{path}: checkpoint lacks {missing}; it was not written by this training config.")
-    fit_weights(network, state.get(key, state), path)
-    return state
-
-
-def fit_weights(network: torch.nn.Module, weights: Any, source: str | os.PathLike) -> None:
-    """Load the state dict ``weights`` into ``network``; a mismatch stops with a message naming ``source``."""
-    try:
-        network.load_state_dict(weights)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise CTPDataError(
-            f"{source}: checkpoint does not match this network (another variant, input set or encoder_width?): {first}"
-        ) from err
 
 
 def resume_from_last(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: dict, resume: bool) -> str | None:

@@ -13,11 +13,11 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import str2bool
 
-from ..io import CTPDataError, load_datalist
+from ...io import CTPDataError, load_datalist
+from ..model.losses import FocalTverskyLoss
+from ..model.networks import FINETUNING_SCHEDULES, VARIANTS, input_set
+from ..tracking.runs import check_tracking_uri
 from .checkpoints import latest_checkpoint
-from .losses import FocalTverskyLoss
-from .networks import FINETUNING_SCHEDULES, VARIANTS, input_set
-from .tracking import check_tracking_uri
 
 logger = logging.getLogger(__name__)
 

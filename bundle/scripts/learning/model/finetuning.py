@@ -35,7 +35,7 @@ def rewrap_distributed(network: torch.nn.Module) -> torch.nn.Module:
 class GradualFineTuning:
     """Staged fine-tuning with early stopping on a validation metric (an Ignite handler).
 
-    Stages come from :data:`scripts.learning.networks.FINETUNING_SCHEDULES` (``frozen``: one frozen stage;
+    Stages come from :data:`scripts.learning.model.networks.FINETUNING_SCHEDULES` (``frozen``: one frozen stage;
     ``gradual``: frozen -> half -> all; ...). Without pretrained encoders (offline, ``pretrained: false``)
     the gradual modes start at ``all``: freezing random weights would only waste the stages.
     After each validation, when the monitored metric has not
