@@ -93,5 +93,7 @@ def test_modules_and_functions_stay_small():
             big.append(f"{path.relative_to(SCRIPTS)}: {source.count(chr(10))} lines")
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
-                big.append(f"{path.relative_to(SCRIPTS)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}")
+                big.append(
+                    f"{path.relative_to(SCRIPTS)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}"
+                )
     assert not big, big

@@ -1,13 +1,9 @@
 import numpy as np
 import pytest
 
-from scripts.perfusion.deconvolution import (
-    compute_perfusion_maps,
-    deconvolve,
-    residue_peak_time,
-    select_arterial_input,
-    validate_series,
-)
+from scripts.perfusion.arterial_input import select_arterial_input
+from scripts.perfusion.deconvolution import compute_perfusion_maps, validate_series
+from scripts.perfusion.svd import deconvolve, residue_peak_time
 from scripts.simulation import phantom as ph
 from scripts.simulation.simulate import simulate_study
 from scripts.simulation.tracer import ArterialInput, TissueCurveTable

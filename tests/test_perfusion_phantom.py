@@ -7,13 +7,7 @@ import pytest
 from scipy import integrate, ndimage, stats
 
 from scripts.io import CTPDataError, load_ctp, save_nifti, validate_frame_times
-from scripts.perfusion.deconvolution import (
-    compute_perfusion_maps,
-    oscillation_index,
-    resample_frames,
-    uniform_grid,
-    window_fraction,
-)
+from scripts.perfusion.deconvolution import compute_perfusion_maps, resample_frames, uniform_grid
 from scripts.perfusion.digital_phantom import (
     PhantomDesign,
     lesion_errors,
@@ -24,6 +18,7 @@ from scripts.perfusion.digital_phantom import (
     tile_errors,
 )
 from scripts.perfusion.maps import compute_maps
+from scripts.perfusion.svd import oscillation_index, window_fraction
 
 SMALL = PhantomDesign(shapes=("box", "exponential"), cbv=(2.0, 4.0))
 

@@ -26,6 +26,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from scipy import ndimage
+
+DENOISING = ("tips", "gaussian")
+"""Denoisings of the curves before deconvolution: the TIPS bilateral filter or a Gaussian within tissue."""
 
 TIPS_COMPONENTS = 3
 """Temporal components the profiles are projected on before their distance is taken."""
@@ -98,3 +102,76 @@ def tips_filter(
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(one_slice, range(curves.shape[2])))
     return out
+
+
+def _extent(mask: np.ndarray, axis: int) -> slice:
+    """The bounding slice of ``mask`` along ``axis`` (empty when the mask is)."""
+    present = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+    return slice(int(present[0]), int(present[-1]) + 1) if present.size else slice(0, 0)
+
+
+def smooth_tissue_curves(
+    ctp: np.ndarray, baseline: np.ndarray, tissue: np.ndarray, sigma_px: tuple[float, float]
+) -> np.ndarray:
+    """Concentration curves ``(V, T)`` of the ``tissue`` voxels, smoothed in-plane within tissue.
+
+    Normalised convolution (Gaussian of the masked frame divided by the Gaussian of the mask), so air, bone,
+    CSF and vessels do not bleed into parenchyma. Processed frame by frame, two frames at a time.
+    """
+    n_t = ctp.shape[-1]
+    smoothing = max(sigma_px) > 0
+    # work on the tissue's bounding box (plus the kernel's reach), slices first so frames are contiguous
+    margin = [int(np.ceil(3.0 * sp)) + 1 for sp in sigma_px]
+    box = []
+    for axis, pad in zip((0, 1), margin):
+        extent = _extent(tissue, axis)
+        box.append(slice(max(0, extent.start - pad), min(tissue.shape[axis], extent.stop + pad)))
+    mask = np.ascontiguousarray(tissue[box[0], box[1]].transpose(2, 0, 1))
+    weight = mask.astype(np.float32)
+    base = np.ascontiguousarray(baseline[box[0], box[1]].transpose(2, 0, 1))
+    sigma = (0.0, *sigma_px)
+    norm = np.maximum(ndimage.gaussian_filter(weight, sigma, truncate=3.0), 1e-6) if smoothing else None
+    out = np.empty((n_t, int(mask.sum())), dtype=np.float32)
+
+    def one_frame(t: int) -> None:
+        frame = ctp[box[0], box[1], :, t].transpose(2, 0, 1) - base
+        frame *= weight
+        if smoothing:
+            frame = ndimage.gaussian_filter(frame, sigma, truncate=3.0)
+            frame /= norm
+        out[t] = frame[mask]
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(one_frame, range(n_t)))
+    # voxel order above is (slice, x, y); return it in the (x, y, slice) order of ``ctp[tissue]``
+    order = np.zeros(mask.shape, dtype=np.int64)
+    order[mask] = np.arange(out.shape[1])
+    return np.ascontiguousarray(out.T[order.transpose(1, 2, 0)[tissue[box[0], box[1]]]])
+
+
+def noise_level(ctp: np.ndarray, tissue: np.ndarray, n_base: int) -> float | None:
+    """The noise of one voxel in one frame (HU): the median SD over the ``n_base`` baseline frames in ``tissue``,
+    else (fewer than 2) the median absolute frame-to-frame difference as one frame's SD; ``None`` without tissue."""
+    if n_base >= 2 and tissue.any():
+        return float(np.median(ctp[..., :n_base][tissue].std(axis=1, ddof=1)))
+    if tissue.any():
+        return float(np.median(np.abs(np.diff(ctp[tissue], axis=1))) / 0.6745 / np.sqrt(2))
+    return None
+
+
+def denoise_curves(
+    ctp: np.ndarray,
+    baseline: np.ndarray,
+    tissue: np.ndarray,
+    sigma_px: tuple[float, float],
+    noise_hu: float | None,
+    denoising: str = "tips",
+    tips_range: float = 1.0,
+) -> np.ndarray:
+    """Concentration curves ``(V, T)`` of the ``tissue`` voxels (``ctp`` minus its ``baseline``), denoised in-plane:
+    by :func:`tips_filter` (``"tips"``, when the noise is known) or :func:`smooth_tissue_curves` (``"gaussian"``)."""
+    if denoising == "tips" and max(sigma_px) > 0 and noise_hu is not None:
+        box = tuple(_extent(tissue, axis) for axis in range(3))
+        concentration = ctp[box] - baseline[box][..., None]
+        return tips_filter(concentration, tissue[box], sigma_px, noise_hu, tips_range)[tissue[box]]
+    return smooth_tissue_curves(ctp, baseline, tissue, sigma_px)

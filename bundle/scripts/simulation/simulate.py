@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..perfusion.deconvolution import parabolic_peak
+from ..perfusion.svd import parabolic_peak
 from . import fate
 from . import phantom as ph
 from .tracer import ArterialInput, TissueCurveTable, disperse
