@@ -5,10 +5,10 @@ Pipeline, vectorised over voxels (no per-voxel Python loops):
 0. Uneven acquisitions (``frame_times``) are resampled linearly to an even grid at their shortest interval.
 1. The arterial input (AIF, :mod:`.arterial_input`) is chosen automatically from the unsmoothed curves: the
    highest-enhancing voxels that peak earliest; the venous output (VOF) from the largest-area late voxels
-   rescales the AIF for partial volume (``AUC_AIF = AUC_VOF``, the areas compared over what each holds of the bolus within the window,
-   :func:`.arterial_input.venous_scale`). A given AIF skips this step. The AIF is searched in soft tissue (baseline
-   HU inside ``soft_tissue_hu``: no air, no bone), the AIF also away from bone and among curves that rise, fall
-   and wash out once (a moved skull edge mimics an artery otherwise).
+   rescales the AIF for partial volume (``AUC_AIF = AUC_VOF``, the areas compared over what each holds of the
+   bolus within the window, :func:`.arterial_input.venous_scale`). A given AIF skips this step. The AIF is
+   searched in soft tissue (baseline HU inside ``soft_tissue_hu``: no air, no bone), the AIF also away from
+   bone and among curves that rise, fall and wash out once (a moved skull edge mimics an artery otherwise).
 2. The baseline is the frames before the AIF reaches 10 % of its peak (no tissue enhances before its
    artery); concentration = HU minus the voxel's mean baseline (CT enhancement is linear in contrast).
 3. Maps are computed in parenchyma (baseline inside ``parenchyma_hu``: no CSF) that does not enhance like a
