@@ -20,7 +20,8 @@ from scripts.clinical.dicom_outputs import read_segmentation, sr_quality_flags, 
 from scripts.clinical.inference import find_studies
 from scripts.clinical.report import radiological
 from scripts.io import CTPDataError, save_json, save_nifti
-from scripts.io.dicom import convert_dicom_study, read_ctp_dicom, read_pixels
+from scripts.io.dicom import read_ctp_dicom, read_pixels
+from scripts.io.dicom_convert import convert_dicom_study
 from scripts.perfusion.maps import compute_maps
 from scripts.simulation.dicom_study import TRANSFER_SYNTAXES, write_ctp_dicom, write_map_series
 from scripts.simulation.motion import move_volume

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scripts.io import CTPDataError, check_map_values, save_nifti, validate_item
-from scripts.io.dicom import import_vendor_maps
+from scripts.io.dicom_convert import import_vendor_maps
 from scripts.io.map_registry import (
     MAPS,
     PerfusionMap,

@@ -1,7 +1,7 @@
 """The bottom layer: datalists, NIfTI maps and series, DICOM CTP studies and vendor maps, atomic file writing,
 and the input error type."""
 
-from . import dicom
+from . import dicom, dicom_convert, dicom_time
 from .datalist import (
     GROUPS,
     LABEL_VALUES,
@@ -51,6 +51,8 @@ __all__ = [
     "read_datalist",
     "resolve_paths",
     "dicom",
+    "dicom_convert",
+    "dicom_time",
     "save_bytes",
     "save_csv",
     "save_json",

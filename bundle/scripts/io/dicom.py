@@ -10,9 +10,9 @@ encodes DICOM by hand. What this module adds is the CTP logic that DICOM leaves 
 - **Frames, whatever the vendor layout** (one series with many acquisitions, or one series per time point):
   the images are grouped by slice position, and each position's images are sorted by time; frame *k* is
   the *k*-th image of every position. Every position must have the same number of images.
-- **Time** comes from the first of :data:`TIME_SOURCES` that every image carries, with distinct values
-  at each slice position: GE's private Mid Scan Time (``GEMS_ACQU_01`` (0019,xx24), a binary double in a DS
-  element: GE cine runs repeat one ``AcquisitionTime`` on every frame), ``AcquisitionDateTime``,
+- **Time** (:mod:`.dicom_time`) comes from the first of its ``TIME_SOURCES`` that every image carries, with
+  distinct values at each slice position: GE's private Mid Scan Time (``GEMS_ACQU_01`` (0019,xx24), a binary
+  double in a DS element: GE cine runs repeat one ``AcquisitionTime`` on every frame), ``AcquisitionDateTime``,
   ``AcquisitionTime`` (with ``AcquisitionDate``),
   ``ContentTime`` (with ``ContentDate``), ``TriggerTime`` (ms), ``TemporalPositionIndex`` (an order only:
   needs ``frame_interval``). A frame's time is the median of its slices' times; frame times are seconds
@@ -34,36 +34,20 @@ volume; they do not group a study's images by time, hence this reader.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
-import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
-from .files import CTPDataError, save_json, save_nifti
-from .images import MIN_FRAMES, check_map_values, frame_times_sidecar, load_ctp, load_frame_times, validate_frame_times
-from .map_registry import dicom_patterns, required_maps
+from .dicom_time import image_seconds, time_source
+from .files import CTPDataError
+from .images import MIN_FRAMES, load_ctp, load_frame_times, validate_frame_times
 
 logger = logging.getLogger(__name__)
 
-GE_MID_SCAN_TIME = "GEMidScanTime"
-"""GE's private "Mid Scan Time [sec]", (0019,xx24) in the ``GEMS_ACQU_01`` block: the per-frame time of a cine
-acquisition, whose standard time attributes are the run's start on every frame. GE stores it in a DS element
-as a binary little-endian double (text is accepted too)."""
-TIME_SOURCES = (
-    GE_MID_SCAN_TIME,
-    "AcquisitionDateTime",
-    "AcquisitionTime",
-    "ContentTime",
-    "TriggerTime",
-    "TemporalPositionIndex",
-)
-"""Where a CTP image's time is read from: the first that every image carries with distinct values at each slice
-position (a cine run's constant ``AcquisitionTime`` is skipped)."""
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 POSITION_TOLERANCE_MM = 0.01
@@ -90,14 +74,12 @@ class DicomSeries:
 
 
 def _pydicom():
-    import pydicom  # imported lazily: the NIfTI paths do not need it
 
     return pydicom
 
 
 def dicom_files(folder: str | os.PathLike) -> list[tuple[Path, object]]:
     """``(path, header)`` of every DICOM file under ``folder`` (pixel data not read); non-DICOM files skipped."""
-    pydicom = _pydicom()
     root = Path(folder)
     if root.is_file() and root.name.upper() == "DICOMDIR":
         root = root.parent
@@ -139,67 +121,8 @@ def is_dicom_folder(path: str | os.PathLike) -> bool:
     return False
 
 
-def _is_derived(header) -> bool:
+def is_derived(header) -> bool:
     return "DERIVED" in [str(v).upper() for v in (header.get("ImageType") or [])]
-
-
-def _time_value(header, source: str):
-    """The raw value of ``source`` in ``header`` (see :data:`TIME_SOURCES`), ``None`` when absent."""
-    if source != GE_MID_SCAN_TIME:
-        value = header.get(source)
-        return None if value in (None, "") else value
-    try:
-        block = header.private_block(0x0019, "GEMS_ACQU_01")
-    except KeyError:
-        return None
-    element = header.get_item(block.get_tag(0x24))  # unconverted: the bytes as stored
-    return None if element is None or not element.value else element.value
-
-
-def _ge_seconds(raw) -> float:
-    """GE's Mid Scan Time: a binary little-endian double in a DS element, or (rewritten files) DS text."""
-    if isinstance(raw, (bytes, bytearray)):
-        try:
-            return float(raw.decode("ascii").strip("\x00 "))
-        except (UnicodeDecodeError, ValueError):
-            if len(raw) != 8:
-                raise ValueError(f"{len(raw)} bytes, neither DS text nor one 8-byte double") from None
-            value = struct.unpack("<d", bytes(raw))[0]
-            if not np.isfinite(value):
-                raise ValueError("not a finite double") from None
-            return value
-    return float(raw)
-
-
-def _seconds(header, source: str) -> float | None:
-    """The time of one image in seconds from ``source`` (see :data:`TIME_SOURCES`), ``None`` when absent."""
-    value = _time_value(header, source)
-    if value is None:
-        return None
-    try:
-        return _parse_time(header, source, value)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise CTPDataError(f"{header.filename}: {source} {value!r} is not a valid time ({err}).") from err
-
-
-def _parse_time(header, source: str, value) -> float | None:
-    pydicom = _pydicom()
-    if source == GE_MID_SCAN_TIME:
-        return _ge_seconds(value)
-    if source == "AcquisitionDateTime":
-        dt = pydicom.valuerep.DT(value)
-        return dt.replace(tzinfo=None).timestamp() if isinstance(dt, datetime.datetime) else None
-    if source in ("AcquisitionTime", "ContentTime"):
-        tm = pydicom.valuerep.TM(value)
-        seconds = tm.hour * 3600 + tm.minute * 60 + tm.second + tm.microsecond / 1e6
-        date = header.get(source.replace("Time", "Date"))
-        if date:
-            day = pydicom.valuerep.DA(date)
-            seconds += datetime.datetime(day.year, day.month, day.day).timestamp()
-        return seconds
-    if source == "TriggerTime":
-        return float(value) / 1000.0
-    return float(value)  # TemporalPositionIndex: an order, scaled by the frame interval later
 
 
 def _geometry(path: Path, header) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[int, int]]:
@@ -235,24 +158,8 @@ def _check_ct(path: Path, header) -> None:
         )
 
 
-def _time_source(images: list[tuple[Path, object]]) -> str:
-    """The first of :data:`TIME_SOURCES` that every image carries with distinct values at each slice position
-    (some scanners stamp every image of a series with the series' start in one of them)."""
-    carried = [s for s in TIME_SOURCES if all(_time_value(header, s) is not None for _, header in images)]
-    if not carried:
-        missing = next(path for path, h in images if all(_time_value(h, s) is None for s in TIME_SOURCES))
-        raise CTPDataError(
-            f"{missing}: no usable acquisition time (none of {', '.join(TIME_SOURCES)}); cannot order the CTP frames."
-        )
-    positions = [tuple(np.round(np.asarray(h.get("ImagePositionPatient") or [0, 0, 0], float), 2)) for _, h in images]
-    for source in carried:
-        if len({(p, _seconds(h, source)) for p, (_, h) in zip(positions, images)}) == len(images):
-            return source
-    return carried[0]  # none tells the frames apart: the duplicate check names the images
-
-
 @dataclass
-class _Stack:
+class ImageStack:
     """Images on one slice grid: ``members[z]`` = the ``(order value, path)`` of every image at position ``z``
     (mm along the normal), sorted; ``positions`` ascending."""
 
@@ -275,7 +182,7 @@ class _Stack:
         return affine
 
 
-def _stack(images: list[tuple[Path, object]], order, what: str, order_name: str = "time") -> _Stack:
+def stack_images(images: list[tuple[Path, object]], order, what: str, order_name: str = "time") -> ImageStack:
     """Check that ``images`` share one grid (size, spacing, orientation, no shear, even slice gaps, no two
     images at one position and ``order`` value) and group them by slice position."""
     first_path, first = images[0]
@@ -324,7 +231,7 @@ def _stack(images: list[tuple[Path, object]], order, what: str, order_name: str 
             )
     else:
         gap = float(first.get("SliceThickness", 1.0) or 1.0)
-    return _Stack(positions, members, orientation, spacing, size, gap, origins[positions[0]])
+    return ImageStack(positions, members, orientation, spacing, size, gap, origins[positions[0]])
 
 
 def read_ctp_dicom(
@@ -338,18 +245,18 @@ def read_ctp_dicom(
             ``TemporalPositionIndex``.
         files: the ``(path, header)`` pairs of :func:`dicom_files` when already read.
     """
-    images = [(p, h) for p, h in (files if files is not None else dicom_files(folder)) if not _is_derived(h)]
+    images = [(p, h) for p, h in (files if files is not None else dicom_files(folder)) if not is_derived(h)]
     if not images:
         raise CTPDataError(f"{folder}: no original CT images (only derived images such as vendor maps).")
     for path, header in images:
         _check_ct(path, header)
-    source = _time_source(images)
+    source = time_source(images)
     if source == "TemporalPositionIndex" and not frame_interval:
         raise CTPDataError(
             f"{images[0][0]}: the images carry only TemporalPositionIndex (an order, no time); "
             "pass frame_interval (seconds between frames)."
         )
-    stack = _stack(images, lambda header: _seconds(header, source), "CTP study")
+    stack = stack_images(images, lambda header: image_seconds(header, source), "CTP study")
     counts = {z: len(v) for z, v in stack.members.items()}
     n_frames = max(counts.values())
     short = [z for z in stack.positions if counts[z] != n_frames]
@@ -389,87 +296,6 @@ def read_ctp_dicom(
     return DicomSeries(array, stack.affine(), frame_times, references, source, study)
 
 
-def read_map_series(images: list[tuple[Path, object]], name: str) -> tuple[np.ndarray, np.ndarray]:
-    """One derived map series (one image per slice) as ``(array (column, row, slice), RAS affine)`` in the
-    map's physical units (each image's RescaleSlope / RescaleIntercept applied)."""
-    stack = _stack(images, lambda header: 0.0, f"{name} map series", order_name="")
-    array = np.empty((stack.size[1], stack.size[0], len(stack.positions)), dtype=np.float32)
-    for k, z in enumerate(stack.positions):
-        array[:, :, k] = read_pixels(stack.members[z][0][1]).T
-    return array, stack.affine()
-
-
-def find_map_series(
-    files: list[tuple[Path, object]], patterns: dict[str, str] | None = None
-) -> dict[str, list[tuple[Path, object]]]:
-    """The derived series matching each map's SeriesDescription pattern (the map registry's,
-    :func:`scripts.io.map_registry.dicom_patterns`, overridable per map); one error naming both series when two
-    match one map."""
-    patterns = {**dicom_patterns(), **(patterns or {})}
-    series: dict[str, list[tuple[Path, object]]] = {}
-    for path, header in files:
-        if _is_derived(header):
-            series.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((path, header))
-    found: dict[str, list[tuple[Path, object]]] = {}
-    described: dict[str, str] = {}
-    for images in series.values():
-        description = str(images[0][1].get("SeriesDescription", ""))
-        for name, pattern in patterns.items():
-            if re.search(pattern, description, flags=re.IGNORECASE):
-                if name in found:
-                    raise CTPDataError(
-                        f"{images[0][0]}: series '{description}' and '{described[name]}' both match the {name} "
-                        f"pattern {pattern!r}; make the pattern more specific (map_patterns)."
-                    )
-                found[name], described[name] = images, description
-                break
-    return found
-
-
-def import_vendor_maps(
-    folder: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    patterns: dict[str, str] | None = None,
-    files: list[tuple[Path, object]] | None = None,
-) -> dict[str, str]:
-    """Write the vendor map series under ``folder`` as ``<map>.nii.gz`` into ``output_dir``.
-
-    The registry's required maps (CBF, CBV, TTP, Tmax) must be there, the others (MTT, MIP) may; without a MIP
-    series the MIP is computed from the study's CTP series (the maximum over time) when there is one. Values
-    are checked against plausible ranges for their kind (:func:`~scripts.io.images.check_map_values`), so a map exported
-    without its rescale slope is refused naming the file. Returns the written paths.
-    """
-    files = files if files is not None else dicom_files(folder)
-    found = find_map_series(files, patterns)
-    missing = [name for name in required_maps() if name not in found]
-    if missing:
-        descriptions = sorted({str(h.get("SeriesDescription", "")) for _, h in files if _is_derived(h)})
-        raise CTPDataError(
-            f"{folder}: no series for {', '.join(missing)} among the derived series {descriptions}; set "
-            "map_patterns (a regular expression per map, matched against SeriesDescription)."
-        )
-    maps = {name: read_map_series(images, name) for name, images in found.items()}
-    reference, reference_affine = maps["cbf"]
-    tissue = reference != 0
-
-    def check(name: str, source: str | os.PathLike) -> None:
-        array, affine = maps[name]
-        if array.shape != reference.shape or not np.allclose(affine, reference_affine, atol=1e-3):
-            raise CTPDataError(f"{source}: the {name} series is not on the cbf series' grid.")
-        check_map_values(name, array, source, tissue)
-
-    for name in maps:
-        check(name, found[name][0][0])
-    if "mip" not in maps:
-        if not any(not _is_derived(h) for _, h in files):
-            raise CTPDataError(f"{folder}: no MIP series and no CTP series to compute the MIP from.")
-        series = read_ctp_dicom(folder, files=files)
-        maps["mip"] = (series.array.max(axis=-1), series.affine)
-        check("mip", folder)
-    out = Path(output_dir)
-    return {name: str(save_nifti(out / f"{name}.nii.gz", array, affine)) for name, (array, affine) in maps.items()}
-
-
 def provenance(series: DicomSeries, folder: str | os.PathLike) -> dict:
     """What a converted series came from: the folder, UIDs, time source and the first frame's files."""
     return {
@@ -492,52 +318,13 @@ def load_ctp_series(
     return array, interval, affine, load_frame_times(path, array.shape[3]), None
 
 
-def convert_dicom_study(
-    folder: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    frame_interval: float | None = None,
-    map_patterns: dict[str, str] | None = None,
-    overwrite: bool = False,
-) -> dict[str, str]:
-    """Convert a DICOM study to a patient folder of the datalist format; return the written paths.
-
-    The CTP series (original images) becomes ``ctp.nii.gz`` (int16 HU) with its sidecar ``ctp.json``
-    (``FrameTimesStart`` and the DICOM provenance); vendor map series (derived images matched by
-    ``map_patterns``, see :func:`import_vendor_maps`) become ``cbf.nii.gz``, ``cbv.nii.gz``, ... .
-    """
-    if folder is None or output_dir is None:
-        raise ValueError("pass --input (a DICOM study folder or DICOMDIR) and --output_dir (the patient folder).")
-    out = Path(output_dir)
-    existing = sorted(out.glob("*.nii.gz")) if out.is_dir() else []
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]}: already exists; pass --overwrite true or choose another --output_dir.")
-    files = dicom_files(folder)
-    written: dict[str, str] = {}
-    has_ctp = any(not _is_derived(header) for _, header in files)
-    if any(_is_derived(header) for _, header in files):
-        try:
-            written.update(import_vendor_maps(folder, out, map_patterns, files))
-        except CTPDataError as err:
-            if not has_ctp or "no series for" not in str(err):
-                raise
-            logger.warning("%s: derived series are not vendor maps, skipped (%s)", folder, err)
-    if has_ctp:
-        series = read_ctp_dicom(folder, frame_interval, files)
-        hu = np.clip(np.round(series.array), -32768, 32767).astype(np.int16)
-        ctp = save_nifti(out / "ctp.nii.gz", hu, series.affine, frame_interval=series.frame_interval)
-        sidecar = {"FrameTimesStart": series.frame_times.round(6).tolist(), "dicom": provenance(series, folder)}
-        written.update(ctp=str(ctp), sidecar=str(save_json(frame_times_sidecar(ctp), sidecar)))
-    return written
-
-
 def read_header(path: str | os.PathLike):
     """The header of one DICOM file (pixel data not read)."""
-    return _pydicom().dcmread(path, stop_before_pixels=True)
+    return pydicom.dcmread(path, stop_before_pixels=True)
 
 
 def read_pixels(path: str | os.PathLike) -> np.ndarray:
     """One image's pixels (rows, columns) in modality units (HU for CT), decoded whatever the transfer syntax."""
-    pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
