@@ -404,7 +404,7 @@ def test_multi_gpu_config_drops_the_logging_handlers_on_other_ranks():
     parser.read_config([str(ROOT / "bundle/configs/train.json"), str(ROOT / "bundle/configs/multi_gpu_train.json")])
     train_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["train#handlers"]]
     val_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["validate#handlers"]]
-    mlflow_handler = "scripts.learning.tracking.runs.MLFlowHandler"
+    mlflow_handler = "scripts.learning.tracking.handlers.MLFlowHandler"
     assert train_handlers[-1] == mlflow_handler and mlflow_handler not in train_handlers[:-1]
     assert val_handlers[0] == "StatsHandler" and all(h != "StatsHandler" for h in val_handlers[1:])
     assert (
@@ -618,7 +618,7 @@ def test_a_configured_tracking_uri_wins_over_the_environment(tmp_path, monkeypat
     import mlflow
     from ignite.engine import Engine
 
-    from scripts.learning.tracking.runs import MLFlowHandler
+    from scripts.learning.tracking.handlers import MLFlowHandler
 
     configured, environment = (f"sqlite:///{tmp_path / name}.db" for name in ("configured", "environment"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", environment)

@@ -1,16 +1,15 @@
 """A polite stop: SIGTERM (what schedulers send before SIGKILL) or SIGINT ends a run at the next iteration
 boundary instead of wherever the signal lands.
 
-:func:`run_until_signal` runs an Ignite engine with :class:`StopOnSignal` in place: while it runs, SIGTERM /
-SIGINT only set a flag; at the next ``ITERATION_COMPLETED`` the engine is terminated (Ignite's ``terminate()``:
-the unfinished epoch is dropped, ``COMPLETED`` handlers still run), the MLflow run is marked ``KILLED``
-(:class:`scripts.learning.tracking.runs.MLFlowHandler` reads ``engine.state.stop_signal``), and the process exits with
-``128 + signal`` (:class:`StopRequested`) after one line saying how to continue. For a training the resume point
-is the last finished epoch's checkpoint, as after SIGKILL, so ``--resume true`` continues exactly as it would after
-a kill; for inference every finished patient's outputs are complete on disk (they are written atomically) and the
-patient in progress leaves nothing. Under ``torchrun`` the flag is all-reduced every iteration, so every rank
-stops at the same one (a rank that stopped alone would leave the others waiting in a collective).
-"""
+:func:`run_until_signal` runs an Ignite engine with :class:`StopOnSignal` in place: while it runs, SIGTERM / SIGINT
+only set a flag; at the next ``ITERATION_COMPLETED`` the engine is terminated (Ignite's ``terminate()``: the
+unfinished epoch is dropped, ``COMPLETED`` handlers still run), the MLflow run is marked ``KILLED``
+(:class:`scripts.learning.tracking.handlers.MLFlowHandler` reads ``engine.state.stop_signal``), and the process
+exits with ``128 + signal`` (:class:`StopRequested`) after one line saying how to continue. For a training the
+resume point is the last finished epoch's checkpoint, as after SIGKILL, so ``--resume true`` continues exactly as it
+would after a kill; for inference every finished patient's outputs are complete on disk (they are written
+atomically) and the patient in progress leaves nothing. Under ``torchrun`` the flag is all-reduced every iteration,
+so every rank stops at the same one (a rank that stopped alone would leave the others waiting in a collective)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """MLflow, entered here only: runs and their handler, riding out a server outage, the model registry."""
 
-from . import outage, registry, runs
+from . import handlers, outage, registry, runs
 
-__all__ = ["outage", "registry", "runs"]
+__all__ = ["handlers", "outage", "registry", "runs"]
