@@ -299,7 +299,7 @@ def test_sigterm_gives_the_trial_back_and_the_next_worker_resumes_it(tiny_cohort
 def test_the_median_pruner_waits_for_the_warm_up_epochs():
     """A trial far below the median is not pruned before ``warmup_epochs`` (the training's ``min_epochs``: core,
     half of the Dice objective, appears only after several epochs), and is from then on."""
-    from scripts.learning.experiments.search import make_pruner
+    from scripts.learning.experiments.study import make_pruner
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner("median", warmup_epochs=5))
     for _ in range(2):  # two finished trials, the median at every epoch 0.6

@@ -15,27 +15,37 @@ maximised, and the mean absolute volume error in ml, minimised; Optuna cannot pr
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
 import socket
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import optuna
 from ignite.engine import Engine, Events
 
 from ...cli import bundle_workflow
-from ...io import save_csv, save_json, save_text
 from ..engine.checkpoints import drop_resume_point
-from ..engine.metrics import LESION_CLASSES, lesion_mean
+from ..engine.metrics import lesion_mean
 from ..engine.stopping import StopRequested
-from ..tracking.runs import check_tracking_uri, experiment_id, latest_run, log_metrics
+from ..engine.training import check_training_inputs
+from ..tracking.runs import check_tracking_uri, latest_run, log_metrics
+from .study import (
+    check_study_settings,
+    make_pruner,
+    open_storage,
+    requeue_stopped_trial,
+    storage_error,
+    study_parent_run,
+    summarise_study,
+    trial_counts,
+)
 from .study_lock import StudyLock
 
 logger = logging.getLogger(__name__)
@@ -77,54 +87,6 @@ def check_search_space(space: Mapping[str, Sequence[float]], tie_beta: bool) -> 
     return checked
 
 
-def open_storage(url: str, heartbeat_interval: int = 60):
-    """An Optuna RDB storage with heartbeats: a trial whose worker died (no heartbeat for three intervals) is
-    failed and enqueued once more with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``); the
-    retry resumes the killed trial's training from its last checkpoint (see :func:`run_study`). A database
-    restart is ridden out (:class:`scripts.learning.experiments.study_storage.ReconnectingRDBStorage`)."""
-    import optuna
-
-    from .study_storage import ReconnectingRDBStorage
-
-    if url.startswith("sqlite:///"):  # a new SQLite file needs its folder
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return ReconnectingRDBStorage(
-            url,
-            heartbeat_interval=int(heartbeat_interval),
-            grace_period=3 * int(heartbeat_interval),
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-    except Exception as err:  # SQLAlchemy raises many types for bad URLs, missing drivers, refused connections
-        raise ValueError(_storage_error(url, err)) from err
-
-
-def _storage_error(url: str, err: BaseException) -> str:
-    first = str(err).splitlines()[0] if str(err) else ""
-    return f"{url}: cannot open the Optuna storage ({type(err).__name__}: {first})."
-
-
-def make_pruner(name: str, warmup_epochs: int = 1):
-    """``median`` (Optuna's median rule after 2 trials, never before epoch ``warmup_epochs``), ``none``, or
-    ``threshold:<x>`` (stop a trial as soon as its validation objective is below x).
-
-    :func:`run_study` sets the warm-up to the training's ``min_epochs`` (at most ``max_epochs - 1``): before it
-    the Dice objective says little (core, half of it, appears after several epochs), so a median of early epochs
-    would prune at random."""
-    import optuna
-
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, int(warmup_epochs)))
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    if name.startswith("threshold:"):
-        try:
-            return optuna.pruners.ThresholdPruner(lower=float(name.split(":", 1)[1]))
-        except ValueError as err:
-            raise ValueError(f"pruner 'threshold:<x>' needs a number, got {name!r}.") from err
-    raise ValueError(f"pruner must be 'median', 'none' or 'threshold:<x>', got {name!r}.")
-
-
 class TrialPruning:
     """Ignite handler: after each validation, report the objective to the Optuna trial and stop it when the
     pruner says so (``optuna.TrialPruned``); a non-finite training loss fails the trial."""
@@ -146,8 +108,6 @@ class TrialPruning:
             raise FloatingPointError(f"non-finite training loss ({float(loss)}) at iteration {engine.state.iteration}")
 
     def _report(self, validator: Engine) -> None:
-        import optuna
-
         if not self.prune:
             return
         value = objective_values(validator.state.metrics, self.objective)[0]
@@ -192,9 +152,6 @@ def run_study(
     Writes ``<output_root>/<study_name>/best_params.json`` (a config override file for training:
     ``--config_file "['bundle/configs/train.json','.../best_params.json']"``) and the Exp-1 tables.
     """
-    import mlflow
-    import optuna
-
     directions = OBJECTIVES.get(objective)
     if directions is None:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}.")
@@ -204,8 +161,6 @@ def run_study(
     space = check_search_space(search_space or PAPER_SPACE, tie_beta)
     if int(n_trials) < 1:
         raise ValueError(f"n_trials must be at least 1, got {n_trials}.")
-    from ..engine.training import check_training_inputs
-
     check_training_inputs(datalist, "SF", "PMs+N", "gradual", "cpu")
     url = storage or "sqlite:///" + os.path.abspath("mlruns/optuna.db")
     uri = check_tracking_uri(tracking_uri)
@@ -213,7 +168,7 @@ def run_study(
     try:
         lock.acquire()
     except Exception as err:  # SQLAlchemy raises many types for bad URLs, missing drivers, refused connections
-        raise ValueError(_storage_error(url, err)) from err
+        raise ValueError(storage_error(url, err)) from err
     try:  # one worker at a time opens the study and its MLflow parent run
         study = optuna.create_study(
             study_name=study_name,
@@ -228,60 +183,92 @@ def run_study(
     finally:
         lock.release()
     client.update_run(parent_id, status="RUNNING")
-    overrides = {"max_epochs": 4, "patience": 1, **dict(training_overrides or {})}
+    settings = {
+        "datalist": datalist,
+        "tracking_uri": uri,
+        "experiment_name": experiment_name,
+        **{"max_epochs": 4, "patience": 1, **dict(training_overrides or {})},
+    }
     root = Path(output_root) / study_name
+    trial = SearchTrial(
+        study, lock, client, parent_id, root, settings, space, tie_beta, objective, seed, config_dir, experiment_name
+    )
+    optimise(study, lock, trial, int(n_trials), heartbeat_interval)
+    summary = summarise_study(study, root, client, experiment_name, parent_id)
+    client.set_terminated(parent_id)
+    return summary
 
-    def trial_objective(trial: optuna.Trial) -> float | tuple[float, ...]:
-        lock.release()  # the trial exists: other workers may ask for theirs
+
+def optimise(study: Any, lock: StudyLock, objective: Any, n_trials: int, heartbeat_interval: int = 60) -> None:
+    """Ask the study for trials, one at a time under the study's lock, until ``n_trials`` are finished; while the
+    last trials run on other workers, wait (one of them may die and its trial come back)."""
+    while True:
+        with lock:  # released by ``objective`` as soon as Optuna has asked for the trial, else here
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and enqueued again
+            done, running, waiting = trial_counts(study)
+            if done >= n_trials:
+                return
+            if waiting > 0 or done + running < n_trials:
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+                continue
+        time.sleep(min(5.0, float(heartbeat_interval)))
+
+
+class SearchTrial:
+    """One trial of the study (Optuna's objective): the bundle's training with the trial's loss parameters,
+    pruned by :class:`TrialPruning`, then the evaluation of its best checkpoint on the validation split; its
+    MLflow run nested under the study's parent run and tagged with the trial's number and state."""
+
+    def __init__(
+        self,
+        study: Any,
+        lock: StudyLock,
+        client: Any,
+        parent_id: str,
+        root: Path,
+        settings: Mapping[str, Any],
+        space: Mapping[str, tuple[float, float]],
+        tie_beta: bool,
+        objective: str,
+        seed: int,
+        config_dir: str,
+        experiment_name: str,
+    ) -> None:
+        self.study, self.lock, self.client, self.parent_id, self.root = study, lock, client, parent_id, root
+        self.settings, self.space, self.tie_beta, self.objective = dict(settings), space, tie_beta, objective
+        self.experiment_name = experiment_name
+        self.seed, self.config_dir = seed, config_dir
+        self.prune = len(OBJECTIVES[objective]) == 1
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self.lock.release()  # the trial exists: other workers may ask for theirs
         # seeded by the trial's number (unique across workers); the constant liar keeps parallel workers'
         # samples away from each other's running trials
         trial.study.sampler = optuna.samplers.TPESampler(
-            seed=seed + trial.number, n_startup_trials=4, constant_liar=True
+            seed=self.seed + trial.number, n_startup_trials=4, constant_liar=True
         )
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        params = {name: trial.suggest_float(name, low, high) for name, (low, high) in space.items()}
-        if tie_beta:
+        params = {name: trial.suggest_float(name, low, high) for name, (low, high) in self.space.items()}
+        if self.tie_beta:
             params["beta"] = 1.0 - params["alpha"]
-        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
         retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        name = f"{study_name}_trial_{trial.number if retry_of is None else retry_of:03d}"
-        settings = {
-            "datalist": datalist,
-            "output_dir": str(root / name),
-            "tracking_uri": uri,
-            "experiment_name": experiment_name,
-            **overrides,
-            **params,
-            "resume": retry_of is not None,
-        }
+        name = f"{self.study.study_name}_trial_{trial.number if retry_of is None else retry_of:03d}"
+        # the training overrides win over the output folder, as over the datalist and tracking settings
+        settings = {"output_dir": str(self.root / name), **self.settings, **params, "resume": retry_of is not None}
         if retry_of is not None:
             logger.info("trial %d retries trial %d (its worker died): resuming %s", trial.number, retry_of, name)
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.3f}" for k, v in params.items()))
         state, values, stopped = "FAILED", None, False
         try:
-            training = bundle_workflow("training", f"{config_dir}/train.json", **settings)
-            parser = training.parser
-            TrialPruning(
-                trial, parser.get_parsed_content("validate#evaluator"), objective, prune=len(directions) == 1
-            ).attach(parser.get_parsed_content("train#trainer"))
-            training.run()
-            evaluation = bundle_workflow(
-                "evaluating",
-                [f"{config_dir}/train.json", f"{config_dir}/evaluate.json"],
-                split="validation",
-                **settings,
-            )
-            evaluation.run()
-            values = objective_values(
-                evaluation.parser.get_parsed_content("validate#evaluator").state.metrics, objective
-            )
-            if any(v != v for v in values):
-                raise FloatingPointError(f"objective undefined (NaN) for trial {trial.number}")
+            values = self.train_and_evaluate(trial, settings)
             state = "FINISHED"
             return values if len(values) > 1 else values[0]
         except StopRequested:  # SIGTERM / SIGINT: the trial is given back to the study, to be resumed
             stopped = True
-            requeue_stopped_trial(study, trial.number)
+            requeue_stopped_trial(self.study, trial.number)
             raise
         except Exception as err:  # the config runner wraps what a handler raised: find the cause
             cause = _root_cause(err)
@@ -291,211 +278,40 @@ def run_study(
             raise
         finally:
             if not stopped:
-                drop_resume_point(root / name)  # a finished trial is never resumed
-            run = latest_run(client, experiment_name, name)
-            if run is not None:
-                client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
-                client.set_tag(run.info.run_id, "optuna_trial", str(trial.number))
-                client.set_tag(
-                    run.info.run_id, "optuna_state", {"FINISHED": "COMPLETE", "KILLED": "PRUNED"}.get(state, "FAIL")
-                )
-                if values is not None:
-                    names = [f"objective_{i}" for i in range(len(values))] if len(values) > 1 else ["objective"]
-                    log_metrics(client, run.info.run_id, dict(zip(names, values)))
-                if stopped:
-                    client.set_tag(run.info.run_id, "optuna_state", "STOPPED")
-                    client.set_terminated(run.info.run_id, status="KILLED")
-                elif run.info.status == "RUNNING" or state != "FINISHED":
-                    client.set_terminated(run.info.run_id, status=state)
+                drop_resume_point(self.root / name)  # a finished trial is never resumed
+            self.record(trial.number, name, state, values, stopped)
 
-    while True:
-        with lock:  # released by ``trial_objective`` as soon as Optuna has asked for the trial, else here
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and enqueued again
-            done, running, waiting = trial_counts(study)
-            if done >= int(n_trials):
-                break
-            if waiting > 0 or done + running < int(n_trials):
-                study.optimize(trial_objective, n_trials=1, catch=(Exception,))
-                continue
-        # the last trials run on other workers: wait, in case one dies and its trial comes back
-        time.sleep(min(5.0, float(heartbeat_interval)))
-    summary = summarise_study(study, root, client, experiment_name, parent_id)
-    client.set_terminated(parent_id)
-    return summary
-
-
-def requeue_stopped_trial(study: Any, number: int) -> None:
-    """A trial whose worker was asked to stop (SIGTERM): failed now and enqueued again with the same parameters,
-    as the heartbeat does for a killed worker's trial, so the next worker resumes it from its checkpoint at once
-    instead of after the grace period. It still counts once towards ``n_trials``."""
-    import optuna
-
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
-    frozen = study._storage.get_trial(frozen._trial_id)
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, frozen)
-    logger.warning("trial %d stopped by a signal: given back to the study, to be resumed by the next worker", number)
-
-
-def check_study_settings(study: Any, objective: str, space: Mapping[str, Sequence[float]], tie_beta: bool) -> None:
-    """Record the objective and search space on a new study; refuse a study created with other ones (its trials
-    would mix two searches)."""
-    if study.user_attrs.get("objective", objective) != objective:
-        raise ValueError(
-            f"study {study.study_name!r} was created with objective {study.user_attrs['objective']!r}; "
-            "use another study_name for another objective."
+    def train_and_evaluate(self, trial: optuna.Trial, settings: Mapping[str, Any]) -> tuple[float, ...]:
+        """The trial's training (pruned by :class:`TrialPruning`) and its objective on the validation split."""
+        training = bundle_workflow("training", f"{self.config_dir}/train.json", **settings)
+        parser = training.parser
+        TrialPruning(trial, parser.get_parsed_content("validate#evaluator"), self.objective, prune=self.prune).attach(
+            parser.get_parsed_content("train#trainer")
         )
-    ranges = {
-        "search_space": {k: [float(v) for v in bounds] for k, bounds in space.items()},
-        "tie_beta": bool(tie_beta),
-    }
-    recorded = {key: study.user_attrs[key] for key in ranges if key in study.user_attrs}
-    if recorded and recorded != ranges:
-        raise ValueError(
-            f"study {study.study_name!r} was created with {recorded}, not {ranges}: its trials would mix two "
-            "searches; use another study_name for another search space."
-        )
-    for key, value in {"objective": objective, **ranges}.items():
-        if study.user_attrs.get(key) != value:
-            study.set_user_attr(key, value)
+        training.run()
+        configs = [f"{self.config_dir}/train.json", f"{self.config_dir}/evaluate.json"]
+        evaluation = bundle_workflow("evaluating", configs, split="validation", **settings)
+        evaluation.run()
+        metrics = evaluation.parser.get_parsed_content("validate#evaluator").state.metrics
+        values = objective_values(metrics, self.objective)
+        if any(v != v for v in values):
+            raise FloatingPointError(f"objective undefined (NaN) for trial {trial.number}")
+        return values
 
-
-def study_parent_run(
-    study: Any,
-    client: Any,
-    experiment_name: str,
-    storage_url: str,
-    objective: str,
-    space: Mapping[str, Sequence[float]],
-    tie_beta: bool,
-) -> str:
-    """The id of the study's MLflow parent run, created once and recorded on the study (``mlflow_parent_run``)
-    so every worker nests its trials under the same run; call it under the :class:`StudyLock`."""
-    import mlflow
-
-    recorded = study.user_attrs.get("mlflow_parent_run")
-    if recorded:
-        try:
-            client.get_run(recorded)
-            return recorded
-        except mlflow.exceptions.MlflowException:  # recorded in another tracking store: a new parent here
-            pass
-    run = latest_run(client, experiment_name, study.study_name)
-    if run is None:
-        run = client.create_run(
-            experiment_id(client, experiment_name),
-            run_name=study.study_name,
-            tags={"optuna_storage": storage_url, "objective": objective},
-        )
-        for key, bounds in space.items():
-            client.log_param(run.info.run_id, f"range_{key}", list(bounds))
-        client.log_param(run.info.run_id, "tie_beta", tie_beta)
-    study.set_user_attr("mlflow_parent_run", run.info.run_id)
-    return run.info.run_id
-
-
-def trial_counts(study: Any) -> tuple[int, int, int]:
-    """(finished, running, waiting) trials of ``study``, finished as counted by :func:`finished_trials`."""
-    import optuna
-
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    running, waiting = states.count(optuna.trial.TrialState.RUNNING), states.count(optuna.trial.TrialState.WAITING)
-    return finished_trials(study), running, waiting
-
-
-def finished_trials(study: Any) -> int:
-    """Trials that count towards ``n_trials``: complete, pruned or failed, where a failed trial being retried
-    (a killed worker's, see :func:`open_storage`) counts once, through its retry."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished()) - retried_trials(study)
-
-
-def retried_trials(study: Any) -> int:
-    """Trials that retry a killed worker's trial."""
-    import optuna
-
-    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
-    return sum(1 for t in study.get_trials(deepcopy=False) if retried(t) is not None)
-
-
-def summarise_study(study: Any, root: Path, client: Any, experiment_name: str, parent_id: str) -> dict[str, Any]:
-    """Count trials, export the best parameters as a training override file, write the Exp-1 tables."""
-    import optuna
-
-    states = [t.state for t in study.trials]
-    summary: dict[str, Any] = {
-        "trials": len(states),
-        "complete": states.count(optuna.trial.TrialState.COMPLETE),
-        "pruned": states.count(optuna.trial.TrialState.PRUNED),
-        "failed": states.count(optuna.trial.TrialState.FAIL),
-        "retried": retried_trials(study),
-    }
-    best = study.best_trials if len(study.directions) > 1 else ([study.best_trial] if summary["complete"] else [])
-    if best:
-        trial = best[0]
-        params = dict(trial.params)
-        if "alpha" in params and "beta" not in params:
-            params["beta"] = 1.0 - params["alpha"]
-        summary.update({"best_trial": trial.number, "best_values": list(trial.values), "best_params": params})
-        summary["best_params_file"] = str(save_json(root / "best_params.json", params))
-        names = (
-            ["best_objective"] if len(trial.values) == 1 else [f"best_objective_{i}" for i in range(len(trial.values))]
-        )
-        log_metrics(
-            client, parent_id, {**{f"best_{k}": v for k, v in params.items()}, **dict(zip(names, trial.values))}
-        )
-    log_metrics(client, parent_id, {f"trials_{key}": summary[key] for key in ("complete", "pruned", "failed")})
-    summary.update(write_exp1_tables(study, client, experiment_name, root / "tables"))
-    save_json(root / "summary.json", summary)
-    client.log_artifacts(parent_id, str(root / "tables"), artifact_path="tables")
-    return summary
-
-
-def write_exp1_tables(study: Any, client: Any, experiment_name: str, output_dir: Path) -> dict[str, str]:
-    """Exp-1 as the paper's Table 1: per completed trial (gamma, alpha, beta), validation Dice mean ± SD of
-    penumbra and core per group, from each trial's nested MLflow run; Markdown and CSV."""
-    import optuna
-
-    rows, lines = [], []
-    header = "| trial | γ | α | β | class | Dice LVO | Dice Non-LVO | Dice all | objective |"
-    lines += [header, "|" + "---|" * (header.count("|") - 1)]
-    for trial in sorted(
-        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number
-    ):
-        run = latest_run(client, experiment_name, f"{study.study_name}_trial_{trial.number:03d}")
+    def record(self, number: int, name: str, state: str, values: tuple | None, stopped: bool) -> None:
+        """Nest the trial's MLflow run under the study's, tag its trial number and state, log its objective(s)."""
+        run = latest_run(self.client, self.experiment_name, name)
         if run is None:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                local = client.download_artifacts(run.info.run_id, "validation/metrics_summary.csv", tmp)
-            except Exception:
-                continue
-            summary = list(csv.DictReader(open(local)))
-        params = dict(trial.params)
-        params.setdefault("beta", 1.0 - params.get("alpha", 0.7))
-        cell = {(s["metric"], s["class"], s["group"]): (float(s["mean"]), float(s["sd"])) for s in summary}
-        for cls in LESION_CLASSES:
-            values = {g: cell.get(("dice", cls, g), (math.nan, math.nan)) for g in ("LVO", "Non-LVO", "all")}
-            row = {
-                "trial": trial.number,
-                "gamma": params.get("gamma", 4 / 3),
-                "alpha": params.get("alpha"),
-                "beta": params["beta"],
-                "class": cls,
-                "objective": trial.values[0],
-            }
-            for g, (mean, sd) in values.items():
-                row[f"dice_{g}_mean"], row[f"dice_{g}_sd"] = mean, sd
-            rows.append(row)
-            fmt = " | ".join(f"{m:.2f} ± {s:.2f}" if m == m else "–" for m, s in values.values())
-            lines.append(
-                f"| {trial.number} | {row['gamma']:.2f} | {row['alpha']:.2f} | {row['beta']:.2f} "
-                f"| {cls} | {fmt} | {trial.values[0]:.3f} |"
-            )
-    if not rows:
-        return {}
-    return {
-        "table_md": str(save_text(output_dir / "exp1.md", "\n".join(lines) + "\n")),
-        "table_csv": str(save_csv(output_dir / "exp1.csv", rows)),
-    }
+            return
+        run_id, client = run.info.run_id, self.client
+        client.set_tag(run_id, "mlflow.parentRunId", self.parent_id)
+        client.set_tag(run_id, "optuna_trial", str(number))
+        client.set_tag(run_id, "optuna_state", {"FINISHED": "COMPLETE", "KILLED": "PRUNED"}.get(state, "FAIL"))
+        if values is not None:
+            names = [f"objective_{i}" for i in range(len(values))] if len(values) > 1 else ["objective"]
+            log_metrics(client, run_id, dict(zip(names, values)))
+        if stopped:
+            client.set_tag(run_id, "optuna_state", "STOPPED")
+            client.set_terminated(run_id, status="KILLED")
+        elif run.info.status == "RUNNING" or state != "FINISHED":
+            client.set_terminated(run_id, status=state)
