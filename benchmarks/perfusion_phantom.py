@@ -32,11 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 from scripts.perfusion.deconvolution import compute_perfusion_maps  # noqa: E402
 from scripts.perfusion.digital_phantom import (  # noqa: E402
     PhantomDesign,
-    lesion_errors,
-    make_lesion_phantom,
     make_phantom,
     tile_errors,
 )
+from scripts.perfusion.lesion_phantom import lesion_errors, make_lesion_phantom  # noqa: E402
 
 RHO, K_H = 1.04, 0.73  # the phantom's convention
 WU_LADDER = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)

@@ -17,8 +17,8 @@ from test_inference import ROOT, bundle
 from workflows import refusal, run_in_process
 
 from scripts.clinical.dicom_outputs import read_segmentation, sr_quality_flags, sr_volumes
-from scripts.clinical.inference import find_studies
 from scripts.clinical.report import radiological
+from scripts.clinical.studies import find_studies
 from scripts.io import CTPDataError, save_json, save_nifti
 from scripts.io.dicom import read_ctp_dicom, read_pixels
 from scripts.io.dicom_convert import convert_dicom_study

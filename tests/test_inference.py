@@ -13,8 +13,9 @@ import pytest
 import torch
 from workflows import refusal
 
-from scripts.clinical.inference import load_model, prepare_studies
+from scripts.clinical.inference import load_model
 from scripts.clinical.report import clinical_report, imaging_criteria
+from scripts.clinical.studies import prepare_studies
 from scripts.io import CTPDataError, save_nifti
 from scripts.learning.engine.metrics import lesion_metrics
 from scripts.learning.model.networks import create_network

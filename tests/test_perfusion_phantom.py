@@ -10,13 +10,12 @@ from scripts.io import CTPDataError, load_ctp, save_nifti, validate_frame_times
 from scripts.perfusion.deconvolution import compute_perfusion_maps, resample_frames, uniform_grid
 from scripts.perfusion.digital_phantom import (
     PhantomDesign,
-    lesion_errors,
-    make_lesion_phantom,
     make_phantom,
     parker_aif,
     residue,
     tile_errors,
 )
+from scripts.perfusion.lesion_phantom import lesion_errors, make_lesion_phantom
 from scripts.perfusion.maps import compute_maps
 from scripts.perfusion.svd import oscillation_index, window_fraction
 
