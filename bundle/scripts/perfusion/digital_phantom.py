@@ -180,8 +180,7 @@ def make_phantom(
     n_rows, n_cols = len(d.delays_s) + 1, len(d.mtt_s)  # the last row holds the artery and the vein
     rim = d.skull_px
     shape_xy = (n_cols * pitch + d.gutter_px + 2 * rim, n_rows * pitch + d.gutter_px + 2 * rim)
-    sections = [(s, v) for s in d.shapes for v in d.cbv]
-    n_z = len(sections)
+    n_z = len(sections := [(s, v) for s in d.shapes for v in d.cbv])
     enhancement = np.zeros((*shape_xy, n_z, times.size), dtype=np.float64)
     baseline = np.full((*shape_xy, n_z), CSF_HU)
     if rim:  # a skull around the tiles: what a registration holds on to in a head
@@ -222,10 +221,9 @@ def make_phantom(
             enhancement[sx, sy, z] = curve
             baseline[sx, sy, z] = 40.0
             tile[sx, sy, z] = label
-    rng = np.random.default_rng(seed)
     ctp = baseline[..., None] + enhancement
     if noise_hu > 0:
-        ctp += rng.normal(0.0, noise_hu, ctp.shape)
+        ctp += np.random.default_rng(seed).normal(0.0, noise_hu, ctp.shape)
     return DigitalPhantom(
         ctp=(np.round(ctp) if d.integer_hu else ctp).astype(np.float32),
         frame_times=times,

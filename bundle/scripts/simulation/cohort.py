@@ -235,38 +235,54 @@ def generate_cohort(
     test_counts = group_counts(int(n_test)) if int(n_test) else dict.fromkeys(GROUPS, 0)
     tasks = cohort_tasks(params, staging, bool(save_ctp))
     test_ids = {task["id"] for task in tasks if task["test"]}
-    n_workers = min(len(tasks), workers or os.cpu_count() or 1)
     try:
-        items = []
-        with ProcessPoolExecutor(n_workers) if n_workers > 1 else contextlib.nullcontext() as pool:
-            for item in pool.map(simulate_patient, tasks) if pool else map(simulate_patient, tasks):
-                items.append(item)  # one line per patient: a large cohort is not silent for minutes
-                logger.info("patient %s (%s) written: %d of %d", item["id"], item["group"], len(items), len(tasks))
-        by_id = {item["id"]: item for item in items}
-        ids_by_group = {g: [i["id"] for i in items if i["group"] == g and i["id"] not in test_ids] for g in GROUPS}
-        if test_ids:
-            splits = split_patients(ids_by_group, int(seed), SPLIT_FRACTIONS_WITHOUT_TEST)
-            splits["test"] = sorted(test_ids)
-        else:
-            splits = split_patients(ids_by_group, int(seed))
-        datalist = {
-            "name": "synthetic-ctp",
-            "description": "Synthetic CT perfusion cohort: indicator-dilution simulation, "
-            f"labels from the {lesion_model} lesion model.",
-            "version": version,
-            "generator": params,
-            **{split: [by_id[i] for i in ids] for split, ids in splits.items()},
-        }
-        save_json(staging / "datalist.json", datalist)
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, trash)
-            os.replace(staging, out)
-            shutil.rmtree(trash)
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, out)
+        items = simulate_patients(tasks, min(len(tasks), workers or os.cpu_count() or 1))
+        save_json(staging / "datalist.json", cohort_datalist(items, test_ids, params, version))
+        replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("cohort of %d patients (%s; test cohort %s) written to %s", len(items), counts, test_counts, out)
     return out / "datalist.json"
+
+
+def simulate_patients(tasks: list[dict], workers: int = 1) -> list[dict]:
+    """Every task simulated and written (in ``workers`` processes); their datalist items, in task order.
+    One log line per patient: a large cohort is not silent for minutes."""
+    items = []
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        for item in pool.map(simulate_patient, tasks) if pool else map(simulate_patient, tasks):
+            items.append(item)
+            logger.info("patient %s (%s) written: %d of %d", item["id"], item["group"], len(items), len(tasks))
+    return items
+
+
+def cohort_datalist(items: list[dict], test_ids: set[str], params: dict, version: str) -> dict:
+    """The cohort's datalist: its generator parameters and version, and the patients split by group (the test
+    split is the separate test cohort's patients when there is one)."""
+    by_id = {item["id"]: item for item in items}
+    ids_by_group = {g: [i["id"] for i in items if i["group"] == g and i["id"] not in test_ids] for g in GROUPS}
+    if test_ids:
+        splits = split_patients(ids_by_group, params["seed"], SPLIT_FRACTIONS_WITHOUT_TEST)
+        splits["test"] = sorted(test_ids)
+    else:
+        splits = split_patients(ids_by_group, params["seed"])
+    return {
+        "name": "synthetic-ctp",
+        "description": "Synthetic CT perfusion cohort: indicator-dilution simulation, "
+        f"labels from the {params['lesion_model']} lesion model.",
+        "version": version,
+        "generator": params,
+        **{split: [by_id[i] for i in ids] for split, ids in splits.items()},
+    }
+
+
+def replace_folder(staging: Path, out: Path) -> None:
+    """Move the finished ``staging`` folder to ``out``, replacing what was there only once it is complete."""
+    if out.exists():
+        trash = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, trash)
+        os.replace(staging, out)
+        shutil.rmtree(trash)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, out)

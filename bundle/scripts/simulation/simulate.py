@@ -86,19 +86,7 @@ def simulate_study(
     tissue, shape = anatomy.tissue, anatomy.tissue.shape
     brain = ph.brain_tissue(anatomy)
     sigma = (5.0 / grid.pixel_mm, 5.0 / grid.pixel_mm, 0.7)
-
-    # healthy perfusion: class means per patient, smooth within-class variation
-    gm = tissue == ph.GM
-    cbf0 = np.where(gm, rng.uniform(50, 70), rng.uniform(20, 28)) * (1 + 0.12 * ph.smooth_field(shape, sigma, rng))
-    cbv0 = np.where(gm, rng.uniform(3.5, 4.5), rng.uniform(1.7, 2.3)) * (1 + 0.08 * ph.smooth_field(shape, sigma, rng))
-    delay0 = rng.uniform(0.3, 1.0) + 0.3 * np.abs(ph.smooth_field(shape, sigma, rng))
-    cbf = np.where(brain, cbf0 * lesion.rcbf, 0.0)
-    cbv = np.where(brain, cbv0 * lesion.rcbv, 0.0)
-    mtt = np.where(brain, 60.0 * cbv / np.maximum(cbf, 1e-6), 0.0)
-    lesion_delay = (
-        delay0 + lesion.delay if lesion.extra_delay else np.where(lesion.state == ph.HEALTHY, delay0, lesion.delay)
-    )
-    delay = np.where(brain, lesion_delay, 0.0)
+    cbf, cbv, mtt, delay = true_perfusion(anatomy, lesion, brain, sigma, rng)
 
     aif = random_arterial_input(rng)
     times = np.arange(n_frames) * frame_interval
@@ -106,16 +94,7 @@ def simulate_study(
     enhancement = np.zeros(shape + (n_frames,), dtype=np.float32)
     enhancement[brain] = table.sample(cbf[brain], mtt[brain], delay[brain], times)
 
-    # vessels: arteries carry the (partial-volumed) AIF, occluded-side MCA a late collateral trickle
-    partial_volume = rng.uniform(0.6, 1.0)
-    artery = tissue == ph.ARTERY
-    enhancement[artery] = partial_volume * aif(times)
-    if lesion.affected_left is not None:
-        occluded = artery & (anatomy.left == lesion.affected_left) & (anatomy.territory == ph.MCA)
-        enhancement[occluded] = 0.5 * partial_volume * aif(times - rng.uniform(3, 6))
-    fine = table.t
-    venous = disperse(aif(fine - rng.uniform(4, 6)), table.dt, tau=rng.uniform(2, 4))
-    enhancement[tissue == ph.VEIN] = np.interp(times, fine, venous)
+    add_vessels(enhancement, anatomy, lesion, aif, times, table, rng)
 
     ttp = np.zeros(shape, dtype=np.float32)
     curves = enhancement[brain]
@@ -127,17 +106,10 @@ def simulate_study(
     baseline += np.where(tissue == ph.BONE, 250.0, 1.0) * ph.smooth_field(shape, sigma, rng)
     baseline[lesion.state == ph.CORE] -= rng.uniform(1, 3)  # early ischemic hypodensity
 
-    # CT noise, spatially correlated in-plane, frame by frame (slices-first so each frame is contiguous)
     noise_sigma = voxel_noise_sigma(noise_hu, grid)
     ctp = enhancement
     ctp += baseline[..., None]
-    if noise_sigma > 0:
-        slices_first = (shape[2], shape[0], shape[1])
-        gain = None
-        for t in range(n_frames):
-            frame = ndimage.gaussian_filter(rng.standard_normal(slices_first, dtype=np.float32), (0.0, 0.6, 0.6))
-            gain = gain or noise_sigma / max(float(frame.std()), 1e-12)
-            ctp[..., t] += gain * frame.transpose(1, 2, 0)
+    add_ct_noise(ctp, noise_sigma, rng)
 
     label = np.where(brain & (lesion.state == ph.PENUMBRA), 1, 0) + np.where(brain & (lesion.state == ph.CORE), 2, 0)
     truth = {
@@ -169,3 +141,59 @@ def simulate_study(
         noise_sigma_hu=noise_sigma,
         meta=meta,
     )
+
+
+def true_perfusion(
+    anatomy: ph.Anatomy, lesion: ph.Lesion, brain: np.ndarray, sigma: tuple[float, ...], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """True CBF, CBV, MTT and delay in ``brain``: healthy class means per patient with smooth within-class
+    variation (``sigma`` px), times the lesion's relative flow and volume, its delay added or in place."""
+    tissue, shape = anatomy.tissue, anatomy.tissue.shape
+    gm = tissue == ph.GM
+    cbf0 = np.where(gm, rng.uniform(50, 70), rng.uniform(20, 28)) * (1 + 0.12 * ph.smooth_field(shape, sigma, rng))
+    cbv0 = np.where(gm, rng.uniform(3.5, 4.5), rng.uniform(1.7, 2.3)) * (1 + 0.08 * ph.smooth_field(shape, sigma, rng))
+    delay0 = rng.uniform(0.3, 1.0) + 0.3 * np.abs(ph.smooth_field(shape, sigma, rng))
+    cbf = np.where(brain, cbf0 * lesion.rcbf, 0.0)
+    cbv = np.where(brain, cbv0 * lesion.rcbv, 0.0)
+    mtt = np.where(brain, 60.0 * cbv / np.maximum(cbf, 1e-6), 0.0)
+    lesion_delay = (
+        delay0 + lesion.delay if lesion.extra_delay else np.where(lesion.state == ph.HEALTHY, delay0, lesion.delay)
+    )
+    return cbf, cbv, mtt, np.where(brain, lesion_delay, 0.0)
+
+
+def add_vessels(
+    enhancement: np.ndarray,
+    anatomy: ph.Anatomy,
+    lesion: ph.Lesion,
+    aif: ArterialInput,
+    times: np.ndarray,
+    table: TissueCurveTable,
+    rng: np.random.Generator,
+) -> None:
+    """Vessels' enhancement, in place: arteries carry the (partial-volumed) AIF, the occluded side's MCA a late
+    collateral trickle, veins the AIF delayed and dispersed."""
+    tissue = anatomy.tissue
+    partial_volume = rng.uniform(0.6, 1.0)
+    artery = tissue == ph.ARTERY
+    enhancement[artery] = partial_volume * aif(times)
+    if lesion.affected_left is not None:
+        occluded = artery & (anatomy.left == lesion.affected_left) & (anatomy.territory == ph.MCA)
+        enhancement[occluded] = 0.5 * partial_volume * aif(times - rng.uniform(3, 6))
+    fine = table.t
+    venous = disperse(aif(fine - rng.uniform(4, 6)), table.dt, tau=rng.uniform(2, 4))
+    enhancement[tissue == ph.VEIN] = np.interp(times, fine, venous)
+
+
+def add_ct_noise(ctp: np.ndarray, noise_sigma: float, rng: np.random.Generator) -> None:
+    """CT noise of SD ``noise_sigma`` (HU), spatially correlated in-plane, added in place frame by frame (each
+    frame drawn slices-first, so it is contiguous)."""
+    if noise_sigma <= 0:
+        return
+    shape = ctp.shape[:3]
+    slices_first = (shape[2], shape[0], shape[1])
+    gain = None
+    for t in range(ctp.shape[-1]):
+        frame = ndimage.gaussian_filter(rng.standard_normal(slices_first, dtype=np.float32), (0.0, 0.6, 0.6))
+        gain = gain or noise_sigma / max(float(frame.std()), 1e-12)
+        ctp[..., t] += gain * frame.transpose(1, 2, 0)
