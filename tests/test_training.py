@@ -396,21 +396,31 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
     assert not client.search_runs([runs[0].info.experiment_id], filter_string="attributes.status = 'RUNNING'")
 
 
-def test_multi_gpu_config_drops_the_logging_handlers_on_other_ranks():
-    """multi_gpu_train.json slices MLflow off the handler lists: it must stay where the slices expect it."""
+def test_multi_gpu_config_keeps_the_writers_on_rank_zero_only():
+    """multi_gpu_train.json picks each rank's handlers by kind (rank_handlers), so on other ranks the trainer loses
+    only its MLflow handler and the validator keeps only its StatsHandler, wherever they stand in the lists."""
+    from pydoc import locate
+
     from monai.bundle import ConfigParser
+
+    from scripts.learning.engine.distributed import WRITERS
 
     parser = ConfigParser()
     parser.read_config([str(ROOT / "bundle/configs/train.json"), str(ROOT / "bundle/configs/multi_gpu_train.json")])
-    train_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["train#handlers"]]
-    val_handlers = [h if isinstance(h, str) else h["_target_"] for h in parser["validate#handlers"]]
-    mlflow_handler = "scripts.learning.tracking.handlers.MLFlowHandler"
-    assert train_handlers[-1] == mlflow_handler and mlflow_handler not in train_handlers[:-1]
-    assert val_handlers[0] == "StatsHandler" and all(h != "StatsHandler" for h in val_handlers[1:])
-    assert (
-        "@rank == 0" in parser["validate#evaluator#val_handlers"]
-        and "[:1]" in parser["validate#evaluator#val_handlers"]
-    )
+    assert "rank_handlers(" in parser["train#trainer#train_handlers"]
+    assert "rank_handlers(" in parser["validate#evaluator#val_handlers"]
+
+    def kind(handler):  # the class a handler entry builds, through an @reference where there is one
+        entry = parser[handler[1:]] if isinstance(handler, str) else handler
+        return locate(entry["_target_"]) or locate("monai.handlers." + entry["_target_"])
+
+    def kept(handlers):
+        return [k.__name__ for k in map(kind, handlers) if not issubclass(k, WRITERS)]
+
+    train, validate = parser["train#handlers"], parser["validate#handlers"]
+    assert [k.__name__ for k in map(kind, train) if issubclass(k, WRITERS)] == ["MLFlowHandler"]
+    assert len(kept(train)) == len(train) - 1
+    assert kept(validate) == ["StatsHandler"]
 
 
 def test_training_batches_ignore_extra_datalist_keys(tiny_cohort):
@@ -695,3 +705,20 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path):
         assert [p.name for p in folder.iterdir()] == ["last_checkpoint_epoch=1.pt"]  # no temporary file either
         weights = torch.load(folder / "last_checkpoint_epoch=1.pt", weights_only=True)
         assert weights["weight"].shape == (200, 200)
+
+
+def test_rank_handlers_pick_by_kind_not_position():
+    """Under torchrun only rank 0 writes (MLflow, best model, reports), wherever those handlers stand in the list."""
+    from monai.handlers import StatsHandler, ValidationHandler
+
+    from scripts.learning.engine.checkpoints import BestModelSaver
+    from scripts.learning.engine.distributed import rank_handlers
+    from scripts.learning.engine.metrics import MetricReports
+    from scripts.learning.tracking.handlers import MLFlowHandler
+
+    writers = [object.__new__(kind) for kind in (MLFlowHandler, BestModelSaver, MetricReports)]
+    others = [StatsHandler(), object.__new__(ValidationHandler)]
+    handlers = [writers[0], others[0], writers[1], others[1], writers[2]]  # writers first, between and last
+    assert rank_handlers(handlers, 0) == handlers
+    assert rank_handlers(handlers, 1) == others
+    assert rank_handlers(list(reversed(handlers)), 3) == list(reversed(others))

@@ -8,6 +8,12 @@
 * :mod:`scripts.cli`: how the bundle's workflows end on a user error.
 """
 
+import warnings
+
 from . import cli, clinical, io, learning, perfusion, simulation
+
+# MONAI's note that its GPU DICOM decoder (nvImageCodec) is absent: pydicom's decoders are used, and nothing a
+# user can act on (a CPU machine has no such decoder); logging.conf silences its logger's copy of the same note
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin", category=UserWarning)
 
 __all__ = ["cli", "clinical", "io", "learning", "perfusion", "simulation"]

@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from monai.bundle import ConfigWorkflow
+
 from .io import CTPDataError, OutputWriteError, save_json
 
 logger = logging.getLogger(__name__)
@@ -66,8 +68,6 @@ def bundle_workflow(
     The caller may attach handlers before ``run()`` (the loss search adds its pruning handler). Logging is
     left as the calling process configured it.
     """
-    from monai.bundle import ConfigWorkflow
-
     files = [str(f) for f in config_file] if isinstance(config_file, (list, tuple)) else str(config_file)
     workflow = ConfigWorkflow(
         config_file=files, logging_file=False, run_id=run_id, workflow_type=workflow_type, **overrides

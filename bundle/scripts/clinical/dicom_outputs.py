@@ -23,9 +23,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
+from highdicom.sr import CodedConcept
+from matplotlib import image
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 from ..io import save_bytes
+from ..io.dicom import read_header
 from ..perfusion.quality import TITLES
 
 BUNDLE_NAME = "ctp-stroke-bundle"
@@ -47,8 +53,6 @@ def _save(dataset, path: str | os.PathLike) -> Path:
 
 def _instance(series_number: int, description: str) -> dict[str, Any]:
     """The identity of a new single-instance series of this bundle (highdicom's constructor arguments)."""
-    from pydicom.uid import generate_uid
-
     return {
         "series_instance_uid": generate_uid(),
         "series_number": series_number,
@@ -60,15 +64,10 @@ def _instance(series_number: int, description: str) -> dict[str, Any]:
 
 
 def _local(value: str, meaning: str):
-    from highdicom.sr import CodedConcept
-
     return CodedConcept(value=value, scheme_designator=LOCAL_SCHEME, meaning=meaning)
 
 
 def _algorithm():
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
     return hd.AlgorithmIdentificationSequence(
         name=BUNDLE_NAME, family=codes.DCM.ArtificialIntelligence, version=bundle_version()
     )
@@ -76,9 +75,6 @@ def _algorithm():
 
 def segment_descriptions() -> list:
     """Segment 1 penumbra, segment 2 core (the label values)."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
     algorithm = _algorithm()
     common = {
         "segmented_property_category": codes.SCT.MorphologicallyAbnormalStructure,
@@ -101,8 +97,6 @@ def segment_descriptions() -> list:
 def write_segmentation(label: np.ndarray, sources: Sequence, path: str | os.PathLike):
     """Write ``label`` (X=column, Y=row, slice; 0/1/2) as a DICOM SEG over ``sources`` (one header per slice,
     in the label's slice order); return the dataset."""
-    import highdicom as hd
-
     label = np.asarray(label, dtype=np.uint8)
     if label.shape[2] != len(sources):
         raise ValueError(f"label has {label.shape[2]} slices but {len(sources)} source images were given.")
@@ -125,8 +119,6 @@ def write_segmentation(label: np.ndarray, sources: Sequence, path: str | os.Path
 def read_segmentation(path: str | os.PathLike, affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """A DICOM SEG of this bundle read back as a label (0/1/2) on the grid ``affine`` (RAS) / ``shape``;
     ``ValueError`` when the SEG's voxels do not coincide with that grid."""
-    import highdicom as hd
-
     volume = hd.seg.segread(path).get_volume(combine_segments=True, relabel=False)
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
     to_volume = np.linalg.inv(ras) @ np.asarray(affine, dtype=np.float64)
@@ -141,10 +133,6 @@ def read_segmentation(path: str | os.PathLike, affine: np.ndarray, shape: Sequen
 
 def write_report_sr(report: Mapping[str, Any], seg, sources: Sequence, path: str | os.PathLike):
     """Write the report's volumes as a TID 1500 Comprehensive 3D SR referencing ``seg``; return the dataset."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
-
     observer = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
@@ -214,8 +202,6 @@ def write_report_sr(report: Mapping[str, Any], seg, sources: Sequence, path: str
 
 def sr_quality_flags(sr) -> list[str]:
     """The perfusion quality flags (codes) in a report SR written by :func:`write_report_sr`."""
-    import highdicom as hd
-
     parsed = hd.sr.srread(sr) if isinstance(sr, (str, os.PathLike)) else sr
     return [
         evaluation.value.value
@@ -226,8 +212,6 @@ def sr_quality_flags(sr) -> list[str]:
 
 def sr_volumes(sr) -> dict[str, float]:
     """The segment volumes (ml) in a report SR written by :func:`write_report_sr`, by tracking identifier."""
-    import highdicom as hd
-
     parsed = hd.sr.srread(sr) if isinstance(sr, (str, os.PathLike)) else sr
     content = parsed.content
     volumes = {}
@@ -239,9 +223,6 @@ def sr_volumes(sr) -> dict[str, float]:
 
 def write_montage_sc(png: str | os.PathLike, source, path: str | os.PathLike):
     """Write the montage PNG as an RGB Secondary Capture image in the study of ``source``; return the dataset."""
-    import highdicom as hd
-    from matplotlib import image
-
     rgb = (np.asarray(image.imread(png))[..., :3] * 255).round().astype(np.uint8)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
@@ -264,8 +245,6 @@ def save_dicom_outputs(
     montage: str | os.PathLike | None = None,
 ) -> list[str]:
     """Write ``seg.dcm``, ``report_sr.dcm`` and (with a montage PNG) ``report_sc.dcm`` into ``folder``."""
-    from ..io.dicom import read_header
-
     folder = Path(folder)
     sources = [read_header(path) for path in reference_files]
     seg = write_segmentation(label, sources, folder / "seg.dcm")

@@ -46,8 +46,13 @@ from ..io import (
     save_nifti,
     write_failure,
 )
+from ..learning.engine.checkpoints import latest_checkpoint
 from ..learning.engine.precision import with_precision
+from ..learning.engine.stopping import run_until_signal
+from ..learning.model.weights import fit_weights, load_network_weights
+from ..learning.tracking.registry import is_model_uri, registered_weights
 from ..perfusion.brain_mask import brain_mask_from_mip
+from .dicom_outputs import save_dicom_outputs
 from .report import clinical_report, save_montage
 from .studies import PARTIAL
 
@@ -101,6 +106,8 @@ class SaveStudyOutputsd(MapTransform):
                 "nothing of them is left and the patients before are complete; free space and rerun with --resume true",
             ) from err
         _move_into_place(staging, self.output_dir / pid, self.overwrite)
+        volumes = report["volumes_ml"]
+        logger.info("patient %s: core %.1f ml, penumbra %.1f ml", pid, volumes["core"], volumes["penumbra"])
         d["report"] = report
         return d
 
@@ -142,8 +149,6 @@ class SaveStudyOutputsd(MapTransform):
         if self.montage:
             save_montage(staging / "report.png", mip, label, report, affine=reference.affine)
         if "dicom_reference" in study:
-            from .dicom_outputs import save_dicom_outputs
-
             references = json.loads(Path(study["dicom_reference"]).read_text())["dicom"]["reference_files"]
             montage = staging / "report.png" if self.montage else None
             save_dicom_outputs(staging, label, report, references, montage)
@@ -166,8 +171,6 @@ def _move_into_place(staging: Path, target: Path, overwrite: bool) -> None:
 def run_inference(evaluator: Any, output_dir: str | os.PathLike) -> list[str]:
     """Run the inference engine; on failure or SIGTERM / SIGINT (:mod:`scripts.learning.engine.stopping`: stopped
     between patients) remove the unfinished patient folders. Return the finished ids."""
-    from ..learning.engine.stopping import run_until_signal
-
     out = Path(output_dir)
     try:
         run_until_signal(evaluator, "inference", "finished patients are kept; rerun with --resume true for the rest")
@@ -182,8 +185,6 @@ def run_inference(evaluator: Any, output_dir: str | os.PathLike) -> list[str]:
 def default_checkpoint(bundle_root: str | os.PathLike, run_dir: str | os.PathLike = "runs/default") -> str | None:
     """``<bundle>/models/model.pt`` when present, else the best checkpoint of the default training run
     (``runs/default/model/best_*.pt``)."""
-    from ..learning.engine.checkpoints import latest_checkpoint
-
     model = Path(bundle_root) / "models" / "model.pt"
     return str(model) if model.is_file() else latest_checkpoint(Path(run_dir) / "model", "best")
 
@@ -204,9 +205,6 @@ def load_model(
     ``checkpoint`` is a file, or an MLflow model URI (``models:/NAME/VERSION``, ``models:/NAME@alias``) of a
     network registered by the training (``--registered_model_name``), fetched from ``tracking_uri``'s store.
     """
-    from ..learning.model.weights import fit_weights, load_network_weights
-    from ..learning.tracking.registry import is_model_uri, registered_weights
-
     if is_model_uri(checkpoint):
         fit_weights(network, registered_weights(str(checkpoint), tracking_uri), str(checkpoint))
     elif not checkpoint or not Path(checkpoint).is_file():

@@ -21,7 +21,10 @@ from typing import Any
 
 import numpy as np
 from ignite.engine import Engine, Events
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 from monai.utils import convert_to_numpy
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from ..io import save_bytes, voxel_volume_ml
 from ..learning.engine.metrics import label_indices
@@ -83,8 +86,6 @@ def clinical_report(
 def radiological(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """``volume`` reordered to L-P-S index order, so that ``volume[..., z].T`` drawn with row 0 on top shows
     an axial slice as radiologists read it: the patient's right on the screen's left, anterior up."""
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-
     return apply_orientation(np.asarray(volume), ornt_transform(io_orientation(affine), axcodes2ornt("LPS")))
 
 
@@ -104,11 +105,6 @@ def save_montage(
     the screen's left, anterior up, slices from feet to head) and each panel is marked R / L / A / P.
     Without it the arrays are shown as stored, unmarked.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     origin = "lower"
     if affine is not None:
         background, label, origin = radiological(background, affine), radiological(label, affine), "upper"
@@ -124,7 +120,7 @@ def save_montage(
     curves = report.get("curves")  # the AIF and VOF the maps were computed with, when computed here
     title_in = 0.2 * (2 + len(flags)) + 0.2
     heights = [2.4] * rows + ([1.6] if curves else [])
-    figure = plt.figure(figsize=(width, sum(heights) + title_in))
+    figure = Figure(figsize=(width, sum(heights) + title_in))
     grid = figure.add_gridspec(len(heights), columns, height_ratios=heights)
     for z in range(rows * columns):
         ax = figure.add_subplot(grid[z // columns, z % columns])
@@ -173,11 +169,6 @@ def save_comparison(
     """PNG comparing a label with the reference: one column per slice (at most ``max_slices``, evenly spaced
     over the slices holding either label), the reference on the top row and the prediction below, penumbra
     green and core magenta over ``background`` (e.g. CBF); radiological orientation with ``affine``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     origin = "lower"
     if affine is not None:
         background, truth, prediction = (radiological(v, affine) for v in (background, truth, prediction))
@@ -190,7 +181,8 @@ def save_comparison(
     if window is None:
         inside = background[background > 0]
         window = (0.0, float(np.percentile(inside, 99))) if inside.size else (0.0, 1.0)
-    figure, axes = plt.subplots(2, len(chosen), figsize=(max(2.2 * len(chosen), 4.4), 5.0), squeeze=False)
+    figure = Figure(figsize=(max(2.2 * len(chosen), 4.4), 5.0))
+    axes = figure.subplots(2, len(chosen), squeeze=False)
     for column, z in enumerate(chosen):
         for row, (name, label) in enumerate((("reference", truth), ("prediction", prediction))):
             ax = axes[row, column]
@@ -205,8 +197,6 @@ def _panel(
 ) -> None:
     """One axial slice: greyscale background, penumbra filled green and core magenta, a caption, and the
     R / L / A / P marks when the slice is in radiological orientation."""
-    from matplotlib.colors import ListedColormap
-
     overlay = ListedColormap([(0, 0, 0, 0), (0.1, 0.9, 0.2, 0.5), (1.0, 0.1, 0.9, 0.75)])
     ax.imshow(background.T, cmap="gray", vmin=window[0], vmax=window[1], origin=origin)
     ax.imshow(label.T, cmap=overlay, vmin=0, vmax=2, origin=origin, interpolation="nearest")
@@ -224,12 +214,9 @@ def _panel(
 
 
 def _save_figure(path: str | os.PathLike, figure: Any, top: float = 0.93) -> str:
-    from matplotlib import pyplot as plt
-
     figure.tight_layout(rect=(0, 0, 1, top))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
     save_bytes(path, buffer.getvalue())
     return str(path)
 

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,9 @@ def prepare_study(
         staging = out / PARTIAL.format(pid) / "maps"
         shutil.rmtree(staging, ignore_errors=True)
         logger.info("patient %s: computing maps from %s", pid, item["ctp"])
+        start = time.perf_counter()
         paths = compute_maps(item["ctp"], staging, overwrite=True, **dict(perfusion or {}))
+        logger.info("patient %s: maps computed in %.1f s", pid, time.perf_counter() - start)
         item.update({k: paths[k] for k in datalist_maps()})
         if "dicom" in json.loads((staging / "perfusion.json").read_text()):
             item["dicom_reference"] = str(staging / "perfusion.json")

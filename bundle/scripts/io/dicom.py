@@ -288,6 +288,7 @@ def read_ctp_dicom(
     except ValueError as err:
         raise CTPDataError(str(err)) from err
     array = np.empty((stack.size[1], stack.size[0], len(stack.positions), n_frames), dtype=np.float32)
+    logger.info("%s: decoding %d slices x %d frames (time from %s)", folder, len(stack.positions), n_frames, source)
     for k, z in enumerate(stack.positions):
         for t, (_, path) in enumerate(stack.members[z]):
             array[:, :, k, t] = read_pixels(path).T

@@ -39,6 +39,7 @@ Pipeline, vectorised over voxels (no per-voxel Python loops):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -166,7 +167,9 @@ def compute_perfusion_maps(
     noise_hu = noise_level(ctp, tissue, n_base)
     smooth = denoise_curves(ctp, baseline, tissue, sigma_px, noise_hu, denoising, tips_range)
     info["denoising"] = denoising
-    values, thresholds = residue_maps(smooth, aif, dt, method, oscillation_limit, truncation, tmax_method)
+    values, thresholds = residue_maps(
+        smooth, aif, dt, tmax_method, method=method, oscillation_limit=oscillation_limit, truncation=truncation
+    )
     info["median_truncation"] = float(np.median(thresholds))
     # the parenchyma's mean enhancement from the curves already made (smoothing within tissue keeps the mean);
     # the noise from the raw baseline frames, as one voxel of one frame carries it
@@ -212,19 +215,14 @@ def even_series(
 
 
 def residue_maps(
-    curves: np.ndarray,
-    aif: np.ndarray,
-    dt: float,
-    method: str = "osvd",
-    oscillation_limit: float = 0.035,
-    truncation: float = 0.1,
-    tmax_method: str = "rise",
+    curves: np.ndarray, aif: np.ndarray, dt: float, tmax_method: str = "rise", **deconvolution: Any
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """CBF, CBV, MTT, Tmax and TTP of denoised concentration curves ``(V, T)`` by ``aif``; each voxel's truncation.
 
     CBF is the residue's peak, CBV its area over the part of the bolus the window holds (:func:`window_fraction`,
     at least :data:`MIN_WINDOW_FRACTION`), MTT their ratio (central volume theorem), both in the units of the
-    module docstring; Tmax and TTP in seconds.
+    module docstring; Tmax and TTP in seconds. ``deconvolution``: keyword arguments of :func:`.svd.deconvolve`
+    (``method``, ``oscillation_limit``, ``truncation``).
     """
     n_t = curves.shape[1]
 
@@ -232,9 +230,7 @@ def residue_maps(
         in_window = np.clip(window_fraction(k[:, :n_t], aif), MIN_WINDOW_FRACTION, 1.0)
         return k.max(axis=1), k.sum(axis=1) / in_window, residue_peak_time(k, dt, n_t, tmax_method)
 
-    (peak, area, tmax), thresholds = deconvolve(
-        curves, aif, dt, method, oscillation_limit, truncation=truncation, summarise=summarise
-    )
+    (peak, area, tmax), thresholds = deconvolve(curves, aif, dt, summarise=summarise, **deconvolution)
     scale = K_H / RHO
     cbf = scale * peak * 6000.0
     cbv = scale * area * dt * 100.0

@@ -23,7 +23,11 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ImplicitVRLittleEndian, generate_uid
 
 from ..io import CTPDataError, load_ctp, load_frame_times, load_map
 
@@ -56,8 +60,6 @@ def _grid(affine: np.ndarray, shape: Sequence[int]) -> tuple[list[float], list[f
 
 
 def _uid() -> str:
-    from pydicom.uid import generate_uid
-
     return generate_uid()
 
 
@@ -79,10 +81,6 @@ def _image(
 ):
     """One CT Image Storage dataset with ``attributes`` holding ``stored`` (rows, columns; 16-bit, unsigned
     or ``signed``), encoded with ``syntax``."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ImplicitVRLittleEndian
-
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
@@ -96,8 +94,6 @@ def _image(
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, int(signed)
     uid = TRANSFER_SYNTAXES[syntax]
     if syntax == "jpeg-lossless":
-        import imagecodecs
-
         ds.PixelData = encapsulate([imagecodecs.ljpeg_encode(stored, bitspersample=bits_stored)])
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = uid

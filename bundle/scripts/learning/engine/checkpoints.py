@@ -12,7 +12,7 @@ from typing import Any
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
-from monai.handlers import CheckpointSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import str2bool
 
 from ...io import write_failure
@@ -110,8 +110,6 @@ def resume_from_last(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: di
 
     A checkpoint that cannot be read or does not match the network stops with a message naming the file.
     """
-    from monai.handlers import CheckpointLoader
-
     resume = str2bool(resume)
     path = latest_checkpoint(ckpt_dir) if resume else None
     if path is None:

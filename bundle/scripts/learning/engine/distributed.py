@@ -1,4 +1,7 @@
-"""Ending a torch.distributed run so that every rank exits cleanly.
+"""A torch.distributed run: which handlers each rank attaches, and ending it so that every rank exits cleanly.
+
+Only rank 0 writes (MLflow, the best model, the metric reports): :func:`rank_handlers` picks a rank's handlers by
+kind, not by their position in the config's list.
 
 ``destroy_process_group()`` alone is not enough with DistributedDataParallel on Gloo: a DDP wrapper that is still
 referenced (a module-level name, the bundle's config, an engine) keeps its reducer, and with it the buffers of the
@@ -11,9 +14,18 @@ while the interpreter is alive.
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
+from typing import Any
 
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+from ..tracking.handlers import MLFlowHandler
+from .checkpoints import BestModelSaver
+from .metrics import MetricReports
+
+WRITERS = (MLFlowHandler, BestModelSaver, MetricReports)
+"""Handlers that write the run's records: attached on rank 0 only."""
 
 DDP_STATE = ("logger", "reducer")
 """Attributes of a DistributedDataParallel that hold the reducer (the logger keeps a pointer to it)."""
@@ -43,3 +55,9 @@ def end_process_group() -> int:
     released = release_reducers()
     dist.destroy_process_group()
     return released
+
+
+def rank_handlers(handlers: Sequence[Any], rank: int) -> list[Any]:
+    """The ``handlers`` a process of ``rank`` attaches: all of them on rank 0, elsewhere all but the
+    :data:`WRITERS` (every rank validates and stops alike; one rank writes)."""
+    return [h for h in handlers if rank == 0 or not isinstance(h, WRITERS)]

@@ -81,6 +81,7 @@ class KeywordSliceInferer(SliceInferer):
         super().__init__(*args, sw_batch_size=1 if sw_batch_size == "auto" else sw_batch_size, **kwargs)
         self.auto_batch, self.memory_fraction = sw_batch_size == "auto", memory_fraction
         self._probe: tuple[int, int] | None = None  # (id of the network, bytes per PROBE_SIZE² slice)
+        self._said: tuple[int, int] | None = None  # the last slice batch logged
 
     def slice_batch(self, inputs: torch.Tensor, network: Callable[..., Any], **kwargs: Any) -> int:
         """Slices per forward pass for ``inputs`` (B, C, H, W, D) sliced along ``spatial_dim``."""
@@ -92,7 +93,9 @@ class KeywordSliceInferer(SliceInferer):
         per_slice = self._probe[1] * spatial[0] * spatial[1] / PROBE_SIZE**2
         free = available_memory(inputs.device)
         batch = max(1, min(n_slices, int(self.memory_fraction * free // max(per_slice, 1))))
-        logger.info(
+        # said once, and again when it changes (not once per patient)
+        changed, self._said = self._said != (batch, n_slices), (batch, n_slices)
+        (logger.info if changed else logger.debug)(
             "slice batch %d of %d slices (%.2f GB of activations per %dx%d slice, %.1f GB free on %s)",
             batch,
             n_slices,

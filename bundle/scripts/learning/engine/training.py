@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.utils import str2bool
+from monai.data import pad_list_data_collate
+from monai.data.utils import set_rnd
+from monai.utils import set_determinism, str2bool
 
 from ...io import CTPDataError, load_datalist
 from ..model.losses import FocalTverskyLoss
@@ -124,9 +126,6 @@ class EpochSeeding:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from monai.data.utils import set_rnd
-        from monai.utils import set_determinism
-
         epoch_seed = self.seed + 1000 * engine.state.epoch  # distinct for every (seed < 1000, epoch)
         set_determinism(seed=epoch_seed)
         set_rnd(self.dataset, epoch_seed)
@@ -157,7 +156,5 @@ class NonLVOPenalty:
 def pad_collate(batch: list) -> dict:
     """Collate brain-cropped training slices of different sizes: MONAI's ``pad_list_data_collate`` after
     flattening the per-volume sample lists of ``RandCropByPosNegLabeld`` (which that collate does not)."""
-    from monai.data import pad_list_data_collate
-
     flat = [s for item in batch for s in (item if isinstance(item, (list, tuple)) else [item])]
     return pad_list_data_collate(flat)

@@ -18,12 +18,15 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import mlflow
+
 from ...cli import run_workflow
 from ...io import save_csv, save_text
 from ...perfusion.thresholds import ThresholdSegmentation
 from ..engine.checkpoints import drop_resume_point
-from ..engine.metrics import markdown_table
+from ..engine.metrics import evaluate_predictions, markdown_table, metric_names
 from ..tracking.runs import check_tracking_uri, experiment_id, log_metrics, run_finished
+from .voxel_baseline import FEATURES, evaluate_voxel_baseline, fit_voxel_baseline
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +98,6 @@ def log_baseline_run(
     experiment: str, name: str, params: dict, summary: list[dict], reports: Path, split: str, tracking_uri: str
 ) -> str:
     """An MLflow run ``name`` in ``experiment`` holding a baseline's params, ``<split>_*`` metrics and reports."""
-    import mlflow
-
-    from ..engine.metrics import metric_names
-
     prefix = {"validation": "val", "training": "train"}.get(split, split)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     run = client.create_run(experiment_id(client, experiment), run_name=name)
@@ -120,8 +119,6 @@ def run_threshold_baseline(
 ) -> str:
     """The threshold baseline as a table row: inference in threshold mode on ``split``, the same scoring as the
     networks, and an MLflow run named ``threshold`` in ``experiment`` holding its metrics and reports."""
-    from ..engine.metrics import evaluate_predictions
-
     out = Path(output_root) / experiment / THRESHOLD
     predictions = out / "predictions"
     run_workflow(
@@ -160,8 +157,6 @@ def run_voxel_baseline(
     """The voxel-wise tissue-outcome baseline (:mod:`scripts.learning.experiments.voxel_baseline`) as a table row:
     fitted on the training split, its predictions on ``split`` scored like the networks', an MLflow run named
     ``voxel``."""
-    from .voxel_baseline import FEATURES, evaluate_voxel_baseline, fit_voxel_baseline
-
     out = Path(output_root) / experiment / VOXEL
     summary = evaluate_voxel_baseline(datalist, fit_voxel_baseline(datalist, out, seed=seed), split, out)
     params = {"variant": "voxel", "features": ",".join(FEATURES), "seed": seed}
@@ -186,8 +181,6 @@ def build_tables(
     output_dir: str = "runs/tables",
 ) -> dict[str, Path]:
     """Paper-style Markdown + CSV tables (mean ± SD per class and group, validation split) from MLflow."""
-    import mlflow
-
     uri = check_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     written: dict[str, Path] = {}

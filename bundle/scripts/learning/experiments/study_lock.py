@@ -18,6 +18,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
+
+from .study_storage import connection_lost, with_reconnect
+
 _LOCAL = threading.Lock()
 
 
@@ -35,8 +39,6 @@ class StudyLock:
         self._held = False
 
     def _sql(self, statement: str, **params: Any) -> None:
-        import sqlalchemy
-
         self._connection.execute(sqlalchemy.text(statement), params)
         self._connection.commit()
 
@@ -44,13 +46,9 @@ class StudyLock:
         """Block until the lock is held. With ``reconnect`` (every acquisition after the first, from ``with``),
         a database that does not answer is retried as the storage retries it (a restart during a search)."""
         if self.dialect in ("postgresql", "mysql", "mariadb"):
-            import sqlalchemy
-
             if self._engine is None:
                 self._engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
             if reconnect:
-                from .study_storage import with_reconnect
-
                 self._connection = with_reconnect(lambda lock: lock._engine.connect())(self)
             else:
                 self._connection = self._engine.connect()
@@ -81,8 +79,6 @@ class StudyLock:
                 else:
                     self._sql("SELECT RELEASE_LOCK(:name)", name=f"optuna-{self.key}")
             except Exception as err:
-                from .study_storage import connection_lost
-
                 if not connection_lost(err):
                     raise  # a lost connection (the database restarted) took its session's lock with it
             finally:

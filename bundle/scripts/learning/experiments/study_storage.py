@@ -21,6 +21,7 @@ import os
 import time
 from typing import Any
 
+import sqlalchemy.exc
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 
@@ -59,8 +60,6 @@ RETRIED = (
 
 def connection_lost(err: BaseException) -> bool:
     """Whether ``err`` (or what it was raised from) is a lost or refused database connection."""
-    import sqlalchemy.exc
-
     lost = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
     return any(
         (isinstance(e, sqlalchemy.exc.DBAPIError) and (e.connection_invalidated or isinstance(e, lost)))

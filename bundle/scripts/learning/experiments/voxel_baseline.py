@@ -25,6 +25,7 @@ import numpy as np
 
 from ...io import CTPDataError, load_datalist, load_map, save_bytes, save_nifti
 from ...perfusion.brain_mask import brain_mask_from_mip
+from ..engine.metrics import evaluate_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,6 @@ def evaluate_voxel_baseline(
 ) -> list[dict]:
     """Predict ``split`` into ``<output_dir>/predictions`` and score it like the networks (reports in
     ``<output_dir>/<split>``); return the per-group summary."""
-    from ..engine.metrics import evaluate_predictions
-
     predictions = predict_split(datalist, model_path, split, Path(output_dir) / "predictions")
     _, summary = evaluate_predictions(
         datalist, predictions, split=split, output_dir=Path(output_dir) / split, title="voxel"

@@ -10,6 +10,7 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+from torch.nn.parallel import DistributedDataParallel
 
 from .networks import FINETUNING_SCHEDULES, trainable_parameters
 
@@ -19,8 +20,6 @@ logger = logging.getLogger(__name__)
 def rewrap_distributed(network: torch.nn.Module) -> torch.nn.Module:
     """A new ``DistributedDataParallel`` around ``network.module`` with the same options, so that it reduces
     exactly the parameters trainable now (DDP fixes that set when it is built); other modules pass through."""
-    from torch.nn.parallel import DistributedDataParallel
-
     if not isinstance(network, DistributedDataParallel):
         return network
     return DistributedDataParallel(

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+import requests
+
 from ...cli import exception_chain
 
 logger = logging.getLogger(__name__)
@@ -63,8 +65,6 @@ UNAVAILABLE = (
 def unreachable(err: BaseException) -> bool:
     """Whether ``err`` (or what it was raised from) says the tracking server did not answer, as opposed to
     a request it refused (bad parameter, unknown run), which is raised as usual."""
-    import requests
-
     down = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)
     return any(
         isinstance(e, down) or (any(marker in str(e) for marker in UNAVAILABLE) and "INVALID_PARAMETER" not in str(e))

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+import mlflow
 import numpy as np
 import torch
+from mlflow.models import infer_signature
 
 from ...io.map_registry import display_windows
+from ..model.weights import load_network_weights
+from .runs import default_tracking_uri, latest_run, use_tracking_uri
 
 SCRIPTS = Path(__file__).resolve().parents[1]
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
@@ -49,12 +54,6 @@ def log_model(
     network uses it; the input example is one slice of typical healthy values at ``roi_size`` (64 where a
     size is -1, i.e. whole slices).
     """
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from ..model.weights import load_network_weights
-    from .runs import latest_run, use_tracking_uri
-
     if not registered_model_name or idist.get_rank() != 0:
         return None
     if not checkpoint or not Path(checkpoint).is_file():
@@ -90,8 +89,6 @@ def log_model(
 
 def requirements() -> list[str]:
     """The pinned packages a logged model needs (the installed versions, without local labels like +cpu)."""
-    from importlib.metadata import version
-
     return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "monai", "numpy", "pytorch-ignite")]
 
 
@@ -103,10 +100,6 @@ def is_model_uri(checkpoint: Any) -> bool:
 def registered_weights(model_uri: str, tracking_uri: str | None = None) -> dict[str, torch.Tensor]:
     """The network weights of an MLflow model logged by :func:`log_model`, fetched from the tracking store
     (and its registry); one clear error when the name, version or alias does not exist there."""
-    import mlflow
-
-    from .runs import default_tracking_uri, use_tracking_uri
-
     uri = default_tracking_uri(tracking_uri)
     try:  # MLflow downloads the model into a temporary folder it never removes unless given one
         with use_tracking_uri(uri), tempfile.TemporaryDirectory(prefix="ctp-model-") as download:

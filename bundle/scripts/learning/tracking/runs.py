@@ -10,12 +10,24 @@ import math
 import os
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+import mlflow
+import sqlalchemy
+from fire.parser import DefaultParseValue
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking._model_registry import utils as registry_utils
+from mlflow.tracking._tracking_service import utils as tracking_utils
+from mlflow.tracking.context.registry import resolve_tags
+from monai.bundle import ConfigParser
 
 from ...io import save_json
 
@@ -38,14 +50,10 @@ def check_tracking_uri(tracking_uri: str | None = None, timeout: float = 10.0) -
     scheme = uri.split(":", 1)[0].split("+", 1)[0]
     try:
         if scheme in ("http", "https"):
-            import urllib.request
-
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
                 if response.status != 200:
                     raise OSError(f"/health answered {response.status}")
         elif scheme in ("postgresql", "mysql", "mssql"):
-            import sqlalchemy
-
             sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool).connect().close()
     except Exception as err:  # refused, timed out, unknown host, bad credentials, missing driver
         first = str(err).splitlines()[0] if str(err) else ""
@@ -68,8 +76,6 @@ def mark_model_training(client: Any, experiment: Any) -> None:
 def tag_source(client: Any, run: Any) -> None:
     """Set MLflow's default run tags (source name and type, user, git commit: ``mlflow.tracking.context``)
     that ``run`` lacks; the source name is the ``monai.bundle run <workflow>`` command when launched so."""
-    from mlflow.tracking.context.registry import resolve_tags
-
     tags = resolve_tags()
     if len(sys.argv) > 2 and "monai" in sys.argv[0] and sys.argv[1] == "run":
         tags["mlflow.source.name"] = f"python -m monai.bundle run {sys.argv[2]}"
@@ -83,11 +89,6 @@ def log_datalist(client: Any, run_id: str, datalist: str | os.PathLike, context:
     """Log ``datalist`` as the run's input dataset (name: the file's stem, digest: :func:`data_version`,
     source: its path), tagged with the ``context`` it is first used for (``training``, or the evaluated split
     of a run that did not train on it). MLflow links a dataset to a run once, so a run holds it once."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag
-    from mlflow.exceptions import MlflowException
-
     path = Path(datalist).resolve()
     dataset = MetaDataset(resolve_dataset_source(str(path)), name=path.stem, digest=data_version(path))
     if any(d.dataset.digest == dataset.digest for d in client.get_run(run_id).inputs.dataset_inputs):
@@ -115,10 +116,6 @@ def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
     process (and its subprocesses). This restores MLflow's globals and both environment variables as they
     were.
     """
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
     keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved = tracking_utils._tracking_uri, registry_utils._registry_uri, {k: os.environ.get(k) for k in keys}
     try:
@@ -186,9 +183,6 @@ def save_resolved_config(path: str | os.PathLike, run_id: str, argv: Sequence[st
     ``monai.bundle run <run_id>``: a workflow launched from Python (:func:`scripts.cli.bundle_workflow`) is
     recorded by its launcher, which holds the executed config itself.
     """
-    from fire.parser import DefaultParseValue
-    from monai.bundle import ConfigParser
-
     argv = list(sys.argv if argv is None else argv)
     if idist.get_rank() != 0 or len(argv) < 3 or "monai" not in argv[0] or argv[1] != "run":
         return None
@@ -221,8 +215,6 @@ def experiment_id(client: Any, name: str) -> str:
 
 def log_metrics(client: Any, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
     """Log every finite number of ``metrics`` to run ``run_id`` in one request (others are left out)."""
-    from mlflow.entities import Metric
-
     now = int(time.time() * 1000)
     batch = [
         Metric(key, float(value), now, step)
@@ -251,8 +243,6 @@ def latest_run(client: Any, experiment_name: str, run_name: str) -> Any | None:
 def run_finished(tracking_uri: str, experiment_name: str, run_name: str) -> bool:
     """True when a run named ``run_name`` in ``experiment_name`` ended (FINISHED) with validation or test
     metrics: a finished training (or evaluation) that a rerun should skip, not resume."""
-    import mlflow
-
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
@@ -276,8 +266,6 @@ def log_to_training_run(
     """Log evaluation metrics and reports into the newest MLflow run named ``run_name`` (the training run);
     the evaluator's ``val_`` metric names take the split's ``prefix`` (``test_dice_lesion``, ...). With
     ``datalist``, it is logged as the run's input dataset for the ``split`` (:func:`log_datalist`)."""
-    import mlflow
-
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     run = latest_run(client, experiment_name, run_name)
     if run is None:
