@@ -7,7 +7,8 @@ inside the brain), and keep the largest 3D connected component (drops scalp and 
 separated from the brain by the skull). ``method="otsu"`` instead thresholds the MIP clipped to the
 window at Otsu's level (for MIPs whose soft-tissue range is not known), then fills and keeps the
 largest component. Force a prediction inside the mask with MONAI's
-``MaskIntensityd(keys="pred", mask_key="brain")``.
+``MaskIntensityd(keys="pred", mask_key="brain")``. :func:`brain_crop` gives the networks only the brain's
+bounding box (MONAI's crop and pad, inverted by ``Invertd``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import CropForegroundd, DivisiblePadd, MapTransform
+from monai.transforms.utils import is_positive
 from monai.utils import convert_to_numpy
 from scipy import ndimage
 
@@ -112,3 +114,26 @@ class BrainMaskFromMIPd(MapTransform):
             else:
                 d[self.mask_key] = mask
         return d
+
+
+def _everywhere(brain: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(brain, dtype=torch.bool)
+
+
+def brain_crop(
+    keys: KeysCollection, enabled: bool = True, margin: int = 8, source_key: str = "brain", multiple: int = 32
+) -> list[MapTransform]:
+    """MONAI's crop to the brain's bounding box (the ``source_key`` mask plus ``margin`` pixels in-plane; slices
+    without brain dropped) and pad to a multiple of ``multiple`` in-plane, on ``keys``. Not ``enabled``: whole
+    slices, padded alike. Both are invertible (``Invertd`` pastes predictions back onto the input grid)."""
+    select = is_positive if enabled else _everywhere
+    return [
+        CropForegroundd(
+            keys,
+            source_key=source_key,
+            select_fn=select,
+            margin=[margin, margin, 0] if enabled else 0,
+            allow_smaller=True,
+        ),
+        DivisiblePadd(keys, k=[multiple, multiple, 1]),
+    ]
