@@ -66,12 +66,18 @@ def run(datalist: str, split: str, checkpoint: str, inputs: str, out: Path, *ext
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_arguments(description: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: the model (``--checkpoint``, ``--inputs``) and the patients it labels."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--datalist", default="data/synthetic/datalist.json")
     parser.add_argument("--split", default="test")
     parser.add_argument("--inputs", default="PMs+N")
+    return parser
+
+
+def main() -> None:
+    parser = model_arguments(__doc__.splitlines()[0])
     parser.add_argument("--reference", default="--brain_crop false --precision fp32", help="inference options")
     parser.add_argument("--candidate", default="", help="inference options (default: the bundle's defaults)")
     args = parser.parse_args()

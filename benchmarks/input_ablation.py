@@ -11,7 +11,6 @@ Run: python benchmarks/input_ablation.py --checkpoint runs/default/model/best_*.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from inference_agreement import model_arguments  # noqa: E402
 from inference_agreement import run as run_inference  # noqa: E402
 
 from scripts.io import load_datalist, load_map, save_json, save_nifti  # noqa: E402
@@ -47,11 +47,7 @@ def ablated_datalist(items: list[dict], name: str, folder: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--datalist", default="data/synthetic/datalist.json")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--inputs", default="PMs+N")
+    parser = model_arguments(__doc__.splitlines()[0])
     args = parser.parse_args()
     items = load_datalist(Path(args.datalist).resolve(), splits=(args.split,))[args.split]  # absolute map paths
     labels = {i["id"]: load_map(i["label"])[0].astype(np.uint8) for i in items}

@@ -317,6 +317,10 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+"""Two local processes under torchrun."""
+
+
 def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
     """multi_gpu_train.json under torchrun on CPU, killed with SIGKILL after its first checkpoint and resumed
     with ``--resume true``: it ends at the uninterrupted run's epoch count in one MLflow run; stages move in
@@ -345,12 +349,7 @@ def test_two_process_ddp_training_with_gloo(tiny_cohort, tmp_path):
         "'$scripts.learning.engine.distributed.end_process_group()']",
     ]
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
+        *TORCHRUN,
         "-m",
         "monai.bundle",
         "run",
@@ -532,12 +531,7 @@ def test_ddp_update_equals_one_process_on_the_whole_batch(tmp_path):
     script.write_text(DDP_STEP.replace("CLIP", repr(clip)))
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
+            *TORCHRUN,
             str(script),
             str(tmp_path / "ddp.pt"),
         ],

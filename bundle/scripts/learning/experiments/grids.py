@@ -85,12 +85,12 @@ def run_grid(
             "evaluating", [f"{config_dir}/train.json", f"{config_dir}/evaluate.json"], split="validation", **settings
         )
         drop_resume_point(out)
-    for baseline, run_baseline in ((THRESHOLD, run_threshold_baseline), (VOXEL, run_voxel_baseline)):
+    for baseline in BASELINES:
         names.append(baseline)
         if run_finished(uri, grid, baseline):
             logger.info("%s/%s already finished: skipped", grid, baseline)
         else:
-            run_baseline(grid, datalist, output_root, uri, config_dir)
+            run_baseline(baseline, grid, datalist, output_root, uri, config_dir)
     return names
 
 
@@ -109,17 +109,9 @@ def log_baseline_run(
     return run.info.run_id
 
 
-def run_threshold_baseline(
-    experiment: str,
-    datalist: str,
-    output_root: str,
-    tracking_uri: str,
-    config_dir: str = "bundle/configs",
-    split: str = "validation",
-) -> str:
-    """The threshold baseline as a table row: inference in threshold mode on ``split``, the same scoring as the
-    networks, and an MLflow run named ``threshold`` in ``experiment`` holding its metrics and reports."""
-    out = Path(output_root) / experiment / THRESHOLD
+def threshold_row(datalist: str, out: Path, split: str, config_dir: str) -> tuple[dict, list[dict]]:
+    """The threshold baseline: inference in threshold mode on ``split`` (labels under ``out/predictions``),
+    scored like the networks (reports under ``out/<split>``); its parameters and summary."""
     predictions = out / "predictions"
     run_workflow(
         "inference",
@@ -131,9 +123,8 @@ def run_threshold_baseline(
         overwrite=True,
         montage=False,
     )
-    reports = out / split
     _, summary = evaluate_predictions(
-        datalist, predictions, split=split, output_dir=reports, pattern="{id}/label.nii.gz", title=THRESHOLD
+        datalist, predictions, split=split, output_dir=out / split, pattern="{id}/label.nii.gz", title=THRESHOLD
     )
     thresholds = ThresholdSegmentation()  # the inference config's defaults are the module's
     params = {
@@ -142,25 +133,35 @@ def run_threshold_baseline(
         "hypoperfused_tmax": thresholds.hypoperfused_tmax,
         "normal_tmax": thresholds.normal_tmax,
     }
-    return log_baseline_run(experiment, THRESHOLD, params, summary, reports, split, tracking_uri)
+    return params, summary
 
 
-def run_voxel_baseline(
+def voxel_row(datalist: str, out: Path, split: str, config_dir: str, seed: int = 0) -> tuple[dict, list[dict]]:
+    """The voxel-wise tissue-outcome baseline (:mod:`scripts.learning.experiments.voxel_baseline`): fitted on the
+    training split, its predictions on ``split`` scored like the networks' (reports under ``out/<split>``)."""
+    summary = evaluate_voxel_baseline(datalist, fit_voxel_baseline(datalist, out, seed=seed), split, out)
+    return {"variant": "voxel", "features": ",".join(FEATURES), "seed": seed}, summary
+
+
+BASELINES = {THRESHOLD: threshold_row, VOXEL: voxel_row}
+"""The baselines every grid's table carries beside its networks."""
+
+
+def run_baseline(
+    baseline: str,
     experiment: str,
     datalist: str,
     output_root: str,
     tracking_uri: str,
     config_dir: str = "bundle/configs",
     split: str = "validation",
-    seed: int = 0,
 ) -> str:
-    """The voxel-wise tissue-outcome baseline (:mod:`scripts.learning.experiments.voxel_baseline`) as a table row:
-    fitted on the training split, its predictions on ``split`` scored like the networks', an MLflow run named
-    ``voxel``."""
-    out = Path(output_root) / experiment / VOXEL
-    summary = evaluate_voxel_baseline(datalist, fit_voxel_baseline(datalist, out, seed=seed), split, out)
-    params = {"variant": "voxel", "features": ",".join(FEATURES), "seed": seed}
-    return log_baseline_run(experiment, VOXEL, params, summary, out / split, split, tracking_uri)
+    """A baseline of :data:`BASELINES` as a table row: scored on ``split`` under
+    ``<output_root>/<experiment>/<baseline>`` and an MLflow run named after it in ``experiment`` holding its
+    metrics and reports; the run's id."""
+    out = Path(output_root) / experiment / baseline
+    params, summary = BASELINES[baseline](datalist, out, split, config_dir)
+    return log_baseline_run(experiment, baseline, params, summary, out / split, split, tracking_uri)
 
 
 def run_grids(
