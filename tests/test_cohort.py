@@ -81,7 +81,7 @@ def test_interrupted_generation_leaves_no_datalist(tmp_path, monkeypatch):
 def test_bundle_workflows_generate_then_compute_maps(tmp_path):
     out = tmp_path / "syn"
     run = [sys.executable, "-m", "monai.bundle", "run"]
-    subprocess.run(
+    generated = subprocess.run(
         [
             *run,
             "generating",
@@ -91,6 +91,8 @@ def test_bundle_workflows_generate_then_compute_maps(tmp_path):
             str(out),
             "--n_patients",
             "3",
+            "--n_test",
+            "0",
             "--size",
             "32",
             "--slices",
@@ -107,9 +109,10 @@ def test_bundle_workflows_generate_then_compute_maps(tmp_path):
         capture_output=True,
         timeout=900,
     )
+    assert generated.stdout.decode().count(" written: ") == 3  # one line per patient
     item = json.loads((out / "datalist.json").read_text())["training"][0]
     maps_dir = tmp_path / "maps"
-    subprocess.run(
+    computed = subprocess.run(
         [
             *run,
             "computing",
@@ -119,12 +122,15 @@ def test_bundle_workflows_generate_then_compute_maps(tmp_path):
             str(out / item["ctp"]),
             "--output_dir",
             str(maps_dir),
+            "--logging_file",
+            "bundle/configs/logging_quiet.conf",
         ],
         cwd=ROOT,
         check=True,
         capture_output=True,
         timeout=900,
     )
+    assert computed.stdout.decode().strip() == ""  # the quiet logging: nothing but warnings and errors
     for name in ("cbf", "cbv", "mtt", "ttp", "tmax", "mip"):
         img = nib.load(maps_dir / f"{name}.nii.gz")
         np.testing.assert_allclose(img.affine, nib.load(out / item["cbf"]).affine)
