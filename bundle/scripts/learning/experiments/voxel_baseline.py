@@ -22,6 +22,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from ...io import CTPDataError, load_datalist, load_map, save_bytes, save_nifti
 from ...perfusion.brain_mask import brain_mask_from_mip
@@ -66,8 +67,6 @@ class VoxelOutcomeModel:
 
     def fit(self, items: list[dict]) -> VoxelOutcomeModel:
         """Fit on the brain voxels of ``items`` (validated datalist items with labels)."""
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
         if not items:
             raise CTPDataError("voxel baseline: no training patients to fit on.")
         rng = np.random.default_rng(self.seed)
