@@ -97,3 +97,15 @@ def test_modules_and_functions_stay_small():
                     f"{path.relative_to(SCRIPTS)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}"
                 )
     assert not big, big
+
+
+def test_mlflow_enters_through_the_tracking_room_only():
+    """The tracker is reached through ``learning/tracking`` (issue #29): no other module imports MLflow."""
+    importers = []
+    for path in SCRIPTS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(name.split(".")[0] == "mlflow" for name in names):
+                importers.append(str(path.relative_to(SCRIPTS)))
+    assert importers and all(p.startswith("learning/tracking/") for p in importers), importers

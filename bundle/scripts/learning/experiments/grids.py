@@ -18,14 +18,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import mlflow
-
 from ...cli import run_workflow
 from ...io import save_csv, save_text
 from ...perfusion.thresholds import ThresholdSegmentation
 from ..engine.checkpoints import drop_resume_point
 from ..engine.metrics import evaluate_predictions, markdown_table, metric_names
-from ..tracking.runs import check_tracking_uri, experiment_id, log_metrics, run_finished
+from ..tracking.runs import check_tracking_uri, experiment_id, log_metrics, run_finished, tracking_client
 from .voxel_baseline import FEATURES, evaluate_voxel_baseline, fit_voxel_baseline
 
 logger = logging.getLogger(__name__)
@@ -99,7 +97,7 @@ def log_baseline_run(
 ) -> str:
     """An MLflow run ``name`` in ``experiment`` holding a baseline's params, ``<split>_*`` metrics and reports."""
     prefix = {"validation": "val", "training": "train"}.get(split, split)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     run = client.create_run(experiment_id(client, experiment), run_name=name)
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
@@ -183,7 +181,7 @@ def build_tables(
 ) -> dict[str, Path]:
     """Paper-style Markdown + CSV tables (mean ± SD per class and group, validation split) from MLflow."""
     uri = check_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = tracking_client(uri)
     written: dict[str, Path] = {}
     for grid in grids:
         exp = client.get_experiment_by_name(grid)

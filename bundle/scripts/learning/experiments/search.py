@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import optuna
 from ignite.engine import Engine, Events
 
@@ -35,7 +34,7 @@ from ..engine.checkpoints import drop_resume_point
 from ..engine.metrics import lesion_mean
 from ..engine.stopping import StopRequested
 from ..engine.training import check_training_inputs
-from ..tracking.runs import check_tracking_uri, latest_run, log_metrics
+from ..tracking.runs import check_tracking_uri, latest_run, log_metrics, nest_run, tracking_client
 from .study import (
     check_study_settings,
     make_pruner,
@@ -178,7 +177,7 @@ def run_study(
             pruner=trial_pruner,
         )
         check_study_settings(study, objective, space, tie_beta)
-        client = mlflow.MlflowClient(tracking_uri=uri)
+        client = tracking_client(uri)
         parent_id = study_parent_run(study, client, experiment_name, url, objective, space, tie_beta)
     finally:
         lock.release()
@@ -304,7 +303,7 @@ class SearchTrial:
         if run is None:
             return
         run_id, client = run.info.run_id, self.client
-        client.set_tag(run_id, "mlflow.parentRunId", self.parent_id)
+        nest_run(client, run_id, self.parent_id)
         client.set_tag(run_id, "optuna_trial", str(number))
         client.set_tag(run_id, "optuna_state", {"FINISHED": "COMPLETE", "KILLED": "PRUNED"}.get(state, "FAIL"))
         if values is not None:

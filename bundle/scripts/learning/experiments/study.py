@@ -11,12 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import optuna
 
 from ...io import save_csv, save_json, save_text
 from ..engine.metrics import LESION_CLASSES
-from ..tracking.runs import experiment_id, latest_run, log_metrics
+from ..tracking.runs import MlflowException, experiment_id, latest_run, log_metrics
 from .study_storage import ReconnectingRDBStorage
 
 logger = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ def study_parent_run(
         try:
             client.get_run(recorded)
             return recorded
-        except mlflow.exceptions.MlflowException:  # recorded in another tracking store: a new parent here
+        except MlflowException:  # recorded in another tracking store: a new parent here
             pass
     run = latest_run(client, experiment_name, study.study_name)
     if run is None:

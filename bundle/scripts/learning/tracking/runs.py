@@ -213,6 +213,16 @@ def experiment_id(client: Any, name: str) -> str:
     return experiment.experiment_id
 
 
+def tracking_client(tracking_uri: str) -> mlflow.MlflowClient:
+    """The MLflow client of the store at ``tracking_uri``: how the rest of the bundle reaches the tracker."""
+    return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def nest_run(client: Any, run_id: str, parent_id: str) -> None:
+    """Show run ``run_id`` under ``parent_id`` in MLflow's UI (a search's trials under the study's run)."""
+    client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+
+
 def log_metrics(client: Any, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
     """Log every finite number of ``metrics`` to run ``run_id`` in one request (others are left out)."""
     now = int(time.time() * 1000)
