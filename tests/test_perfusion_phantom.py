@@ -152,6 +152,8 @@ def test_tips_keeps_a_small_lesion_its_own_flow_where_a_gaussian_inflates_it():
         _lesion_cbf(clean, denoising="median")
     with pytest.raises(ValueError, match="tips_range must be a positive"):
         _lesion_cbf(clean, tips_range=0.0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        _lesion_cbf(clean, method="tikhonov")
     # at 10 HU: a small core's excess over the large core's error, under half of what the Gaussian leaves
     # (2 mm: about +0.2-0.7 against +1.9; the benchmark prints the table)
     noisy = make_lesion_phantom(10.0, sections=8, seed=2)

@@ -128,7 +128,7 @@ def venous_scale(aif: np.ndarray, vof: np.ndarray, dt: float) -> float:
 
     Whole blood passes both, so a venous curve free of partial volume has the area of the true arterial
     input; the factor is the vein's area over the artery's, each over the window, corrected for the part of
-    the input that reaches the vein after the last frame (:func:`window_fraction` of the vein's residue).
+    the input that reaches the vein after the last frame (:func:`.svd.window_fraction` of the vein's residue).
     """
     residue, _ = deconvolve(np.asarray(vof, dtype=np.float32)[None], aif, dt, method="bsvd", truncation=0.1)
     fraction = float(window_fraction(residue[:, : len(aif)], aif)[0])

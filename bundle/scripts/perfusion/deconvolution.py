@@ -49,10 +49,11 @@ from ..physics import K_H, RHO
 from .arterial_input import find_arterial_input
 from .denoising import DENOISING, denoise_curves, noise_level
 from .quality import quality_flags
-from .svd import deconvolve, parabolic_peak, residue_peak_time, window_fraction
+from .svd import METHODS, deconvolve, parabolic_peak, residue_peak_time, window_fraction
 
 MIN_WINDOW_FRACTION = 0.5
-"""Smallest :func:`window_fraction` CBV is corrected by: a residue peaking so late (noise) is not trusted further."""
+"""Smallest :func:`.svd.window_fraction` CBV is corrected by: a residue peaking so late (noise) is not trusted
+further."""
 
 
 @dataclass
@@ -140,8 +141,8 @@ def compute_perfusion_maps(
         denoising: ``"tips"`` (default: the edge-preserving TIPS bilateral filter, :mod:`.denoising`) or
             ``"gaussian"`` (the in-plane Gaussian within tissue).
         tips_range: the TIPS filter's profile-distance scale, in units of what noise alone gives.
-        method: ``"osvd"`` (per-voxel truncation from :data:`TRUNCATION_LADDER`) or ``"bsvd"`` (``truncation``).
-        oscillation_limit: oSVD smoothness target (:func:`oscillation_index`).
+        method: ``"osvd"`` (per-voxel truncation from :data:`.svd.TRUNCATION_LADDER`) or ``"bsvd"`` (``truncation``).
+        oscillation_limit: oSVD smoothness target (:func:`.svd.oscillation_index`).
         truncation: bSVD relative singular-value threshold.
         tmax_method: ``"rise"`` or ``"argmax"`` (see the module docstring).
         baseline_frames: pre-bolus frames; by default those before the AIF reaches 10 % of its peak.
@@ -153,6 +154,8 @@ def compute_perfusion_maps(
         raise ValueError(f"denoising must be one of {DENOISING}, got {denoising!r}.")
     if not tips_range > 0:
         raise ValueError(f"tips_range must be a positive multiple of the noise, got {tips_range!r}.")
+    if method not in METHODS:  # before any work, as deconvolve would refuse it only after the denoising
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     ctp, aif, dt, info = even_series(ctp, frame_interval, aif, frame_times)
     mip = ctp.max(axis=-1)
     first = ctp[..., :2].mean(axis=-1)
@@ -219,7 +222,7 @@ def residue_maps(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """CBF, CBV, MTT, Tmax and TTP of denoised concentration curves ``(V, T)`` by ``aif``; each voxel's truncation.
 
-    CBF is the residue's peak, CBV its area over the part of the bolus the window holds (:func:`window_fraction`,
+    CBF is the residue's peak, CBV its area over the part of the bolus the window holds (:func:`.svd.window_fraction`,
     at least :data:`MIN_WINDOW_FRACTION`), MTT their ratio (central volume theorem), both in the units of the
     module docstring; Tmax and TTP in seconds. ``deconvolution``: keyword arguments of :func:`.svd.deconvolve`
     (``method``, ``oscillation_limit``, ``truncation``).

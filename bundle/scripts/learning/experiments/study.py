@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 def open_storage(url: str, heartbeat_interval: int = 60):
     """An Optuna RDB storage with heartbeats: a trial whose worker died (no heartbeat for three intervals) is
     failed and enqueued once more with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``); the
-    retry resumes the killed trial's training from its last checkpoint (see :func:`run_study`). A database
+    retry resumes the killed trial's training from its last checkpoint (see :func:`.search.run_study`). A database
     restart is ridden out (:class:`scripts.learning.experiments.study_storage.ReconnectingRDBStorage`)."""
     if url.startswith("sqlite:///"):  # a new SQLite file needs its folder
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def make_pruner(name: str, warmup_epochs: int = 1):
     """``median`` (Optuna's median rule after 2 trials, never before epoch ``warmup_epochs``), ``none``, or
     ``threshold:<x>`` (stop a trial as soon as its validation objective is below x).
 
-    :func:`run_study` sets the warm-up to the training's ``min_epochs`` (at most ``max_epochs - 1``): before it
+    :func:`.search.run_study` sets the warm-up to the training's ``min_epochs`` (at most ``max_epochs - 1``): before it
     the Dice objective says little (core, half of it, appears after several epochs), so a median of early epochs
     would prune at random."""
     if name == "median":

@@ -8,12 +8,11 @@ import os
 from typing import Any
 
 import ignite.distributed as idist
-import mlflow
 from ignite.engine import Events
 from monai.handlers import MLFlowHandler as _MonaiMLFlowHandler
 
 from .outage import PENDING, TolerantClient
-from .runs import latest_run, log_datalist, mark_model_training, tag_source
+from .runs import latest_run, log_datalist, mark_model_training, tag_source, tracking_client
 
 
 class MLFlowHandler(_MonaiMLFlowHandler):
@@ -23,11 +22,11 @@ class MLFlowHandler(_MonaiMLFlowHandler):
       variable win over its argument, so with the variable set a training logged to the environment's store
       while its evaluation, stage logs and loss search logged to the configured one. The bundle's order
       (``shared/DESIGN.md``) is the command line or config value, then the environment, then the default
-      (:func:`default_tracking_uri`); the configs pass that resolved value here.
-    - The experiment is marked as model training (:func:`mark_model_training`), so MLflow's UI opens it on
+      (:func:`.runs.default_tracking_uri`); the configs pass that resolved value here.
+    - The experiment is marked as model training (:func:`.runs.mark_model_training`), so MLflow's UI opens it on
       its runs, not on the GenAI traces overview.
     - With ``datalist``, the run's input is the datalist as an MLflow dataset whose digest is its
-      :func:`data_version` (:func:`log_datalist`; the UI's Dataset column).
+      :func:`.runs.data_version` (:func:`.runs.log_datalist`; the UI's Dataset column).
     - The run carries MLflow's source tags (command, user, git commit; the UI's Source column).
     - A tracking-server outage during the run neither kills nor stalls it: writes that find the server down are
       kept and sent when it is back, and the run's end waits for them (:mod:`scripts.learning.tracking.outage`).
@@ -91,7 +90,7 @@ class StageLogger:
         self.history.append(f"{epoch}:{stage}")
         if idist.get_rank() != 0:
             return
-        client, history = mlflow.MlflowClient(tracking_uri=self.tracking_uri), " ".join(self.history)
+        client, history = tracking_client(self.tracking_uri), " ".join(self.history)
 
         def log() -> None:
             run = latest_run(client, self.experiment_name, self.run_name)

@@ -17,7 +17,7 @@ from mlflow.models import infer_signature
 
 from ...io.map_registry import display_windows
 from ..model.weights import load_network_weights
-from .runs import default_tracking_uri, latest_run, use_tracking_uri
+from .runs import default_tracking_uri, latest_run, tracking_client, use_tracking_uri
 
 SCRIPTS = Path(__file__).resolve().parents[1]
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
@@ -67,7 +67,7 @@ def log_model(
     with torch.no_grad():
         output = served(torch.from_numpy(example), **(params or {})).numpy()
     signature = infer_signature(example, output, params=params)
-    client = mlflow.MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     run = latest_run(client, experiment_name, run_name)
     if run is None:
         raise ValueError(f"no MLflow run named {run_name} in experiment {experiment_name} to log the model into.")

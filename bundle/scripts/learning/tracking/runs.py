@@ -253,7 +253,7 @@ def latest_run(client: Any, experiment_name: str, run_name: str) -> Any | None:
 def run_finished(tracking_uri: str, experiment_name: str, run_name: str) -> bool:
     """True when a run named ``run_name`` in ``experiment_name`` ended (FINISHED) with validation or test
     metrics: a finished training (or evaluation) that a rerun should skip, not resume."""
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return False
@@ -276,7 +276,7 @@ def log_to_training_run(
     """Log evaluation metrics and reports into the newest MLflow run named ``run_name`` (the training run);
     the evaluator's ``val_`` metric names take the split's ``prefix`` (``test_dice_lesion``, ...). With
     ``datalist``, it is logged as the run's input dataset for the ``split`` (:func:`log_datalist`)."""
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     run = latest_run(client, experiment_name, run_name)
     if run is None:
         logger.warning(
