@@ -38,6 +38,11 @@ from pathlib import Path
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 
 
+def _bundle_on_path() -> None:
+    if str(BUNDLE) not in sys.path:
+        sys.path.insert(1, str(BUNDLE))
+
+
 def run_bundle_inference(
     input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -45,22 +50,12 @@ def run_bundle_inference(
     threshold: bool = False,
     **overrides,
 ) -> list[str]:
-    """Run the bundle's inference workflow on ``input_path`` into ``output_dir``; return the finished patient ids.
+    """The bundle's one processing function (``scripts.clinical.pipeline.label_studies``, which the DICOM node
+    runs too) on ``input_path`` into ``output_dir``; return the finished patient ids."""
+    _bundle_on_path()
+    from scripts.clinical.pipeline import label_studies
 
-    ``threshold`` merges ``inference_threshold.json`` (the RAPID-like baseline) as the command line does.
-    """
-    if str(BUNDLE) not in sys.path:
-        sys.path.insert(1, str(BUNDLE))
-    from scripts.cli import run_workflow
-
-    configs = [BUNDLE / "configs" / "inference.json"]
-    if threshold:
-        configs.append(BUNDLE / "configs" / "inference_threshold.json")
-    settings = {"input": str(input_path), "output_dir": str(output_dir), "bundle_root": str(BUNDLE), **overrides}
-    if model is not None:
-        settings["checkpoint"] = str(model)
-    done = run_workflow("inference", configs, workflow_type="infer", **settings)
-    return done[0] if isinstance(done, list) and done and isinstance(done[0], list) else done
+    return label_studies(input_path, output_dir, checkpoint=model, threshold=threshold, **overrides)
 
 
 def create_app():  # pragma: no cover - needs the MONAI Deploy SDK

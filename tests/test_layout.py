@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "bundle" / "scripts"
-LAYERS = {"io": 0, "physics": 0, "cli": 1, "perfusion": 2, "simulation": 3, "learning": 3, "clinical": 4}
+LAYERS = {"io": 0, "physics": 0, "cli": 1, "perfusion": 2, "simulation": 3, "learning": 3, "clinical": 4, "node": 5}
 """Lower imports nothing above it; equal ranks are siblings that must not import each other."""
 
 

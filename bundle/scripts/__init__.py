@@ -5,15 +5,16 @@
 * :mod:`scripts.simulation`: the synthetic CTP cohort (tracer kinetics, anatomy, tissue fate);
 * :mod:`scripts.learning`: networks, loss, metrics, training handlers, experiments and the loss search;
 * :mod:`scripts.clinical`: inference on a patient, the clinical report and its DICOM SEG / SR;
+* :mod:`scripts.node`: the DICOM node that receives studies from a PACS and sends the results back;
 * :mod:`scripts.cli`: how the bundle's workflows end on a user error.
 """
 
 import warnings
 
-from . import cli, clinical, io, learning, perfusion, simulation
+from . import cli, clinical, io, learning, node, perfusion, simulation
 
 # MONAI's note that its GPU DICOM decoder (nvImageCodec) is absent: pydicom's decoders are used, and nothing a
 # user can act on (a CPU machine has no such decoder); logging.conf silences its logger's copy of the same note
 warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin", category=UserWarning)
 
-__all__ = ["cli", "clinical", "io", "learning", "perfusion", "simulation"]
+__all__ = ["cli", "clinical", "io", "learning", "node", "perfusion", "simulation"]
