@@ -4,6 +4,7 @@ and storage in a temporary folder, HTTP and DICOM on free local ports, stopped a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -74,7 +75,12 @@ def server(
     }
     (root / "orthanc.json").write_text(json.dumps(config))
     log = open(root / "orthanc.log", "ab")
-    process = subprocess.Popen([binary(), str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    # Debian's Orthanc uses the system DCMTK, which since 3.6.2 keeps Nagle's algorithm unless TCP_NODELAY=1: each
+    # C-STORE would then wait ~40 ms for a delayed ACK (11 s instead of 0.8 s for 240 images; see the README)
+    environment = {**os.environ, "TCP_NODELAY": "1"}
+    process = subprocess.Popen(
+        [binary(), str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, env=environment
+    )
     orthanc = Orthanc(http_port, dicom_port, ae_title)
     try:
         deadline = time.monotonic() + 60

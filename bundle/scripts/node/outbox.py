@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pydicom
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import uid_to_sop_class
 
 from ..io import save_json
@@ -109,7 +110,8 @@ class Outbox:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         for header in headers:
             ae.add_requested_context(uid_to_sop_class(header.SOPClassUID), header.file_meta.TransferSyntaxUID)
-        assoc = ae.associate(destination["host"], int(destination["port"]), ae_title=destination["ae_title"])
+        assoc = ae.associate(destination["host"], int(destination["port"]), ae_title=destination["ae_title"],
+                             evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)])  # fmt: skip
         if not assoc.is_established:
             raise ConnectionError("association rejected, aborted or never connected")
         try:
@@ -122,6 +124,12 @@ class Outbox:
                 save_json(sent_path, sent)
         finally:
             assoc.release()
+
+
+def no_delay(event) -> None:
+    """Send each PDU at once (TCP_NODELAY): with Nagle's algorithm and delayed ACKs, every C-STORE of a small
+    image waits about 40 ms for the peer's ACK (4 s instead of 0.5 s for an 80-image study)."""
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _where(destination: Mapping) -> str:

@@ -38,7 +38,7 @@ from pynetdicom.sop_class import CTImageStorage, SecondaryCaptureImageStorage, V
 from ..cli import user_error
 from ..clinical.pipeline import label_studies
 from ..io import CTPDataError
-from .outbox import Outbox
+from .outbox import Outbox, no_delay
 from .storage import StudyStore
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ class DicomNode:
 
     def serve(self) -> None:
         """Listen, process and deliver until :attr:`stop` is set (SIGTERM or SIGINT in the main thread set it)."""
-        server = self._ae().start_server(self.address, block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, no_delay)]
+        server = self._ae().start_server(self.address, block=False, evt_handlers=handlers)
         sender = threading.Thread(target=self.outbox.run, args=(self.stop,), name="outbox", daemon=True)
         sender.start()
         previous = self._catch_signals()
