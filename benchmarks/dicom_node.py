@@ -1,7 +1,7 @@
 """Benchmark: a study received by the DICOM node -> its SEG, SR and SC in the PACS (a real Orthanc), seconds.
 
-For each study size, a simulated LVO study is written as DICOM (JPEG Lossless, a series per time point, as the
-``writing`` workflow writes it), uploaded to a throwaway Orthanc (``tests/orthanc.py``), and Orthanc is asked to
+For each study size, a simulated LVO study is written as DICOM (JPEG Lossless, one series, as the ``writing``
+workflow writes it by default), uploaded to a throwaway Orthanc (``tests/orthanc.py``), and Orthanc is asked to
 send it to the node (``python -m monai.bundle run listening --config_file bundle/configs/dicom_node.json``,
 started and warm beforehand). Timed from the C-STORE request to Orthanc until the SEG, the SR and the SC are in
 the study in Orthanc, split into Orthanc's sending, the node's quiet time (``--quiet_seconds``: how long a study
@@ -99,9 +99,7 @@ def main() -> None:
     parser.add_argument("--screenshot", type=Path, default=None)
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(
-        "| study | images | method | Orthanc sends s | quiet s | labelling + return s | sent -> results in PACS s |"
-    )
+    print("| study | images | method | Orthanc sends s | quiet s | labelling + return s | sent -> results in PACS s |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -115,8 +113,7 @@ def main() -> None:
                 patient = make_study(work / f"simulated_{size}", size, args.slices)
                 for method, threshold in (("threshold", True), ("SF(PMs+N)", False)):
                     folder = work / f"dicom_{size}_{method}"  # a study of its own (new UIDs) per run
-                    info = write_ctp_dicom(patient / "ctp.nii.gz", folder, layout="per-frame",
-                                           transfer_syntax="jpeg-lossless")  # fmt: skip
+                    info = write_ctp_dicom(patient / "ctp.nii.gz", folder, transfer_syntax="jpeg-lossless")
                     study = orthanc.upload(sorted(folder.rglob("*.dcm"))).pop()
                     node = start_node(work / f"node_{size}_{method}", port, orthanc, threshold, checkpoint, args.quiet)
                     try:

@@ -28,6 +28,9 @@ from scripts.clinical.pipeline import label_studies
 from scripts.node.service import DicomNode
 from scripts.simulation.dicom_study import write_ctp_dicom
 
+# a thread of the node that dies (the outbox's sender, a C-STORE handler) fails the test, not just warns
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 ROOT = Path(__file__).resolve().parents[1]
 NODE_AET = "CTPNODE"
 
@@ -302,3 +305,41 @@ def _ct_instance(study_uid: str, sop_uid: str) -> pydicom.Dataset:
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
+
+
+def test_a_study_that_cannot_be_labelled_is_logged_with_its_uid_and_the_node_serves_on(studies, tmp_path, caplog):
+    """A study missing one image gets one log line naming its StudyInstanceUID and why, is recorded as failed and
+    sends nothing; the next study is labelled; more images of the failed study make it due again."""
+    port = free_port()
+    node = DicomNode(tmp_path / "node", NODE_AET, port, "127.0.0.1", quiet_s=1.0, threshold=True,
+                     inference={"nihss": 8})  # fmt: skip
+    thread = _serve(node)
+    try:
+        _wait_for(lambda: _probe(port, "SCANNER"), 30, "the node did not start")
+        broken, good = (sorted(folder.rglob("*.dcm")) for folder in studies)
+        uid = pydicom.dcmread(broken[0], stop_before_pixels=True).StudyInstanceUID
+        assert set(_scanner_send(broken[:5] + broken[6:], port)) == {0}
+        state = tmp_path / "node" / "state" / f"{uid}.json"
+        _wait_for(lambda: "failed" in json.loads(state.read_text()), 120, "the incomplete study was not processed")
+        refusal = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"study {uid}: no segmentation")]
+        assert len(refusal) == 1 and "missing" in refusal[0], refusal
+        assert set(_scanner_send(good, port)) == {0}
+        good_uid = pydicom.dcmread(good[0], stop_before_pixels=True).StudyInstanceUID
+        entry = tmp_path / "node" / "outbox"
+        _wait_for(
+            lambda: any(p.name.startswith(good_uid) for p in entry.iterdir()), 120, "the next study was not labelled"
+        )
+        assert sorted(p.name for p in next(entry.iterdir()).glob("*.dcm")) == [
+            "report_sc.dcm",
+            "report_sr.dcm",
+            "seg.dcm",
+        ]
+        assert not any(p.name.startswith(uid) for p in entry.iterdir())
+        assert "is not among destinations" in caplog.text  # no destination known for SCANNER: kept, and said so
+        assert set(_scanner_send(broken[5:6], port)) == {0}  # the missing image arrives: labelled now
+        _wait_for(
+            lambda: any(p.name.startswith(uid) for p in entry.iterdir()), 120, "the completed study was not labelled"
+        )
+    finally:
+        node.stop.set()
+        thread.join(timeout=60)

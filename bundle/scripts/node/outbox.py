@@ -75,18 +75,23 @@ class Outbox:
                 when, failures = self._next_try.get(entry.name, (0.0, 0))
                 if time.monotonic() >= when:
                     self._attempt(entry, failures)
-            waits = [when for when, _ in self._next_try.values()]
-            self._wake.wait(max(0.05, min(waits, default=time.monotonic() + 1.0) - time.monotonic()))
+            next_try = min([when for when, _ in self._next_try.values()], default=float("inf"))
+            self._wake.wait(min(1.0, max(0.05, next_try - time.monotonic())))  # a new entry wakes it at once
             self._wake.clear()
 
     def _attempt(self, entry: Path, failures: int) -> None:
-        destination = json.loads((entry / "destination.json").read_text())
+        try:
+            destination = json.loads((entry / "destination.json").read_text())
+        except (OSError, ValueError) as err:
+            logger.error("outbox %s: unreadable destination.json (%s); the entry waits", entry.name, err)
+            self._next_try[entry.name] = (float("inf"), failures)
+            return
         if destination is None:  # logged when the entry was made; a restart with a destination configured sends it
             self._next_try[entry.name] = (float("inf"), failures)
             return
         try:
             self.deliver(entry, destination)
-        except (OSError, RuntimeError, ValueError) as err:
+        except Exception as err:  # the network, the destination, a file: retried, never the end of the thread
             failures += 1
             wait = min(self.retry_s[1], self.retry_s[0] * 2 ** (failures - 1))
             self._next_try[entry.name] = (time.monotonic() + wait, failures)
