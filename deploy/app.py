@@ -1,12 +1,13 @@
 """MONAI Deploy application: a DICOM CT perfusion study (or NIfTI maps / raw 4D CTP) in; core/penumbra labels,
 clinical reports and, for DICOM input, a DICOM SEG, a DICOM SR and a Secondary Capture out.
 
-Optional: needs ``pip install monai-deploy-app-sdk`` (it pulls holoscan and CUDA builds, so it is not a
-dependency of the bundle or its CI). The operator runs the bundle's own inference workflow
-(``bundle/configs/inference.json``) in-process, so the app gives exactly the outputs of
-``python -m monai.bundle run inference``: per patient ``label.nii.gz``, ``report.json``, ``report.png`` and,
-for a DICOM study, ``seg.dcm`` (DICOM SEG referencing the CT images), ``report_sr.dcm`` (TID 1500 volumes) and
-``report_sc.dcm`` (the montage), all in the input's study.
+Optional: needs ``pip install monai-deploy-app-sdk==4.0.0`` (it pulls holoscan and CUDA builds, about 1.5 GB,
+so it is not a dependency of the bundle: CI tests it in a virtual environment of its own, ``.ci/deploy``). It
+runs on CPUs: the SDK's Holoscan scheduler runs the one operator once (``CountCondition``). The operator runs
+the bundle's own inference workflow (``bundle/configs/inference.json``) in-process, so the app gives exactly
+the outputs of ``python -m monai.bundle run inference``: per patient ``label.nii.gz``, ``report.json``,
+``report.png`` and, for a DICOM study, ``seg.dcm`` (DICOM SEG referencing the CT images), ``report_sr.dcm``
+(TID 1500 volumes) and ``report_sc.dcm`` (the montage), all in the input's study.
 
 Why not the SDK's ``DICOMDataLoaderOperator`` / ``DICOMSeriesSelectorOperator`` and its DICOM SEG writer:
 they select *one* series and hand on one 3D image, while a CTP study is 4D and often stored as one series per
@@ -19,10 +20,11 @@ this bundle needs five co-registered maps per study (or a raw series turned into
 Run (input: a DICOM study folder or DICOMDIR, a folder of studies or patients, one patient folder, or a
 datalist JSON):
 
-    python deploy/app.py -i INPUT -o OUTPUT [-m bundle/models/model.pt] [--nihss 12]
+    python deploy/app.py -i INPUT -o OUTPUT [-m bundle/models/model.pt] [--nihss 12] [--threshold]
     monai-deploy package deploy/app.py --config deploy/app.yaml --tag ctp-stroke:latest -l DEBUG
 
-Sending the results back to a PACS (any DICOM C-STORE client; e.g. pynetdicom's, ``pip install pynetdicom``):
+Without the SDK the same command runs the same function directly. Sending the results to a PACS (any C-STORE
+client, e.g. pynetdicom's; or let the bundle's DICOM node receive studies and send results back itself):
 
     python -m pynetdicom storescu PACS_HOST 104 -aec PACS_AET -aet CTPSTROKE \\
         OUTPUT/*/seg.dcm OUTPUT/*/report_sr.dcm OUTPUT/*/report_sc.dcm
@@ -38,11 +40,6 @@ from pathlib import Path
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 
 
-def _bundle_on_path() -> None:
-    if str(BUNDLE) not in sys.path:
-        sys.path.insert(1, str(BUNDLE))
-
-
 def run_bundle_inference(
     input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -52,27 +49,24 @@ def run_bundle_inference(
 ) -> list[str]:
     """The bundle's one processing function (``scripts.clinical.pipeline.label_studies``, which the DICOM node
     runs too) on ``input_path`` into ``output_dir``; return the finished patient ids."""
-    _bundle_on_path()
+    if str(BUNDLE) not in sys.path:
+        sys.path.insert(1, str(BUNDLE))
     from scripts.clinical.pipeline import label_studies
 
     return label_studies(input_path, output_dir, checkpoint=model, threshold=threshold, **overrides)
 
 
-def create_app():  # pragma: no cover - needs the MONAI Deploy SDK
+def create_app(sdk_argv: list[str], threshold: bool = False, **overrides):  # pragma: no cover - needs the SDK
+    """The SDK application: one operator, run once, on the SDK's ``-i``/``-o``/``-m`` (``sdk_argv``, the command
+    line without this app's own options, which the SDK's parser would refuse)."""
+    from monai.deploy.conditions import CountCondition
     from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
 
     class CTPStrokeInferenceOperator(Operator):
         """Reads the input folder given to the app, runs the bundle's inference, writes to the output folder."""
 
-        def __init__(
-            self,
-            fragment: Fragment,
-            *args,
-            input_folder: Path,
-            output_folder: Path,
-            model: Path | None = None,
-            **kwargs,
-        ):
+        def __init__(self, fragment: Fragment, *args, input_folder: Path, output_folder: Path,
+                     model: Path | None = None, **kwargs):  # fmt: skip
             self.input_folder, self.output_folder, self.model = Path(input_folder), Path(output_folder), model
             super().__init__(fragment, *args, **kwargs)
 
@@ -80,24 +74,26 @@ def create_app():  # pragma: no cover - needs the MONAI Deploy SDK
             pass
 
         def compute(self, op_input, op_output, context) -> None:
-            run_bundle_inference(self.input_folder, self.output_folder, self.model, overwrite=True)
+            done = run_bundle_inference(
+                self.input_folder, self.output_folder, self.model, threshold, overwrite=True, **overrides
+            )
+            print(f"ctp_stroke_inference: {len(done)} patient(s) labelled in {self.output_folder}")
 
     class CTPStrokeApp(Application):
         """Core and penumbra segmentation with clinical report from CT perfusion (research use only)."""
 
         def compose(self) -> None:
-            model = next(iter(self.app_context.model_path.glob("*.pt")), None) if self.app_context.model_path else None
-            self.add_operator(
-                CTPStrokeInferenceOperator(
-                    self,
-                    input_folder=self.app_context.input_path,
-                    output_folder=self.app_context.output_path,
-                    model=model,
-                    name="ctp_stroke_inference",
-                )
-            )
+            context = Application.init_app_context(sdk_argv)  # SDK 4.0: the context is built, not an attribute
+            model = Path(context.model_path) if context.model_path else None
+            if model is not None and model.is_dir():
+                model = next(iter(sorted(model.glob("*.pt"))), None)
+            operator = CTPStrokeInferenceOperator(
+                self, CountCondition(self, 1), input_folder=context.input_path, output_folder=context.output_path,
+                model=model if model is not None and model.is_file() else None, name="ctp_stroke_inference",
+            )  # fmt: skip
+            self.add_operator(operator)
 
-    return CTPStrokeApp()
+    return CTPStrokeApp([sys.executable, *sdk_argv])
 
 
 def main() -> None:
@@ -106,15 +102,18 @@ def main() -> None:
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("-m", "--model", default=None)
     parser.add_argument("--nihss", type=int, default=None, help="NIHSS for a study without one (DICOM has none)")
+    parser.add_argument("--threshold", action="store_true", help="the threshold overlay instead of the network")
     args, _ = parser.parse_known_args()
+    overrides = {} if args.nihss is None else {"nihss": args.nihss}
     try:
         import monai.deploy  # noqa: F401
     except ImportError:
         print("monai-deploy-app-sdk is not installed: running the bundle's inference directly.", file=sys.stderr)
-        extra = {} if args.nihss is None else {"nihss": args.nihss}
-        print(run_bundle_inference(args.input, args.output, args.model, **extra))
+        print(run_bundle_inference(args.input, args.output, args.model, args.threshold, **overrides))
         return
-    create_app().run()
+    Path(args.output).mkdir(parents=True, exist_ok=True)  # the SDK's parser wants it to exist
+    sdk_argv = [sys.argv[0], "-i", args.input, "-o", args.output, *(["-m", args.model] if args.model else [])]
+    create_app(sdk_argv, args.threshold, **overrides).run()
 
 
 if __name__ == "__main__":
