@@ -72,7 +72,7 @@ def test_pruned_and_failed_trials_do_not_stop_the_study(tiny_cohort, tmp_path, i
         [client.get_experiment_by_name("exp1").experiment_id], filter_string="tags.optuna_state = 'PRUNED'"
     )[0]
     assert run.info.status == "KILLED"
-    broken = {**TINY_TRAINING, "loss#gamma": "$float('nan')"}  # a NaN loss
+    broken = {**TINY_TRAINING, "loss_args#gamma": "$float('nan')"}  # a NaN loss
     failed = study(tiny_cohort, tmp_path / "nan", 1, training_overrides=broken)
     assert failed["failed"] == 1 and failed["trials"] == 1
 
