@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.fileset import FileSet
 from test_inference import ROOT, bundle
 from workflows import refusal, run_in_process
@@ -325,6 +326,21 @@ def test_refuses_a_truncated_file(study):
     path = _image(study, 7, 3)
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(CTPDataError, match=r"IM007_003\.dcm: "):
+        read_ctp_dicom(study)
+
+
+@pytest.mark.parametrize("syntax", ["jpeg-lossless", "jpeg-ls"])
+def test_refuses_a_compressed_image_whose_stream_is_cut_short(tmp_path, syntax):
+    """A well-formed file whose JPEG codestream lost its end: the decoders return garbage without an error
+    (thousands of HU off), so the reader checks the end marker and names the file."""
+    study = tmp_path / "study"
+    write_ctp_dicom(make_ctp(tmp_path / "ctp"), study, layout="per-frame", transfer_syntax=syntax)
+    path = files_of(study)[5]
+    ds = pydicom.dcmread(path)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    ds.save_as(path)
+    with pytest.raises(CTPDataError, match=rf"{path.name}: cannot decode the pixel data .*cut short"):
         read_ctp_dicom(study)
 
 

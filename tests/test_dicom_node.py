@@ -145,11 +145,12 @@ def test_orthanc_sends_two_studies_at_once_and_gets_seg_sr_and_sc_back_in_each(s
 def _scanner_send(files, port: int, calling: str = "SCANNER") -> list[int]:
     """C-STORE ``files`` to the node as a scanner would; the statuses."""
     ae = AE(ae_title=calling)
-    ae.add_requested_context(CTImageStorage, [pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID])
+    first = files[0] if isinstance(files[0], pydicom.Dataset) else pydicom.dcmread(files[0])
+    ae.add_requested_context(CTImageStorage, [first.file_meta.TransferSyntaxUID])
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
     assert assoc.is_established
     try:
-        return [assoc.send_c_store(str(f)).Status for f in files]
+        return [assoc.send_c_store(f if isinstance(f, pydicom.Dataset) else str(f)).Status for f in files]
     finally:
         assoc.release()
 
@@ -309,7 +310,8 @@ def _ct_instance(study_uid: str, sop_uid: str) -> pydicom.Dataset:
 
 def test_a_study_that_cannot_be_labelled_is_logged_with_its_uid_and_the_node_serves_on(studies, tmp_path, caplog):
     """A study missing one image gets one log line naming its StudyInstanceUID and why, is recorded as failed and
-    sends nothing; the next study is labelled; more images of the failed study make it due again."""
+    sends nothing; the next study is labelled; more images of the failed study make it due again; a study with a
+    broken image (its JPEG stream cut short) is refused with the reason."""
     port = free_port()
     node = DicomNode(tmp_path / "node", NODE_AET, port, "127.0.0.1", quiet_s=1.0, threshold=True,
                      inference={"nihss": 8})  # fmt: skip
@@ -340,6 +342,15 @@ def test_a_study_that_cannot_be_labelled_is_logged_with_its_uid_and_the_node_ser
         _wait_for(
             lambda: any(p.name.startswith(uid) for p in entry.iterdir()), 120, "the completed study was not labelled"
         )
+        copy, copy_uid = [pydicom.dcmread(f) for f in good], generate_uid()  # the good study again, one file broken
+        for ds in copy:
+            ds.StudyInstanceUID, ds.SOPInstanceUID = copy_uid, generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        copy[3].PixelData = copy[3].PixelData[: len(copy[3].PixelData) // 3]  # its JPEG stream cut short
+        assert set(_scanner_send(copy, port)) == {0}
+        state = tmp_path / "node" / "state" / f"{copy_uid}.json"
+        _wait_for(lambda: state.is_file() and "failed" in json.loads(state.read_text()), 120, "the broken study")
+        assert "cannot decode the pixel data" in json.loads(state.read_text())["failed"]  # not garbage labelled
     finally:
         node.stop.set()
         thread.join(timeout=60)
