@@ -33,27 +33,14 @@ client, e.g. pynetdicom's; or let the bundle's DICOM node receive studies and se
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+if str(BUNDLE) not in sys.path:
+    sys.path.insert(1, str(BUNDLE))
 
-
-def run_bundle_inference(
-    input_path: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    model: str | os.PathLike | None = None,
-    threshold: bool = False,
-    **overrides,
-) -> list[str]:
-    """The bundle's one processing function (``scripts.clinical.pipeline.label_studies``, which the DICOM node
-    runs too) on ``input_path`` into ``output_dir``; return the finished patient ids."""
-    if str(BUNDLE) not in sys.path:
-        sys.path.insert(1, str(BUNDLE))
-    from scripts.clinical.pipeline import label_studies
-
-    return label_studies(input_path, output_dir, checkpoint=model, threshold=threshold, **overrides)
+from scripts.clinical.pipeline import label_studies  # noqa: E402  (the bundle's one processing function)
 
 
 def create_app(sdk_argv: list[str], threshold: bool = False, **overrides):  # pragma: no cover - needs the SDK
@@ -74,7 +61,7 @@ def create_app(sdk_argv: list[str], threshold: bool = False, **overrides):  # pr
             pass
 
         def compute(self, op_input, op_output, context) -> None:
-            done = run_bundle_inference(
+            done = label_studies(
                 self.input_folder, self.output_folder, self.model, threshold, overwrite=True, **overrides
             )
             print(f"ctp_stroke_inference: {len(done)} patient(s) labelled in {self.output_folder}")
@@ -109,7 +96,7 @@ def main() -> None:
         import monai.deploy  # noqa: F401
     except ImportError:
         print("monai-deploy-app-sdk is not installed: running the bundle's inference directly.", file=sys.stderr)
-        print(run_bundle_inference(args.input, args.output, args.model, args.threshold, **overrides))
+        print(label_studies(args.input, args.output, args.model, args.threshold, **overrides))
         return
     Path(args.output).mkdir(parents=True, exist_ok=True)  # the SDK's parser wants it to exist
     sdk_argv = [sys.argv[0], "-i", args.input, "-o", args.output, *(["-m", args.model] if args.model else [])]

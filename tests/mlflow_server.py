@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from postgres import free_port
+from postgres import free_port, stop
 
 
 def command(backend_store_uri: str, artifacts: Path, port: int) -> list[str]:
@@ -58,9 +58,5 @@ def server(backend_store_uri: str, root: Path, timeout: float = 120.0, port: int
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from postgres import free_port
+from postgres import free_port, stop
 
 
 def binary() -> str | None:
@@ -95,12 +95,7 @@ def server(
                 time.sleep(0.2)
         yield orthanc
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
         if own:
             shutil.rmtree(root, ignore_errors=True)

@@ -31,6 +31,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a server the tests started, kill it if it does not stop within ``timeout`` s, and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 _RESTARTS: dict = {}
 
 

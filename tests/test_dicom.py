@@ -488,13 +488,13 @@ def test_deploy_app_takes_a_dicom_study(tiny_cohort, tmp_path):
     """deploy/app.py's operator body (the SDK cannot be installed here) on a DICOMDIR-less study folder."""
     sys.path.insert(0, str(ROOT / "deploy"))
     try:
-        from app import run_bundle_inference
+        from app import label_studies
     finally:
         sys.path.pop(0)
     item = json.loads(tiny_cohort.read_text())["test"][0]
     study = tmp_path / "CT-perfusion"
     write_ctp_dicom(tiny_cohort.parent / item["ctp"], study, transfer_syntax="rle")
-    done = run_bundle_inference(study, tmp_path / "out", threshold=True, nihss=8)
+    done = label_studies(study, tmp_path / "out", threshold=True, nihss=8)
     assert done == ["CT-perfusion"]
     assert {p.name for p in (tmp_path / "out" / "CT-perfusion").iterdir()} >= {
         "seg.dcm",

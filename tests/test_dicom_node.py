@@ -205,16 +205,6 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _listening(port: int) -> bool:  # noqa: D103
-    ae = AE(ae_title="PROBE")
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
-    if assoc.is_established:
-        assoc.release()
-        return True
-    return False
-
-
 def test_a_node_killed_mid_study_and_mid_delivery_resumes_from_its_storage(studies, expected, tmp_path):
     """SIGKILL halfway through receiving a study, then again with the results in the outbox and the PACS down:
     the restarted node labels the whole study once and delivers each result once."""
@@ -225,12 +215,12 @@ def test_a_node_killed_mid_study_and_mid_delivery_resumes_from_its_storage(studi
     files = sorted(studies[0].rglob("*.dcm"))
     with reaping() as processes:
         processes.append(_node_process(storage, port, destination, log))
-        _wait_for(lambda: _listening(port), 120, "the node did not start")
+        _wait_for(lambda: _probe(port, "PROBE"), 120, "the node did not start")
         assert set(_scanner_send(files[: len(files) // 2], port)) == {0}
         processes[-1].send_signal(signal.SIGKILL)  # mid-study: before the study was quiet
         processes[-1].wait()
         processes.append(_node_process(storage, port, destination, log))
-        _wait_for(lambda: _listening(port), 120, "the node did not restart")
+        _wait_for(lambda: _probe(port, "PROBE"), 120, "the node did not restart")
         assert set(_scanner_send(files[len(files) // 2 :], port)) == {0}
         outbox = storage / "outbox"
         _wait_for(lambda: any(p.is_dir() and not p.name.startswith(".") for p in outbox.iterdir()), 120, "no result")

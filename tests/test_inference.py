@@ -327,14 +327,14 @@ def test_deploy_app_runs_the_bundle_inference_without_the_sdk(tiny_cohort, tmp_p
     """deploy/app.py's operator body (the SDK itself cannot be installed here) from another working directory."""
     sys.path.insert(0, str(ROOT / "deploy"))
     try:
-        from app import run_bundle_inference
+        from app import label_studies
     finally:
         sys.path.pop(0)
     patient = tiny_cohort.parent / json.loads(tiny_cohort.read_text())["test"][0]["id"]
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        done = run_bundle_inference(patient, tmp_path / "out", threshold=True, nihss=8)
+        done = label_studies(patient, tmp_path / "out", threshold=True, nihss=8)
     finally:
         os.chdir(cwd)
     assert done == [patient.name] and (tmp_path / "out" / patient.name / "report.json").is_file()
