@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -301,7 +302,9 @@ def _ct_instance(study_uid: str, sop_uid: str) -> pydicom.Dataset:
 def test_a_study_that_cannot_be_labelled_is_logged_with_its_uid_and_the_node_serves_on(studies, tmp_path, caplog):
     """A study missing one image gets one log line naming its StudyInstanceUID and why, is recorded as failed and
     sends nothing; the next study is labelled; more images of the failed study make it due again; a study with a
-    broken image (its JPEG stream cut short) is refused with the reason."""
+    broken image (its JPEG stream cut short) is refused with the reason; a study sent twice is labelled twice, each
+    time from its own images only."""
+    caplog.set_level(logging.INFO, logger="scripts.node")
     port = free_port()
     node = DicomNode(tmp_path / "node", NODE_AET, port, "127.0.0.1", quiet_s=1.0, threshold=True,
                      inference={"nihss": 8})  # fmt: skip
@@ -328,6 +331,10 @@ def test_a_study_that_cannot_be_labelled_is_logged_with_its_uid_and_the_node_ser
         ]
         assert not any(p.name.startswith(uid) for p in entry.iterdir())
         assert "is not among destinations" in caplog.text  # no destination known for SCANNER: kept, and said so
+        assert set(_scanner_send(good, port)) == {0}  # the same study sent again: labelled again, not doubled
+        _wait_for(lambda: len([p for p in entry.iterdir() if p.name.startswith(good_uid)]) == 2, 120, "sent twice")
+        runs = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"study {good_uid}: ")]
+        assert [m.split(": ")[1].split(" ")[0] for m in runs if "labelling" in m] == [str(len(good))] * 2
         assert set(_scanner_send(broken[5:6], port)) == {0}  # the missing image arrives: labelled now
         _wait_for(
             lambda: any(p.name.startswith(uid) for p in entry.iterdir()), 120, "the completed study was not labelled"
