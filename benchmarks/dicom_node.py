@@ -33,10 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bundle"), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 import orthanc as pacs  # noqa: E402
-from inference_speed import make_study  # noqa: E402
+from inference_speed import make_study, untrained_checkpoint  # noqa: E402
 from postgres import free_port  # noqa: E402
 
-from scripts.learning.model.networks import create_network  # noqa: E402
 from scripts.simulation.dicom_study import write_ctp_dicom  # noqa: E402
 
 NODE_AET = "CTPNODE"
@@ -104,9 +103,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         checkpoint = work / "model.pt"
-        torch.manual_seed(0)
-        network = create_network("SF", "PMs+N", pretrained=False, encoder_width=0.25)
-        torch.save({"network": network.state_dict()}, checkpoint)
+        untrained_checkpoint(checkpoint)
         port = free_port()
         with pacs.server({"ctpnode": [NODE_AET, "127.0.0.1", port]}) as orthanc:
             for size in args.sizes:

@@ -29,10 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from inference_speed import make_study  # noqa: E402
+from inference_speed import make_study, untrained_checkpoint  # noqa: E402
 
 from scripts.io.dicom import read_ctp_dicom  # noqa: E402
-from scripts.learning.model.networks import create_network  # noqa: E402
 from scripts.simulation.dicom_study import write_ctp_dicom  # noqa: E402
 
 
@@ -65,8 +64,7 @@ def main() -> None:
         work = Path(tmp)
         patient = make_study(work / "simulated", args.size, args.slices)
         checkpoint = work / "model.pt"
-        torch.manual_seed(0)
-        torch.save({"network": create_network("SF", "PMs+N", pretrained=False).state_dict()}, checkpoint)
+        untrained_checkpoint(checkpoint)
         print("| transfer syntax | files | study MB | write s | read s | DICOM->SEG threshold s | DICOM->SEG SF s |")
         print("|---|---|---|---|---|---|---|")
         for syntax in args.syntaxes:

@@ -14,6 +14,7 @@ Run: python benchmarks/inference_speed.py [--sizes 128x8 512x16] [--mode network
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -34,6 +35,15 @@ from scripts.simulation.cohort import simulate_patient  # noqa: E402
 STAGES = ("checks/maps", "load", "network", "post-processing", "report")
 BEFORE = {"brain_crop": False, "precision": "fp32", "channels_last": False, "sw_batch_size": 2}
 """The inference settings before issue #16: whole slices, fp32, PyTorch's default layout, 2 slices per pass."""
+
+
+def untrained_checkpoint(path: Path, seed: int = 0) -> Path:
+    """An untrained SF(PMs+N) checkpoint at the width ``inference.json`` builds its network with (speed does not
+    depend on the weights; a checkpoint of another width would be refused as unfitting)."""
+    width = json.loads((ROOT / "bundle/configs/inference.json").read_text())["encoder_width"]
+    torch.manual_seed(seed)
+    torch.save({"network": create_network("SF", "PMs+N", pretrained=False, encoder_width=width).state_dict()}, path)
+    return path
 
 
 def make_study(root: Path, size: int, slices: int) -> Path:
@@ -142,7 +152,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         checkpoint = work / "model.pt"
-        torch.save({"network": create_network("SF", "PMs+N", pretrained=False).state_dict()}, checkpoint)
+        untrained_checkpoint(checkpoint)
         for spec in args.sizes:
             size, slices = (int(v) for v in spec.lower().split("x"))
             patient = make_study(work / "cohort", size, slices)

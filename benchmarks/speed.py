@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from inference_speed import BEFORE, STAGES, make_study, time_study  # noqa: E402
+from inference_speed import BEFORE, STAGES, make_study, time_study, untrained_checkpoint  # noqa: E402
 from network_speed import DEVICE, count_macs, sync  # noqa: E402
 
 from scripts.learning.engine.precision import native_bf16  # noqa: E402
@@ -141,7 +141,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        torch.save({"network": create_network("SF", "PMs+N", pretrained=False).state_dict()}, work / "model.pt")
+        untrained_checkpoint(work / "model.pt")
         studies = [(128, 8, False)] + ([] if args.skip_512 else [(512, 16, True)])
         for size, slices, raw in studies:
             patient = make_study(work / "cohort", size, slices)
