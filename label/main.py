@@ -63,7 +63,7 @@ class CTPStrokeInfer(InferTask):
                 ["bundle/configs/inference_threshold.json"] if threshold else []
             )
             command = [
-                self.python, "-m", "monai.bundle", "run", "inference", "--config_file", repr(configs).replace('"', "'"),
+                self.python, "-m", "monai.bundle", "run", "inference", "--config_file", repr(configs),
                 "--input", str(study), "--output_dir", str(work / "out"), "--nihss", str(int(request.get("nihss", 12))),
                 *(["--checkpoint", self.checkpoint] if self.checkpoint and not threshold else []),
             ]  # fmt: skip

@@ -339,6 +339,8 @@ def test_a_study_that_cannot_be_labelled_is_logged_with_its_uid_and_the_node_ser
         _wait_for(
             lambda: any(p.name.startswith(uid) for p in entry.iterdir()), 120, "the completed study was not labelled"
         )
+        _wait_for(lambda: "outbox" in json.loads(state.read_text()), 30, "the completed study's state")
+        assert "failed" not in json.loads(state.read_text())  # its earlier failure is not its outcome any more
         copy, copy_uid = [pydicom.dcmread(f) for f in good], generate_uid()  # the good study again, one file broken
         for ds in copy:
             ds.StudyInstanceUID, ds.SOPInstanceUID = copy_uid, generate_uid()

@@ -46,6 +46,7 @@ class StudyStore:
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}  # study -> monotonic time of its last instance (this process)
+        self._senders: dict[str, dict] = {}  # study -> the sender its state holds (read once, not per instance)
         for study in self.studies.iterdir():  # after a restart every study with instances gets its quiet time again
             if study.is_dir():
                 self._last[study.name] = time.monotonic()
@@ -56,9 +57,11 @@ class StudyStore:
         path = self.studies / study / f"{check_uid(sop_uid, 'SOPInstanceUID')}.dcm"
         with self._lock:
             sender = {"calling_ae": calling_ae, "address": address}
-            state = self.state(study)
-            if state.get("sender") != sender:
-                self._save_state(study, {**state, "sender": sender})
+            if study not in self._senders:
+                self._senders[study] = self.state(study).get("sender")
+            if self._senders[study] != sender:
+                self._save_state(study, {**self.state(study), "sender": sender})
+                self._senders[study] = sender
             save_bytes(path, encoded)
             self._last[study] = time.monotonic()
         return path
@@ -100,6 +103,8 @@ class StudyStore:
         return folder, mark
 
     def processed(self, study: str, mark: int, **outcome) -> None:
-        """Record that the instances up to ``mark`` were processed, with ``outcome`` (``outbox`` or ``failed``)."""
+        """Record that the instances up to ``mark`` were processed, with ``outcome`` (``outbox`` or ``failed``), which
+        replaces the outcome of an earlier processing."""
         with self._lock:
-            self._save_state(study, {**self.state(study), "mark": mark, **outcome})
+            state = {k: v for k, v in self.state(study).items() if k not in ("outbox", "failed")}
+            self._save_state(study, {**state, "mark": mark, **outcome})
