@@ -37,10 +37,15 @@ BEFORE = {"brain_crop": False, "precision": "fp32", "channels_last": False, "sw_
 """The inference settings before issue #16: whole slices, fp32, PyTorch's default layout, 2 slices per pass."""
 
 
+def config_width(config: str = "inference") -> float:
+    """The encoder width ``bundle/configs/<config>.json`` builds its network with."""
+    return float(json.loads((ROOT / f"bundle/configs/{config}.json").read_text())["encoder_width"])
+
+
 def untrained_checkpoint(path: Path, seed: int = 0) -> Path:
     """An untrained SF(PMs+N) checkpoint at the width ``inference.json`` builds its network with (speed does not
     depend on the weights; a checkpoint of another width would be refused as unfitting)."""
-    width = json.loads((ROOT / "bundle/configs/inference.json").read_text())["encoder_width"]
+    width = config_width("inference")
     torch.manual_seed(seed)
     torch.save({"network": create_network("SF", "PMs+N", pretrained=False, encoder_width=width).state_dict()}, path)
     return path

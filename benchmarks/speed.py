@@ -6,14 +6,15 @@ Rows, each measured in this run:
 - a 512×512×16-slice study (60 frames), raw 4D → maps → labels → report, and its network stage alone with
   the network's achieved GFLOP/s and its ratio to the same-run peak of the precision it ran in;
 - the default 128×128×8 study from maps;
-- one SF(PMs+N) training step (forward, backward, Adam) on 4 slices of 128², all weights trainable ("all"
-  stage) and encoders frozen ("frozen" stage), split into its parts, with its GFLOP/s and ratio to the peak.
+- one SF(PMs+N) training step (forward, backward, Adam) on 4 slices of 128² at train.json's encoder width, all
+  weights trainable ("all" stage) and encoders frozen ("frozen" stage), split into its parts, with its GFLOP/s
+  and ratio to the peak of the precision it ran in.
 
-Columns: *before* = whole slices in fp32 (the inference defaults before issue #16) and Adam's per-parameter
-loop; *after* = the bundle's defaults (brain crop, ``precision auto``, channels-last) and Adam's fused
-kernel. The network has untrained weights (speed does not depend on them); the brain crop's agreement with
-whole slices on a trained model is ``benchmarks/inference_agreement.py``. Uses CUDA when present (then AMP,
-as the configs).
+Columns: *before* = whole slices in fp32 (the inference defaults before issue #16) and, for training, fp32 with
+Adam's per-parameter loop; *after* = the bundle's defaults (brain crop, ``precision auto``, channels-last; for
+training ``precision auto`` and Adam's fused kernel). Both columns use the configs' encoder width. The network
+has untrained weights (speed does not depend on them); the brain crop's agreement with whole slices on a trained
+model is ``benchmarks/inference_agreement.py``. Uses CUDA when present (then AMP, as the configs).
 
 Run: python benchmarks/speed.py [--repeats 1] [--skip-512]
 """
@@ -33,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from inference_speed import BEFORE, STAGES, make_study, time_study, untrained_checkpoint  # noqa: E402
+from inference_speed import BEFORE, STAGES, config_width, make_study, time_study, untrained_checkpoint  # noqa: E402
 from network_speed import DEVICE, count_macs, sync  # noqa: E402
 
-from scripts.learning.engine.precision import native_bf16  # noqa: E402
+from scripts.learning.engine.precision import native_bf16, resolve_precision  # noqa: E402
 from scripts.learning.model.networks import create_network  # noqa: E402
 
 AFTER: dict = {}  # the bundle's defaults
@@ -63,11 +64,12 @@ def remeasure(peaks: dict[str, float]) -> None:
 
 
 def network_gflop(shapes: list[tuple[int, ...]], cache: dict) -> float:
-    """GFLOP of SF(PMs+N) forward passes over the recorded input shapes (batch, maps, H, W)."""
+    """GFLOP of SF(PMs+N) forward passes (at inference.json's width) over the recorded input shapes (batch, maps,
+    H, W)."""
     total = 0
     for shape in shapes:
         if shape[-2:] not in cache:
-            net = create_network("SF", "PMs+N", pretrained=False).eval()
+            net = create_network("SF", "PMs+N", pretrained=False, encoder_width=config_width("inference")).eval()
             cache[shape[-2:]] = count_macs(net, torch.zeros(1, *shape[1:]), torch.zeros(1, 1))
         total += 2 * cache[shape[-2:]] * shape[0]
     return total / 1e9
@@ -86,21 +88,23 @@ def study_row(patient: Path, raw: bool, options: dict, checkpoint: Path, work: P
     }
 
 
-def training_step(frozen: bool, fused: bool, repeats: int) -> dict:
-    """Seconds and GFLOP/s of one SF training step (forward, loss, backward, Adam) on 4 slices of 128²."""
+def training_step(frozen: bool, fused: bool, repeats: int, precision: str = "fp32") -> dict:
+    """Seconds and GFLOP/s of one SF training step (forward, loss, backward, Adam) on 4 slices of 128², at
+    train.json's width, in ``precision`` (bf16: autocast, as ``precision auto`` trains where bf16 is native)."""
     torch.manual_seed(0)
-    net = create_network("SF", "PMs+N", pretrained=False).to(DEVICE).train()
+    net = create_network("SF", "PMs+N", pretrained=False, encoder_width=config_width("train")).to(DEVICE).train()
     net.set_finetuning("frozen" if frozen else "all")
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4, fused=fused)
     image, nihss = torch.rand(4, 4, 128, 128, device=DEVICE), torch.full((4, 1), 9.0, device=DEVICE)
     label = torch.randint(0, 3, (4, 128, 128), device=DEVICE)
     amp = DEVICE.type == "cuda"  # the training config's amp
+    bf16 = precision == "bf16" and not amp
 
     def step() -> dict[str, float]:
         times = {}
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(DEVICE.type, enabled=amp):
+        with torch.autocast(DEVICE.type, enabled=amp or bf16, dtype=torch.bfloat16 if bf16 else None):
             loss = torch.nn.functional.cross_entropy(net(image, nihss).float(), label)
         sync()
         times["forward"] = time.perf_counter() - start
@@ -120,7 +124,7 @@ def training_step(frozen: bool, fused: bool, repeats: int) -> dict:
     # forward, then per trainable layer the weight gradient and (behind the frozen encoders only) the input's
     flop = 2 * image.shape[0] * (macs + 2 * trainable)
     seconds = sum(parts.values())
-    return {"seconds": seconds, "parts": parts, "gflops": flop / seconds / 1e9, "precision": "fp32"}
+    return {"seconds": seconds, "parts": parts, "gflops": flop / seconds / 1e9, "precision": "bf16" if bf16 else "fp32"}
 
 
 def main() -> None:
@@ -149,11 +153,13 @@ def main() -> None:
             after = study_row(patient, raw, AFTER, work / "model.pt", work / "after", args.repeats, cache)
             rows.append((f"{size}²×{slices} {'raw 4D' if raw else 'maps'}", before, after))
             remeasure(peaks)  # a busy moment at the start must not lower the peak
-    for frozen in (False, True):  # before: Adam's per-parameter loop; after: its fused kernel (train.json)
-        before, after = (training_step(frozen, fused, args.repeats + 2) for fused in (False, True))
-        rows.append(
-            (f"SF training step at 128², 4 slices, {'frozen encoders' if frozen else 'all weights'}", before, after)
-        )
+    # before: fp32 and Adam's per-parameter loop; after: train.json's precision auto and Adam's fused kernel
+    trained = resolve_precision("auto", DEVICE)
+    for frozen in (False, True):
+        before = training_step(frozen, False, args.repeats + 2)
+        after = training_step(frozen, True, args.repeats + 2, trained)
+        stage = "frozen encoders" if frozen else "all weights"
+        rows.append((f"SF training step at 128², 4 slices, width {config_width('train')}, {stage}", before, after))
     remeasure(peaks)
     print_table(peaks, rows)
 
