@@ -148,8 +148,9 @@ def targets(ph, err: dict[str, np.ndarray], label: str) -> None:
     )
 
 
-def small_lesion_table(seed: int) -> None:
-    """CBF error of 2-6 mm lesions in healthy grey matter against a large tile of the same tissue, per denoising."""
+def small_lesion_table(seed: int, tips_ranges: tuple[float, ...] = ()) -> None:
+    """CBF error of 2-6 mm lesions in healthy grey matter against a large tile of the same tissue, per denoising
+    (and TIPS at each range scale of ``tips_ranges`` beside the default's)."""
     print(
         "\n### Small lesions (box residue, 8 sections, 1 mm pixels, true AIF): median CBF error per region\n\n"
         "Core: CBF 10, CBV 2, delay 2 s; penumbra: CBF 25, CBV 4, delay 4 s; around them grey matter CBF 60. "
@@ -162,6 +163,7 @@ def small_lesion_table(seed: int) -> None:
     )
     print("|---|---|" + "---|" * (2 * len(sizes) + 1))
     settings = {"TIPS (default)": {}, "Gaussian": {"denoising": "gaussian"}, "none": {"smoothing_mm": 0.0}}
+    settings.update({f"TIPS, tips_range {h:g}": {"tips_range": h} for h in tips_ranges})
     for noise in (0.0, 10.0, 20.0):
         ph = make_lesion_phantom(noise, sections=8, seed=seed)
         kudo = make_phantom(noise_hu=noise, seed=seed)
@@ -211,8 +213,11 @@ def main() -> None:
     parser.add_argument("--intervals", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only-new", action="store_true", help="print only the small-lesion and residue tables")
+    parser.add_argument(
+        "--tips-ranges", type=float, nargs="*", default=[], help="more TIPS range scales in the small-lesion table"
+    )
     args = parser.parse_args()
-    small_lesion_table(args.seed)
+    small_lesion_table(args.seed, tuple(args.tips_ranges))
     residue_shape_table(args.seed)
     if args.only_new:
         return
