@@ -11,6 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
 from workflows import refusal
 
 from scripts.clinical.inference import load_model
@@ -157,6 +159,38 @@ def test_threshold_baseline_recovers_a_known_lesion_from_raw_ctp(tmp_path):
     curves = report["curves"]  # and the curves they were computed with, for the reader (the montage plots them)
     assert curves["interval_s"] == 1.0 and len(curves["aif_hu"]) == len(curves["vof_hu"]) == 50
     assert max(curves["aif_hu"]) > 100 and np.argmax(curves["vof_hu"]) > np.argmax(curves["aif_hu"])
+
+
+def test_lesion_islands_below_the_minimum_volume_are_dropped_alike_in_inference_and_evaluation():
+    """The label post-processing of ``inference.json`` and of ``evaluate.json`` (over ``train.json``): a lesion
+    island (penumbra and core together, face-connected in 3D) under ``min_lesion_ml`` is removed, a larger one
+    keeps every voxel and its class, and both workflows take the same volume."""
+
+    def islands(configs: list[str], path: str):
+        parser = ConfigParser()
+        parser.read_config([str(ROOT / c) for c in configs])
+        transforms = parser.get_parsed_content(path, instantiate=True).transforms
+        return next(t for t in transforms if type(t).__name__ == "RemoveSmallObjectsd"), parser["min_lesion_ml"]
+
+    inference, inference_ml = islands([INFERENCE], "postprocessing")
+    evaluation, evaluation_ml = islands(
+        ["bundle/configs/train.json", "bundle/configs/evaluate.json"], "validate#postprocessing"
+    )
+    assert inference_ml == evaluation_ml > 0
+    spacing = (1.0, 1.0, 5.0)  # 5 ul voxels
+    voxels = int(round(inference_ml * 1000 / 5))
+    label = np.zeros((1, 40, 40, 4), np.float32)
+    label[0, :10, : voxels // 10 + 2, 0] = 1  # an island a little over the minimum
+    label[0, 2:4, 2:4, 0] = 2  # with core inside
+    label[0, 20:22, 20:22, 1:3] = 2  # a small core island alone (8 voxels)
+    label[0, 30:33, 30:33, 1] = 1  # a small penumbra island (9 voxels)
+    affine = np.diag([*spacing, 1.0])
+    for transform in (inference, evaluation):
+        pred = MetaTensor(torch.as_tensor(label), affine=torch.as_tensor(affine))
+        out = np.asarray(transform({"pred": pred})["pred"])
+        expected = label.copy()
+        expected[0, 20:, 20:] = 0
+        np.testing.assert_array_equal(out, expected)
 
 
 def test_report_volumes_and_criteria():
