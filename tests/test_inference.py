@@ -22,6 +22,7 @@ from scripts.io import CTPDataError, save_nifti
 from scripts.learning.engine.metrics import lesion_metrics
 from scripts.learning.model.networks import create_network
 from scripts.perfusion.brain_mask import brain_mask_from_mip
+from scripts.perfusion.lesions import MIN_LESION_ML, drop_small_lesions
 from scripts.perfusion.thresholds import ThresholdSegmentation, threshold_labels
 from scripts.simulation.cohort import generate_cohort
 
@@ -164,19 +165,22 @@ def test_threshold_baseline_recovers_a_known_lesion_from_raw_ctp(tmp_path):
 def test_lesion_islands_below_the_minimum_volume_are_dropped_alike_in_inference_and_evaluation():
     """The label post-processing of ``inference.json`` and of ``evaluate.json`` (over ``train.json``): a lesion
     island (penumbra and core together, face-connected in 3D) under ``min_lesion_ml`` is removed, a larger one
-    keeps every voxel and its class, and both workflows take the same volume."""
+    keeps every voxel and its class, and both workflows take the same volume, as does the array function the
+    voxel baseline and the benchmarks use."""
 
     def islands(configs: list[str], path: str):
         parser = ConfigParser()
         parser.read_config([str(ROOT / c) for c in configs])
         transforms = parser.get_parsed_content(path, instantiate=True).transforms
-        return next(t for t in transforms if type(t).__name__ == "RemoveSmallObjectsd"), parser["min_lesion_ml"]
+        return next(t for t in transforms if type(t).__name__ == "RemoveSmallObjectsd"), parser.get_parsed_content(
+            "min_lesion_ml"
+        )
 
     inference, inference_ml = islands([INFERENCE], "postprocessing")
     evaluation, evaluation_ml = islands(
         ["bundle/configs/train.json", "bundle/configs/evaluate.json"], "validate#postprocessing"
     )
-    assert inference_ml == evaluation_ml > 0
+    assert inference_ml == evaluation_ml == MIN_LESION_ML > 0
     spacing = (1.0, 1.0, 5.0)  # 5 ul voxels
     voxels = int(round(inference_ml * 1000 / 5))
     label = np.zeros((1, 40, 40, 4), np.float32)
@@ -191,6 +195,7 @@ def test_lesion_islands_below_the_minimum_volume_are_dropped_alike_in_inference_
         expected = label.copy()
         expected[0, 20:, 20:] = 0
         np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(drop_small_lesions(label[0].astype(np.uint8), spacing), expected[0])
 
 
 def test_report_volumes_and_criteria():

@@ -22,10 +22,12 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from ...io import CTPDataError, load_datalist, load_map, save_bytes, save_nifti
 from ...perfusion.brain_mask import brain_mask_from_mip
+from ...perfusion.lesions import MIN_LESION_ML, drop_small_lesions
 from ..engine.metrics import evaluate_predictions
 
 logger = logging.getLogger(__name__)
@@ -127,23 +129,33 @@ def fit_voxel_baseline(
 
 
 def predict_split(
-    datalist: str | os.PathLike, model_path: str | os.PathLike, split: str, output_dir: str | os.PathLike
+    datalist: str | os.PathLike,
+    model_path: str | os.PathLike,
+    split: str,
+    output_dir: str | os.PathLike,
+    min_lesion_ml: float = MIN_LESION_ML,
 ) -> Path:
-    """Write ``<output_dir>/<id>.nii.gz`` label predictions for every patient of ``split``; return the folder."""
+    """Write ``<output_dir>/<id>.nii.gz`` label predictions for every patient of ``split``, lesion islands under
+    ``min_lesion_ml`` dropped as the networks' are (:mod:`scripts.perfusion.lesions`); return the folder."""
     model = VoxelOutcomeModel.load(model_path)
     out = Path(output_dir)
     for item in load_datalist(datalist, splits=(split,))[split]:
         maps, brain, affine = load_patient(item)
-        save_nifti(out / f"{item['id']}.nii.gz", model.predict(maps, brain, item["nihss"]), affine)
+        label = model.predict(maps, brain, item["nihss"])
+        save_nifti(out / f"{item['id']}.nii.gz", drop_small_lesions(label, voxel_sizes(affine), min_lesion_ml), affine)
     return out
 
 
 def evaluate_voxel_baseline(
-    datalist: str | os.PathLike, model_path: str | os.PathLike, split: str, output_dir: str | os.PathLike
+    datalist: str | os.PathLike,
+    model_path: str | os.PathLike,
+    split: str,
+    output_dir: str | os.PathLike,
+    min_lesion_ml: float = MIN_LESION_ML,
 ) -> list[dict]:
     """Predict ``split`` into ``<output_dir>/predictions`` and score it like the networks (reports in
     ``<output_dir>/<split>``); return the per-group summary."""
-    predictions = predict_split(datalist, model_path, split, Path(output_dir) / "predictions")
+    predictions = predict_split(datalist, model_path, split, Path(output_dir) / "predictions", min_lesion_ml)
     _, summary = evaluate_predictions(
         datalist, predictions, split=split, output_dir=Path(output_dir) / split, title="voxel"
     )
