@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
+from monai.metrics import compute_dice
 from nibabel.affines import voxel_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +29,7 @@ sys.path[:0] = [str(ROOT / "bundle"), str(ROOT / "benchmarks")]
 from inference_agreement import run as run_inference  # noqa: E402
 
 from scripts.io import load_datalist, load_map  # noqa: E402
-from scripts.learning.engine.metrics import patient_row  # noqa: E402
+from scripts.learning.engine.metrics import CLASSES  # noqa: E402
 from scripts.learning.experiments.voxel_baseline import load_patient  # noqa: E402
 from scripts.perfusion.lesions import drop_small_lesions  # noqa: E402
 from scripts.perfusion.thresholds import threshold_labels  # noqa: E402
@@ -35,19 +37,24 @@ from scripts.perfusion.thresholds import threshold_labels  # noqa: E402
 CELLS = (("penumbra", "LVO"), ("core", "LVO"), ("penumbra", "Non-LVO"), ("core", "Non-LVO"))
 
 
+def dice(pred: np.ndarray, label: np.ndarray, cls: str) -> float:
+    """Dice of class ``cls`` as LesionMetrics computes it (MONAI's, 1 when both are empty)."""
+    p, t = (torch.from_numpy(np.isin(x, CLASSES[cls]))[None, None] for x in (pred, label))
+    return float(compute_dice(p, t, ignore_empty=False))
+
+
 def scores(items: list[dict], labels: dict[str, np.ndarray], sizes: list[float]) -> dict[float, list[float]]:
     """Per volume of ``sizes``: mean Dice of each of :data:`CELLS` over ``items`` after dropping smaller islands."""
+    truths = {item["id"]: load_map(item["label"]) for item in items}
     table = {}
     for size in sizes:
-        rows = []
+        values: dict[tuple[str, str], list[float]] = {cell: [] for cell in CELLS}
         for item in items:
-            truth, affine = load_map(item["label"])
-            spacing = voxel_sizes(affine)
-            pred = drop_small_lesions(labels[item["id"]].astype(np.uint8), spacing, size)
-            rows.append(patient_row(item["id"], item["group"], pred, truth.astype(np.uint8), spacing))
-        table[size] = [
-            float(np.mean([float(r[f"dice_{cls}"]) for r in rows if r["group"] == group])) for cls, group in CELLS
-        ]
+            truth, affine = truths[item["id"]]
+            pred = drop_small_lesions(labels[item["id"]].astype(np.uint8), voxel_sizes(affine), size)
+            for cls in ("penumbra", "core"):
+                values[(cls, item["group"])].append(dice(pred, truth, cls))
+        table[size] = [float(np.mean(values[cell])) for cell in CELLS]
     return table
 
 
