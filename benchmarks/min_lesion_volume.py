@@ -88,6 +88,10 @@ def main() -> None:
         maps, brain, _ = load_patient(item)
         rule[item["id"]] = threshold_labels(maps["cbf"], maps["tmax"], brain)
     print_table("threshold rule", scores(items, rule, args.sizes))
+    print_table(
+        "networks, mean over the checkpoints",
+        {s: list(np.mean([t[s] for t in networks.values()], 0)) for s in args.sizes},
+    )
     means = {s: float(np.mean([np.mean(t[s]) for t in networks.values()])) for s in args.sizes}
     print("\nMean over the checkpoints of the four Dice figures' mean, per volume:")
     print(", ".join(f"{s:g} ml {m:.4f}" for s, m in means.items()))
