@@ -183,17 +183,21 @@ def test_lesion_islands_below_the_minimum_volume_are_dropped_alike_in_inference_
     assert inference_ml == evaluation_ml == MIN_LESION_ML > 0
     spacing = (1.0, 1.0, 5.0)  # 5 ul voxels
     voxels = int(round(inference_ml * 1000 / 5))
-    label = np.zeros((1, 40, 40, 4), np.float32)
-    label[0, :10, : voxels // 10 + 2, 0] = 1  # an island a little over the minimum
+    label = np.zeros((1, 60, 60, 4), np.float32)
+    label[0, :10, : voxels // 10 + 2, 0] = 1  # an island a little over the minimum (420 voxels)
     label[0, 2:4, 2:4, 0] = 2  # with core inside
     label[0, 20:22, 20:22, 1:3] = 2  # a small core island alone (8 voxels)
     label[0, 30:33, 30:33, 1] = 1  # a small penumbra island (9 voxels)
+    label[0, 45:55, : voxels // 10 - 1, 3] = 1  # one voxel under the minimum: 390 voxels ...
+    label[0, 45, voxels // 10 - 1 : voxels // 10 + 8, 3] = 1  # ... and 9 more along its edge
+    assert (label[0, :, :, 3] > 0).sum() == voxels - 1 and (label[0, :, :, 0] > 0).sum() == voxels + 20
     affine = np.diag([*spacing, 1.0])
     for transform in (inference, evaluation):
         pred = MetaTensor(torch.as_tensor(label), affine=torch.as_tensor(affine))
         out = np.asarray(transform({"pred": pred})["pred"])
         expected = label.copy()
         expected[0, 20:, 20:] = 0
+        expected[0, :, :, 3] = 0
         np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(drop_small_lesions(label[0].astype(np.uint8), spacing), expected[0])
 
