@@ -24,6 +24,7 @@ finished runs are reused, interrupted ones resumed. On the same test patients:
 Prints, per method and seed, mean Dice per class and group and LVO core |dV| with 95 % bootstrap intervals over
 patients (:func:`scripts.learning.engine.metrics.bootstrap_ci`), then the issue-#26 targets per seed.
 Run: python benchmarks/seed_robustness.py [--datalist data/synthetic/datalist.json] [--seeds 0 1 2] [--precision fp32]
+The rule and the fate-rule bounds alone, no training (e.g. on a development cohort): ... --seeds
 The paper's question (issue #26 item 4): ... --variants SF EF EFI --inputs PMs PMs+N
 """
 
@@ -209,7 +210,7 @@ def targets(cells: dict[str, dict], network: str, seed: int, results: dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datalist", default="data/synthetic/datalist.json")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: the baselines and bounds only")
     parser.add_argument("--variants", nargs="+", default=["SF"], choices=["SF", "EF", "EFI"])
     parser.add_argument("--inputs", nargs="+", default=["PMs+N"])
     parser.add_argument("--output_root", default="runs/seeds")
