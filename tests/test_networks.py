@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scripts.learning.model import vgg
-from scripts.learning.model.encoding import IMAGENET_MEAN, IMAGENET_STD, NeighbourSlicesd, PerfusionColourEncoding
+from scripts.learning.model.encoding import IMAGENET_MEAN, IMAGENET_STD, PerfusionColourEncoding
 from scripts.learning.model.networks import INPUT_SETS, VARIANTS, create_network, input_set, trainable_parameters
 from scripts.learning.model.vgg import InflatedVGG16Encoder, VGG16Encoder
 
@@ -301,36 +301,3 @@ def test_parameter_counts_match_the_model_card():
             variant,
             inputs,
         )
-
-
-def test_neighbour_slices_stack_each_map_with_the_slices_below_and_above_repeating_the_edges():
-    image = torch.arange(2 * 4, dtype=torch.float32).view(2, 1, 1, 4)  # two maps, depth 4
-    slab = NeighbourSlicesd("image", slab=3)({"image": image})["image"]
-    assert slab.shape == (6, 1, 1, 4)
-    torch.testing.assert_close(slab[:3, 0, 0], torch.tensor([[0.0, 0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 3]]))
-    torch.testing.assert_close(slab[3:, 0, 0], torch.tensor([[4.0, 4, 5, 6], [4, 5, 6, 7], [5, 6, 7, 7]]))
-    assert NeighbourSlicesd("image", slab=1)({"image": image})["image"] is image
-    with pytest.raises(ValueError, match="slab must be 1 or 3"):
-        NeighbourSlicesd("image", slab=2)
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_a_slab_network_reads_each_maps_neighbouring_slices_as_its_colour_channels(variant):
-    """2.5D input: the slices above and below change the output, and a map's three slices are its encoder's
-    three channels (the windowed value of each slice, ImageNet-normalised)."""
-    image, nihss = inputs_for("PMs+N")
-    volume = torch.stack([image, image.roll(3, -1), image.roll(5, -2)], dim=-1)[0]  # (C, H, W, 3)
-    slab = NeighbourSlicesd("image", slab=3)({"image": volume})["image"][..., 1].unsqueeze(0)
-    net = create_network(variant, "PMs+N", slab=3).eval()
-    with torch.no_grad():
-        base = net(slab, nihss)
-        assert base.shape == (1, 3, SIZE, SIZE)
-        flat = slab.clone()
-        flat[:, 0::3], flat[:, 2::3] = slab[:, 1::3], slab[:, 1::3]  # neighbours equal to the slice itself
-        assert (net(flat, nihss) - base).abs().max() > 1e-5
-    channels = net.encoding(slab)[0, 0] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(
-        3, 1, 1
-    )
-    torch.testing.assert_close(channels, (slab[0, :3] / 80.0).clamp(0, 1), atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match=r"expected image \(B, 12, H, W\).*3 slices each"):
-        net(image, nihss)

@@ -146,7 +146,6 @@ class FineTunableEncoders(nn.Module):
         windows, lut: colour encoding of the maps (:class:`scripts.learning.model.encoding.PerfusionColourEncoding`).
         encoder_width: filters of every VGG-16 encoder, its bottleneck head and the decoder relative to the
             paper's network (1); same topology, slow fusion and skips at any width (:mod:`scripts.learning.model.vgg`).
-        slab: slices per map (1; 3 for 2.5D input, ``image`` channels ``cbf`` below/at/above, ``cbv`` ...).
     """
 
     __jit_unused_properties__ = ["pretrained"]
@@ -161,14 +160,12 @@ class FineTunableEncoders(nn.Module):
         windows: Mapping[str, Sequence[float]] | None = None,
         lut: str = "jet",
         encoder_width: float = 1.0,
-        slab: int = 1,
     ) -> None:
         super().__init__()
         self.encoder_width = check_width(encoder_width)
         self.maps = list(network_maps() if maps is None else maps)
         self.use_nihss = bool(use_nihss)
-        self.slab = int(slab)
-        self.encoding = PerfusionColourEncoding(self.maps, windows, lut, self.slab)
+        self.encoding = PerfusionColourEncoding(self.maps, windows, lut)
         self.finetuning_stage = "all"
         bottleneck_channels, skips, n_encoders = self._build_encoders(pretrained, dropout)
         self.nihss_branch = NIHSSBranch() if self.use_nihss else None
@@ -208,13 +205,12 @@ class FineTunableEncoders(nn.Module):
         return all(encoder.pretrained for encoder in self.encoders)
 
     def _check_input(self, image: torch.Tensor, nihss: torch.Tensor | None) -> None:
-        if image.dim() != 4 or image.shape[1] != len(self.maps) * self.slab:
+        if image.dim() != 4 or image.shape[1] != len(self.maps):
             raise ValueError(
                 "expected image (B, "
-                + str(len(self.maps) * self.slab)
+                + str(len(self.maps))
                 + ", H, W) with channels "
                 + ", ".join(self.maps)
-                + ("" if self.slab == 1 else f" ({self.slab} slices each)")
                 + "; got shape "
                 + str(list(image.shape))
             )
