@@ -49,7 +49,8 @@ def true_map_datalist(datalist: str, destination: Path, maps: tuple[str, ...] = 
 
 
 def bundle(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], check=True, cwd=ROOT)
+    """One bundle workflow; its log goes to stderr, so stdout holds the table alone."""
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], check=True, cwd=ROOT, stdout=sys.stderr)
 
 
 def dice_cells(summary: Path) -> list[str]:
