@@ -54,7 +54,8 @@ def bundle(*args: str) -> None:
 
 
 def dice_cells(summary: Path) -> list[str]:
-    rows = {(r["class"], r["group"]): r for r in csv.DictReader(open(summary)) if r["metric"] == "dice"}
+    with open(summary) as handle:
+        rows = {(r["class"], r["group"]): r for r in csv.DictReader(handle) if r["metric"] == "dice"}
     return [
         f"{float(rows[c]['mean']):.2f} [{float(rows[c]['ci_low']):.2f}, {float(rows[c]['ci_high']):.2f}]" for c in CELLS
     ]
