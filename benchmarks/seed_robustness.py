@@ -62,7 +62,8 @@ HEADERS += ("HD95 core LVO mm",)
 
 
 def bundle(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], check=True, cwd=ROOT)
+    """One bundle workflow; its log goes to stderr, so stdout holds the tables alone."""
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], check=True, cwd=ROOT, stdout=sys.stderr)
 
 
 def network_rows(

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "bundle")]
+sys.path[:0] = [str(ROOT / "bundle"), str(ROOT / "benchmarks")]
+
+from seed_robustness import bundle  # noqa: E402
 
 from scripts.io import load_datalist  # noqa: E402
 from scripts.io.files import save_json  # noqa: E402
@@ -33,8 +34,8 @@ CELLS = (("penumbra", "LVO"), ("core", "LVO"), ("penumbra", "Non-LVO"), ("core",
 
 def true_map_datalist(datalist: str, destination: Path, maps: tuple[str, ...] = MAPS) -> Path:
     """A copy of ``datalist`` (paths made absolute) whose entries for ``maps`` name the true maps."""
-    base = Path(datalist).resolve().parent
-    splits = load_datalist(base / Path(datalist).name)
+    base = Path(datalist).resolve().parent  # the true maps' paths are relative to it
+    splits = load_datalist(Path(datalist).resolve())
     for items in splits.values():
         for item in items:
             missing = [f"{m}_true" for m in maps if f"{m}_true" not in item]
@@ -46,11 +47,6 @@ def true_map_datalist(datalist: str, destination: Path, maps: tuple[str, ...] = 
     destination.parent.mkdir(parents=True, exist_ok=True)
     save_json(destination, splits)
     return destination
-
-
-def bundle(*args: str) -> None:
-    """One bundle workflow; its log goes to stderr, so stdout holds the table alone."""
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], check=True, cwd=ROOT, stdout=sys.stderr)
 
 
 def dice_cells(summary: Path) -> list[str]:
