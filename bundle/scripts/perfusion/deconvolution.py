@@ -11,6 +11,11 @@ Pipeline, vectorised over voxels (no per-voxel Python loops):
    bone and among curves that rise, fall and wash out once (a moved skull edge mimics an artery otherwise).
 2. The baseline is the frames before the AIF reaches 10 % of its peak (no tissue enhances before its
    artery); concentration = HU minus the voxel's mean baseline (CT enhancement is linear in contrast).
+   A CBV area sums ``T`` frames less ``T`` times the baseline, so the baseline's noise counts ``T`` times and
+   dominates CBV noise (Li et al., Med Phys 2019;46:4869). With ``baseline="arrival"`` the maps are computed
+   twice: the second time each voxel's baseline also takes the frames before its own bolus arrives (its Tmax
+   behind the artery, less :data:`ARRIVAL_MARGIN_S`, :func:`arrival_baseline`): more frames exactly where the
+   bolus is late, the hypoperfused tissue.
 3. Maps are computed in parenchyma (baseline inside ``parenchyma_hu``: no CSF) that does not enhance like a
    vessel. Curves are denoised in-plane within tissue (per-voxel CT noise would otherwise dominate): by
    default with the edge-preserving TIPS bilateral filter (:mod:`.denoising`; spatial sigma ``smoothing_mm``),
@@ -50,6 +55,14 @@ from .arterial_input import find_arterial_input
 from .denoising import DENOISING, denoise_curves, noise_level
 from .quality import quality_flags
 from .svd import METHODS, deconvolve, parabolic_peak, residue_peak_time, window_fraction
+
+BASELINES = ("aif", "arrival")
+"""Baselines: the frames before the arterial input rises (``aif``), or also those before each voxel's own
+bolus arrives (``arrival``, :func:`arrival_baseline`)."""
+
+ARRIVAL_MARGIN_S = 2.0
+"""Seconds before a voxel's Tmax that its baseline frames stop (``baseline="arrival"``): the bolus's foot,
+and a Tmax read late by noise, stay out of the baseline."""
 
 MIN_WINDOW_FRACTION = 0.5
 """Smallest :func:`.svd.window_fraction` CBV is corrected by: a residue peaking so late (noise) is not trusted
@@ -126,6 +139,7 @@ def compute_perfusion_maps(
     frame_times: np.ndarray | None = None,
     denoising: str = "tips",
     tips_range: float = 1.0,
+    baseline: str = "aif",
 ) -> PerfusionMaps:
     """Compute CBF, CBV, MTT, TTP, Tmax and MIP from a 4D series ``(X, Y, Z, T)`` in HU.
 
@@ -149,30 +163,29 @@ def compute_perfusion_maps(
         frame_times: acquisition time of each frame (s, strictly increasing) for uneven sampling; the
             series (and a given ``aif``) are resampled linearly to an even grid at the shortest interval.
             Times with steps equal within :data:`EVEN_TOLERANCE_S` are taken as even, without resampling.
+        baseline: ``"aif"`` or ``"arrival"`` (:data:`BASELINES`; see the module docstring).
     """
-    if denoising not in DENOISING:
-        raise ValueError(f"denoising must be one of {DENOISING}, got {denoising!r}.")
-    if not tips_range > 0:
-        raise ValueError(f"tips_range must be a positive multiple of the noise, got {tips_range!r}.")
-    if method not in METHODS:  # before any work, as deconvolve would refuse it only after the denoising
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    check_settings(denoising, tips_range, method, baseline)
     ctp, aif, dt, info = even_series(ctp, frame_interval, aif, frame_times)
     mip = ctp.max(axis=-1)
     first = ctp[..., :2].mean(axis=-1)
     soft = (first > soft_tissue_hu[0]) & (first < soft_tissue_hu[1])
     if soft.sum() < 16:
         raise ValueError(f"ctp: only {int(soft.sum())} voxels have a baseline in {soft_tissue_hu} HU; is it in HU?")
-    aif, baseline, n_base, aif_info = find_arterial_input(ctp, first, soft, mip, spacing, dt, aif, baseline_frames)
+    aif, base, n_base, aif_info = find_arterial_input(ctp, first, soft, mip, spacing, dt, aif, baseline_frames)
     info.update(aif_info)
-    vessel = mip - baseline > vessel_fraction * float(np.max(aif))
-    tissue = soft & (baseline >= parenchyma_hu[0]) & (baseline <= parenchyma_hu[1]) & ~vessel
+    vessel = mip - base > vessel_fraction * float(np.max(aif))
+    tissue = soft & (base >= parenchyma_hu[0]) & (base <= parenchyma_hu[1]) & ~vessel
     sigma_px = tuple(smoothing_mm / float(s) for s in spacing[:2])
     noise_hu = noise_level(ctp, tissue, n_base)
-    smooth = denoise_curves(ctp, baseline, tissue, sigma_px, noise_hu, denoising, tips_range)
-    info["denoising"] = denoising
-    values, thresholds = residue_maps(
-        smooth, aif, dt, tmax_method, method=method, oscillation_limit=oscillation_limit, truncation=truncation
-    )
+    deconvolution = {"method": method, "oscillation_limit": oscillation_limit, "truncation": truncation}
+    smooth = denoise_curves(ctp, base, tissue, sigma_px, noise_hu, denoising, tips_range)
+    values, thresholds = residue_maps(smooth, aif, dt, tmax_method, **deconvolution)
+    if baseline == "arrival":
+        base = arrival_baseline(ctp, tissue, n_base, values["tmax"], dt, base)
+        smooth = denoise_curves(ctp, base, tissue, sigma_px, noise_hu, denoising, tips_range)
+        values, thresholds = residue_maps(smooth, aif, dt, tmax_method, **deconvolution)
+    info.update(denoising=denoising, baseline=baseline)
     info["median_truncation"] = float(np.median(thresholds))
     # the parenchyma's mean enhancement from the curves already made (smoothing within tissue keeps the mean);
     # the noise from the raw baseline frames, as one voxel of one frame carries it
@@ -186,6 +199,19 @@ def compute_perfusion_maps(
         out[tissue] = np.clip(voxels, 0.0, None)
         maps[name] = out
     return PerfusionMaps(mip=mip, tissue=tissue, aif=np.asarray(aif, dtype=np.float32), info=info, **maps)
+
+
+def check_settings(denoising: str, tips_range: float, method: str, baseline: str) -> None:
+    """Raise ``ValueError`` naming the setting of :func:`compute_perfusion_maps` that is not one it knows, before
+    any work (the deconvolution would refuse a method only after the denoising)."""
+    if denoising not in DENOISING:
+        raise ValueError(f"denoising must be one of {DENOISING}, got {denoising!r}.")
+    if not tips_range > 0:
+        raise ValueError(f"tips_range must be a positive multiple of the noise, got {tips_range!r}.")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
 
 
 def even_series(
@@ -215,6 +241,29 @@ def even_series(
         ctp = resample_frames(ctp, times, grid)
         aif = None if aif is None else resample_frames(aif, times, grid).astype(np.float64)
     return np.asarray(ctp, dtype=np.float32), aif, float(frame_interval), info
+
+
+def arrival_baseline(
+    ctp: np.ndarray, tissue: np.ndarray, n_base: int, tmax: np.ndarray, dt: float, base: np.ndarray
+) -> np.ndarray:
+    """``base`` with each ``tissue`` voxel's baseline re-taken over the frames before its own bolus arrives.
+
+    A voxel's curve cannot rise before the artery's (``n_base`` frames) plus its own delay (``tmax``, seconds,
+    one value per tissue voxel in ``ctp[tissue]`` order) less :data:`ARRIVAL_MARGIN_S`; at most half the frames.
+    """
+    n_t = ctp.shape[-1]
+    stop = n_base + np.floor((tmax - ARRIVAL_MARGIN_S) / dt).astype(np.int64)
+    stops = np.zeros(tissue.shape, dtype=np.int64)
+    stops[tissue] = np.clip(stop, n_base, max(n_base, n_t // 2))
+    out = np.array(base, dtype=np.float32, copy=True)
+    for z in range(ctp.shape[2]):  # a slice's cumulative sum at a time, not a second copy of the series
+        inside = tissue[..., z]
+        if not inside.any():
+            continue
+        total = np.cumsum(ctp[:, :, z, :][inside], axis=-1, dtype=np.float64)
+        count = stops[..., z][inside]
+        out[..., z][inside] = total[np.arange(count.size), count - 1] / count
+    return out
 
 
 def residue_maps(
