@@ -41,8 +41,9 @@ from seed_robustness import bundle  # noqa: E402
 from scripts.io import load_datalist  # noqa: E402
 from scripts.io.datalist import read_datalist  # noqa: E402
 from scripts.io.files import save_json, save_nifti  # noqa: E402
-from scripts.perfusion.deconvolution import compute_perfusion_maps  # noqa: E402
+from scripts.perfusion.deconvolution import PerfusionMaps, compute_perfusion_maps  # noqa: E402
 from scripts.simulation.cohort import cohort_tasks, simulate_task  # noqa: E402
+from scripts.simulation.simulate import Study  # noqa: E402
 
 MAPS = ("cbf", "cbv", "ttp", "tmax", "mtt")
 CELLS = (("penumbra", "LVO"), ("core", "LVO"), ("penumbra", "Non-LVO"), ("core", "Non-LVO"))
@@ -65,8 +66,9 @@ def true_map_datalist(datalist: str, destination: Path, maps: tuple[str, ...] = 
     return destination
 
 
-def recomputed_maps(task: dict, folder: Path, maps: tuple[str, ...], settings: dict, exact_baseline: bool) -> dict:
-    """Re-simulate one patient's series, recompute ``maps`` into ``folder``; return their paths by name."""
+def recompute(task: dict, settings: dict, exact_baseline: bool = False) -> tuple[PerfusionMaps, Study]:
+    """One patient's maps recomputed from its re-simulated series (``exact_baseline``: the noise in each voxel's
+    baseline frames re-centred on its noise-free value), and the study (its truth and states)."""
     study, grid, _, _ = simulate_task(task)
     ctp = study.ctp
     if exact_baseline:
@@ -74,8 +76,14 @@ def recomputed_maps(task: dict, folder: Path, maps: tuple[str, ...], settings: d
         n = int(compute_perfusion_maps(ctp, study.frame_interval, grid.spacing[:2], **settings).info["baseline_frames"])
         ctp = ctp.copy()
         ctp[..., :n] -= (ctp[..., :n] - clean[..., :n]).mean(axis=-1, keepdims=True)
-    result = compute_perfusion_maps(ctp, study.frame_interval, grid.spacing[:2], **settings).as_dict()
-    return {m: str(save_nifti(folder / task["id"] / f"{m}.nii.gz", result[m], grid.affine())) for m in maps}
+    return compute_perfusion_maps(ctp, study.frame_interval, grid.spacing[:2], **settings), study
+
+
+def recomputed_maps(task: dict, folder: Path, maps: tuple[str, ...], settings: dict, exact_baseline: bool) -> dict:
+    """:func:`recompute` one patient's ``maps`` into ``folder``; return their paths by name."""
+    result, study = recompute(task, settings, exact_baseline)
+    affine = study.grid.affine()
+    return {m: str(save_nifti(folder / task["id"] / f"{m}.nii.gz", getattr(result, m), affine)) for m in maps}
 
 
 def recomputed_datalist(
