@@ -95,8 +95,8 @@ def recomputed_datalist(
     splits: tuple[str, ...],
 ) -> Path:
     """A copy of ``datalist`` (paths absolute, only ``splits``) whose entries for ``maps`` name maps recomputed
-    from each patient's re-simulated series (:func:`recomputed_maps`, in ``destination``'s folder); kept maps
-    are not recomputed."""
+    from each patient's re-simulated series (:func:`recomputed_maps`, in ``destination``'s folder); maps already
+    written there are not recomputed (a rerun resumes)."""
     generator = read_datalist(Path(datalist)).get("generator")
     if not generator:
         raise SystemExit(f"{datalist}: no 'generator' entry (not a synthetic cohort): cannot re-simulate it.")
