@@ -251,16 +251,16 @@ def arrival_baseline(
     A voxel's curve cannot rise before the artery's (``n_base`` frames) plus its own delay (``tmax``, seconds,
     one value per tissue voxel in ``ctp[tissue]`` order) less :data:`ARRIVAL_MARGIN_S`; at most half the frames.
     """
-    n_t = ctp.shape[-1]
+    most = max(n_base, ctp.shape[-1] // 2)
     stop = n_base + np.floor((tmax - ARRIVAL_MARGIN_S) / dt).astype(np.int64)
     stops = np.zeros(tissue.shape, dtype=np.int64)
-    stops[tissue] = np.clip(stop, n_base, max(n_base, n_t // 2))
+    stops[tissue] = np.clip(stop, n_base, most)
     out = np.array(base, dtype=np.float32, copy=True)
     for z in range(ctp.shape[2]):  # a slice's cumulative sum at a time, not a second copy of the series
         inside = tissue[..., z]
         if not inside.any():
             continue
-        total = np.cumsum(ctp[:, :, z, :][inside], axis=-1, dtype=np.float64)
+        total = np.cumsum(ctp[:, :, z, :most][inside], axis=-1, dtype=np.float64)  # no stop lies beyond
         count = stops[..., z][inside]
         out[..., z][inside] = total[np.arange(count.size), count - 1] / count
     return out
