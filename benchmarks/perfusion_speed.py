@@ -1,8 +1,8 @@
 """Benchmark: perfusion-map computation for one paper-sized study (512x512x16 slices x 60 frames).
 
-Prints simulation and map times (median of repeats; also with the former Gaussian denoising and with the
-arterial baseline, the former default, which computes the maps once), voxels per second, and the motion correction's time on the same series moved by up
-to 2 mm / 2 degrees.
+Prints simulation and map times (median of repeats; also with the Gaussian denoising and with the arterial
+baseline, the former default, which computes the maps once), voxels per second, and the motion correction's
+time on the same series moved by up to 2 mm / 2 degrees.
 Run: python benchmarks/perfusion_speed.py [--size 512 --slices 16 --frames 60 --repeats 3]
 """
 

@@ -12,8 +12,8 @@ Pipeline, vectorised over voxels (no per-voxel Python loops):
 2. The baseline is the frames before the AIF reaches 10 % of its peak (no tissue enhances before its
    artery); concentration = HU minus the voxel's mean baseline (CT enhancement is linear in contrast).
    A CBV area sums ``T`` frames less ``T`` times the baseline, so the baseline's noise counts ``T`` times and
-   dominates CBV noise (Li et al., Med Phys 2019;46:4869). With ``baseline="arrival"`` (the default) the maps are computed
-   twice: the second time each voxel's baseline also takes the frames before its own bolus arrives (its Tmax
+   dominates CBV noise (Li et al., Med Phys 2019;46:4869). With ``baseline="arrival"`` (the default) the maps are
+   computed twice: the second time each voxel's baseline also takes the frames before its own bolus arrives (its Tmax
    behind the artery, less :data:`ARRIVAL_MARGIN_S`, :func:`arrival_baseline`): more frames exactly where the
    bolus is late, the hypoperfused tissue.
 3. Maps are computed in parenchyma (baseline inside ``parenchyma_hu``: no CSF) that does not enhance like a
