@@ -178,6 +178,32 @@ def test_inflated_encoder_on_a_depth_constant_input_reproduces_the_2d_features(d
             torch.testing.assert_close(unfolded[:, :, k], s2, rtol=1e-4, atol=1e-4)
 
 
+def test_inflated_convolution_equals_conv3d_and_never_calls_it(monkeypatch):
+    """The 3x3x3 convolution as three depth-shifted 2D ones: F.conv3d's output and gradients, without F.conv3d
+    (oneDNN's bf16 conv3d crashes in backward on AMX CPUs), also under bf16 autocast."""
+    torch.manual_seed(0)
+    conv = vgg.InflatedConv3d(torch.nn.Conv2d(5, 6, 3, padding=1))
+    conv.weight.data += 0.1 * torch.randn_like(conv.weight)  # depth-varying kernels, not only inflated ones
+    x = torch.randn(2, 5, 4, 16, 12, requires_grad=True)
+    padded = torch.nn.functional.pad(x, (0, 0, 0, 0, 1, 1), mode="replicate")
+    expected = torch.nn.functional.conv3d(padded, conv.weight, conv.bias, padding=(0, 1, 1))
+    grads_expected = torch.autograd.grad(expected.square().sum(), (x, conv.weight, conv.bias))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("F.conv3d called")
+
+    monkeypatch.setattr(torch.nn.functional, "conv3d", refuse)
+    out = conv(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(torch.autograd.grad(out.square().sum(), (x, conv.weight, conv.bias)), grads_expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = conv(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), expected, rtol=0.05, atol=0.05)
+    low.float().sum().backward()
+
+
 @pytest.mark.parametrize("inputs", ["PMs", "PMs+N"])
 def test_torchscript_export_matches_eager(tmp_path, inputs):
     net = create_network("SF", inputs).eval()

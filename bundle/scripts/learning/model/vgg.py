@@ -150,6 +150,10 @@ class InflatedConv3d(nn.Module):
     """A 2D 3x3 convolution inflated to 3x3x3 (I3D): the kernel repeated along depth and divided by 3.
 
     Depth is padded by replication, so a depth-constant input gives exactly the 2D convolution's output.
+    Computed as three 2D convolutions over depth-shifted slices (one per kernel depth), summed: the same sum
+    as ``F.conv3d`` (equal within float rounding), on the 2D kernels that every backend optimises. oneDNN's
+    bf16 3D convolution crashes (SIGSEGV) in the backward pass on CPUs with AMX (torch 2.13, oneDNN 3.12,
+    e.g. a 16 -> 16 channel layer at 128² and depth 4) and runs its 3-channel first layer far slower than fp32.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -159,8 +163,13 @@ class InflatedConv3d(nn.Module):
         self.bias = nn.Parameter(conv.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (0, 0, 0, 0, 1, 1), mode="replicate")
-        return F.conv3d(x, self.weight, self.bias, padding=(0, 1, 1))
+        n, c, depth, h, w = x.shape
+        x = F.pad(x, (0, 0, 0, 0, 1, 1), mode="replicate").transpose(1, 2)  # (N, D + 2, C, H, W)
+        # kernel depth k reads the padded volume's slices k ... k + D - 1
+        out = F.conv2d(x[:, :depth].reshape(n * depth, c, h, w), self.weight[:, :, 0], self.bias, padding=1)
+        for k in range(1, 3):
+            out = out + F.conv2d(x[:, k : k + depth].reshape(n * depth, c, h, w), self.weight[:, :, k], padding=1)
+        return out.reshape(n, depth, -1, h, w).transpose(1, 2)
 
 
 class InflatedVGG16Encoder(nn.Module):
