@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 
 from scripts.io import load_datalist  # noqa: E402
-from scripts.learning.engine.metrics import evaluate_predictions, lesion_metrics  # noqa: E402
+from scripts.learning.engine.metrics import lesion_metrics  # noqa: E402
+from scripts.learning.engine.reports import evaluate_predictions  # noqa: E402
 
 CLASSES = ("penumbra", "core", "hypoperfused")
 

@@ -19,7 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
 from scripts.io import SPLITS, load_datalist, save_nifti  # noqa: E402
-from scripts.learning.engine.metrics import evaluate_predictions, markdown_table, summarise  # noqa: E402
+from scripts.learning.engine.metrics import summarise  # noqa: E402
+from scripts.learning.engine.reports import evaluate_predictions, markdown_table  # noqa: E402
 
 
 def shifted(label: np.ndarray, shift: int) -> np.ndarray:

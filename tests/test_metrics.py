@@ -14,13 +14,13 @@ from scripts.learning.engine.metrics import (
     METRICS,
     LesionMetrics,
     bootstrap_ci,
-    evaluate_predictions,
     lesion_metrics,
     metric_names,
     patient_row,
     selection_metric,
     summarise,
 )
+from scripts.learning.engine.reports import evaluate_predictions
 
 SPACING = (0.5, 1.0, 5.0)  # anisotropic: 2.5 mm^3 voxels
 

@@ -11,7 +11,9 @@ import mlflow
 import optuna
 import pytest
 
+from scripts.learning.engine.reports import load_evaluation
 from scripts.learning.experiments.search import check_search_space, objective_values, run_study
+from scripts.learning.experiments.study import TRIAL_DICE, write_exp1_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAINING = {"max_epochs": 1, "patience": 1, "pretrained": False, "roi_size": [64, 64], "slices_per_volume": 1}
@@ -62,6 +64,16 @@ def test_study_runs_resumes_and_nests_its_mlflow_runs(tiny_cohort, tmp_path, in_
     assert parent.data.metrics["trials_complete"] == 3
     table = Path(resumed["table_md"]).read_text()
     assert table.count("| penumbra |") == 3 and "±" in table
+    # the table comes from the study's storage (each trial's validation Dice), not from MLflow
+    dice = trials[0].user_attrs[TRIAL_DICE]
+    record = load_evaluation(trial_dirs[0] / "validation")["summary"]
+    assert dice["core_LVO"][0] == pytest.approx(
+        next(s["mean"] for s in record if (s["metric"], s["class"], s["group"]) == ("dice", "core", "LVO"))
+    )
+    (tmp_path / "mlflow.db").unlink()
+    loaded = optuna.load_study(study_name="exp1", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    again = write_exp1_tables(loaded, tmp_path / "tables_again")
+    assert Path(again["table_md"]).read_text() == table
 
 
 def test_pruned_and_failed_trials_do_not_stop_the_study(tiny_cohort, tmp_path, in_root):

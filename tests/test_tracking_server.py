@@ -25,7 +25,7 @@ def bundle(run_id: str, config: str, *args: str, check: bool = True):
     return result
 
 
-def test_runs_log_to_a_tracking_server_and_tables_are_rebuilt_from_it(
+def test_runs_log_to_a_tracking_server_and_tables_are_built_beside_it(
     tiny_cohort, tmp_path, mlflow_server, monkeypatch
 ):
     """The loss search's workers log to the same server in ``test_search.py``."""
@@ -37,7 +37,7 @@ def test_runs_log_to_a_tracking_server_and_tables_are_rebuilt_from_it(
         CONFIG_FILES,
         **overrides_from([*args, "--split", "validation"]),
     )
-    tables = build_tables(("exp3",), mlflow_server, str(tmp_path / "tables"))  # `tabulating`, from the server
+    tables = build_tables(("exp3",), str(tmp_path / "runs"), str(tmp_path / "tables"))  # from the local evaluation
     client = mlflow.MlflowClient(mlflow_server)
     assert client._tracking_client.tracking_uri == mlflow_server  # over HTTP, not a local store
     experiment = client.get_experiment_by_name("exp3")

@@ -18,6 +18,7 @@ from workflows import overrides_from, refusal, run_in_process
 
 from scripts.io import CTPDataError
 from scripts.learning.engine.precision import resolve_precision
+from scripts.learning.engine.reports import load_evaluation
 from scripts.learning.engine.training import check_training_inputs
 from scripts.learning.model.vgg import vgg16_layers
 
@@ -98,6 +99,14 @@ def test_training_writes_checkpoints_and_reports(trained):
     assert {"network", "optimizer", "trainer", "finetuning"} <= set(last)
     assert (trained["out"] / "validation" / "metrics_per_patient.csv").is_file()
     assert "| SF_gradual(PMs+N) |" in (trained["out"] / "test" / "metrics_summary.md").read_text()
+    record = load_evaluation(trained["out"] / "test")  # the evaluation's record, which tables are built from
+    assert record["split"] == "test" and record["method"] == "SF_gradual(PMs+N)"
+    assert Path(record["checkpoint"]).parent == trained["out"] / "model"
+    summary = list(csv.DictReader(open(trained["out"] / "test" / "metrics_summary.csv")))
+    assert [(s["group"], s["class"], s["metric"]) for s in record["summary"]] == [
+        (s["group"], s["class"], s["metric"]) for s in summary
+    ]
+    assert load_evaluation(trained["out"] / "validation") is None  # the in-loop validation reports are no record
     montages = sorted(p.stem for p in (trained["out"] / "test" / "montages").glob("*.png"))  # one per patient
     assert montages and montages == sorted(
         row["id"] for row in csv.DictReader(open(trained["out"] / "test" / "metrics_per_patient.csv"))
@@ -293,9 +302,16 @@ def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
     assert names == again == ["SF_G-PMs-N", "EF_G-PMs-N", "EFI_G-PMs-N", "threshold", "voxel"]
     assert not list((tmp_path / "runs" / "exp3").glob("*/checkpoints/last*.pt"))  # finished cells keep no resume point
     assert len(list((tmp_path / "runs" / "exp3").glob("*/model/best*.pt"))) == 3
-    written = build_tables(("exp3",), uri, str(tmp_path / "tables"))
+    (tmp_path / "mlflow.db").unlink()  # the tables are built from the local evaluations, not from MLflow
+    written = build_tables(("exp3",), str(tmp_path / "runs"), str(tmp_path / "tables"))
     table = written["exp3_md"].read_text()
     assert all(f"| {name} | penumbra |" in table for name in names)
+    rows = list(csv.DictReader(open(written["exp3_csv"])))
+    threshold = load_evaluation(tmp_path / "runs" / "exp3" / "threshold" / "validation")
+    assert threshold["method"] == "threshold" and threshold["core_rcbf"] == pytest.approx(0.3)
+    dice = {(r["run"], r["group"], r["class"]): float(r["mean"]) for r in rows if r["metric"] == "dice"}
+    recorded = {(s["metric"], s["group"], s["class"]): s["mean"] for s in threshold["summary"]}
+    assert dice[("threshold", "LVO", "core")] == pytest.approx(recorded[("dice", "LVO", "core")])
     assert re.search(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]", table)  # mean [95 % bootstrap interval]
     assert written["exp3_csv"].read_text().count("\n") > 3
 
@@ -707,7 +723,7 @@ def test_rank_handlers_pick_by_kind_not_position():
 
     from scripts.learning.engine.checkpoints import BestModelSaver
     from scripts.learning.engine.distributed import rank_handlers
-    from scripts.learning.engine.metrics import MetricReports
+    from scripts.learning.engine.reports import MetricReports
     from scripts.learning.tracking.handlers import MLFlowHandler
 
     writers = [object.__new__(kind) for kind in (MLFlowHandler, BestModelSaver, MetricReports)]

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..tracking.handlers import MLFlowHandler
 from .checkpoints import BestModelSaver
-from .metrics import MetricReports
+from .reports import MetricReports
 
 WRITERS = (MLFlowHandler, BestModelSaver, MetricReports)
 """Handlers that write the run's records: attached on rank 0 only."""

@@ -1,4 +1,4 @@
-"""The paper's experiment grids as MLflow runs, and the paper-style tables built back from MLflow.
+"""The paper's experiment grids as MLflow runs, and their paper-style tables built from the local evaluations.
 
 Exp-2: SF with the four input sets x three fine-tuning modes (frozen, unfrozen, gradual). Exp-3: SF, EF and
 EFI with gradual fine-tuning and PMs+N. Each grid also gets the threshold baseline (``threshold``: rCBF < 30 %
@@ -11,10 +11,8 @@ workflow, :func:`scripts.cli.run_workflow`) followed by its evaluation, in MLflo
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +20,8 @@ from ...cli import run_workflow
 from ...io import save_csv, save_text
 from ...perfusion.thresholds import ThresholdSegmentation
 from ..engine.checkpoints import drop_resume_point
-from ..engine.metrics import evaluate_predictions, markdown_table, metric_names
+from ..engine.metrics import metric_names
+from ..engine.reports import evaluate_predictions, load_evaluation, markdown_table, save_evaluation
 from ..tracking.runs import check_tracking_uri, experiment_id, log_metrics, run_finished, tracking_client
 from .voxel_baseline import FEATURES, evaluate_voxel_baseline, fit_voxel_baseline
 
@@ -159,6 +158,7 @@ def run_baseline(
     metrics and reports; the run's id."""
     out = Path(output_root) / experiment / baseline
     params, summary = BASELINES[baseline](datalist, out, split, config_dir)
+    save_evaluation(out / split, summary, method=baseline, split=split, datalist=str(datalist), **params)
     return log_baseline_run(experiment, baseline, params, summary, out / split, split, tracking_uri)
 
 
@@ -176,37 +176,28 @@ def run_grids(
 
 def build_tables(
     grids: tuple[str, ...] = ("exp2", "exp3"),
-    tracking_uri: str | None = None,
-    output_dir: str = "runs/tables",
+    output_root: str = "runs",
+    output_dir: str | None = None,
 ) -> dict[str, Path]:
-    """Paper-style Markdown + CSV tables (mean ± SD per class and group, validation split) from MLflow."""
-    uri = check_tracking_uri(tracking_uri)
-    client = tracking_client(uri)
+    """Paper-style Markdown + CSV tables (mean [95 % CI] and SD per class and group, validation split) of every
+    cell and baseline of ``grids`` evaluated under ``output_root``, from their evaluation records (local results,
+    :func:`~scripts.learning.engine.reports.load_evaluation`: MLflow only receives them), written to
+    ``output_dir`` (default ``<output_root>/tables``)."""
     written: dict[str, Path] = {}
+    out = Path(output_dir if output_dir is not None else Path(output_root) / "tables")
     for grid in grids:
-        exp = client.get_experiment_by_name(grid)
-        if exp is None:
-            logger.warning("no MLflow experiment %s: run it first", grid)
-            continue
-        runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FINISHED"}
         markdown, rows = [], []
-        for name in [cell_name(*cell) for cell in GRIDS[grid]] + [THRESHOLD, VOXEL]:
-            run = runs.get(name)
-            if run is None:
+        for name in [cell_name(*cell) for cell in GRIDS[grid]] + list(BASELINES):
+            record = load_evaluation(Path(output_root) / grid / name / "validation")
+            if record is None:  # not evaluated (yet): not a row
                 continue
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    local = client.download_artifacts(run.info.run_id, "validation/metrics_summary.csv", tmp)
-                except Exception:  # evaluation not logged for this run
-                    continue
-                summary = list(csv.DictReader(open(local)))
-            for s in summary:
-                s["mean"], s["sd"] = float(s["mean"]), float(s["sd"])
-                rows.append({"run": run.info.run_name, **s})
-            table = markdown_table(summary, title=run.info.run_name)
+            summary = record["summary"]
+            rows += [{"run": name, **s} for s in summary]
+            table = markdown_table(summary, title=name)
             markdown.append(table if not markdown else "\n".join(table.splitlines()[2:]) + "\n")
         if not rows:
+            logger.warning("%s: no evaluated cell under %s; run the grid first", grid, output_root)
             continue
-        written[f"{grid}_md"] = save_text(Path(output_dir) / f"{grid}.md", "".join(markdown))
-        written[f"{grid}_csv"] = save_csv(Path(output_dir) / f"{grid}.csv", rows)
+        written[f"{grid}_md"] = save_text(out / f"{grid}.md", "".join(markdown))
+        written[f"{grid}_csv"] = save_csv(out / f"{grid}.csv", rows)
     return written

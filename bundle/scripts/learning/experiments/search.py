@@ -32,10 +32,12 @@ from ignite.engine import Engine, Events
 from ...cli import bundle_workflow
 from ..engine.checkpoints import drop_resume_point
 from ..engine.metrics import lesion_mean
+from ..engine.reports import load_evaluation
 from ..engine.stopping import StopRequested
 from ..engine.training import check_training_inputs
 from ..tracking.runs import check_tracking_uri, latest_run, log_metrics, nest_run, tracking_client
 from .study import (
+    TRIAL_DICE,
     check_study_settings,
     make_pruner,
     open_storage,
@@ -44,6 +46,7 @@ from .study import (
     study_parent_run,
     summarise_study,
     trial_counts,
+    trial_dice,
 )
 from .study_lock import StudyLock
 
@@ -295,6 +298,8 @@ class SearchTrial:
         values = objective_values(metrics, self.objective)
         if any(v != v for v in values):
             raise FloatingPointError(f"objective undefined (NaN) for trial {trial.number}")
+        record = load_evaluation(evaluation.parser.get_parsed_content("report_dir"))
+        trial.set_user_attr(TRIAL_DICE, trial_dice(record["summary"]))
         return values
 
     def record(self, number: int, name: str, state: str, values: tuple | None, stopped: bool) -> None:

@@ -3,10 +3,8 @@ check, MLflow parent run, trial bookkeeping, and the summary and Exp-1 tables it
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -173,35 +171,46 @@ def summarise_study(study: Any, root: Path, client: Any, experiment_name: str, p
             client, parent_id, {**{f"best_{k}": v for k, v in params.items()}, **dict(zip(names, trial.values))}
         )
     log_metrics(client, parent_id, {f"trials_{key}": summary[key] for key in ("complete", "pruned", "failed")})
-    summary.update(write_exp1_tables(study, client, experiment_name, root / "tables"))
+    summary.update(write_exp1_tables(study, root / "tables"))
     save_json(root / "summary.json", summary)
     client.log_artifacts(parent_id, str(root / "tables"), artifact_path="tables")
     return summary
 
 
-def write_exp1_tables(study: Any, client: Any, experiment_name: str, output_dir: Path) -> dict[str, str]:
+TRIAL_DICE = "validation_dice"
+"""Optuna user attribute of a completed trial: its validation Dice per class and group, ``{"<class>_<group>": [mean,
+sd]}`` (:func:`trial_dice`). The study's storage, which every worker shares, holds it: the Exp-1 table is built
+from there, whichever machine ran the trial (MLflow only receives the results)."""
+
+
+def trial_dice(summary: Sequence[Mapping]) -> dict[str, list[float | None]]:
+    """The :data:`TRIAL_DICE` attribute from an evaluation's per-group summary (None where undefined)."""
+    return {
+        f"{s['class']}_{s['group']}": [None if v != v else float(v) for v in (s["mean"], s["sd"])]
+        for s in summary
+        if s["metric"] == "dice" and s["class"] in LESION_CLASSES and s["group"] in ("LVO", "Non-LVO", "all")
+    }
+
+
+def write_exp1_tables(study: Any, output_dir: Path) -> dict[str, str]:
     """Exp-1 as the paper's Table 1: per completed trial (gamma, alpha, beta), validation Dice mean ± SD of
-    penumbra and core per group, from each trial's nested MLflow run; Markdown and CSV."""
+    penumbra and core per group (the trials' :data:`TRIAL_DICE`); Markdown and CSV."""
     rows, lines = [], []
     header = "| trial | γ | α | β | class | Dice LVO | Dice Non-LVO | Dice all | objective |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for trial in sorted(
         study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number
     ):
-        run = latest_run(client, experiment_name, f"{study.study_name}_trial_{trial.number:03d}")
-        if run is None:
+        dice = trial.user_attrs.get(TRIAL_DICE)
+        if dice is None:  # completed before the study recorded it
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                local = client.download_artifacts(run.info.run_id, "validation/metrics_summary.csv", tmp)
-            except Exception:
-                continue
-            summary = list(csv.DictReader(open(local)))
         params = dict(trial.params)
         params.setdefault("beta", 1.0 - params.get("alpha", 0.7))
-        cell = {(s["metric"], s["class"], s["group"]): (float(s["mean"]), float(s["sd"])) for s in summary}
         for cls in LESION_CLASSES:
-            values = {g: cell.get(("dice", cls, g), (math.nan, math.nan)) for g in ("LVO", "Non-LVO", "all")}
+            values = {
+                g: tuple(math.nan if v is None else v for v in dice.get(f"{cls}_{g}", (None, None)))
+                for g in ("LVO", "Non-LVO", "all")
+            }
             row = {
                 "trial": trial.number,
                 "gamma": params.get("gamma", 4 / 3),

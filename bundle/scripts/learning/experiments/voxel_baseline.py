@@ -28,7 +28,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from ...io import CTPDataError, load_datalist, load_map, save_bytes, save_nifti
 from ...perfusion.brain_mask import brain_mask_from_mip
 from ...perfusion.lesions import MIN_LESION_ML, drop_small_lesions
-from ..engine.metrics import evaluate_predictions
+from ..engine.reports import evaluate_predictions
 
 logger = logging.getLogger(__name__)
 
