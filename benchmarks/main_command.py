@@ -45,6 +45,7 @@ def main() -> None:
         )
         if not args.only_generation:
             common = ["--datalist", f"{data}/datalist.json", "--output_dir", run, "--tracking_uri", uri]
+            common += ["--tracking", "bundle/configs/mlflow.json"]  # as the README's main command
             total += step("training", ["training", "--config_file", "bundle/configs/train.json", *common])
             total += step(
                 "evaluating",

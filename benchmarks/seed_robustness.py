@@ -76,7 +76,7 @@ def network_rows(
     if not report.is_file():
         args = ["--datalist", datalist, "--output_dir", str(out), "--seed", str(seed), "--inputs", inputs]
         args += ["--variant", variant, "--precision", precision]
-        args += ["--tracking_uri", uri, "--experiment_name", "seeds"]
+        args += ["--tracking", "bundle/configs/mlflow.json", "--tracking_uri", uri, "--experiment_name", "seeds"]
         # a finished run keeps its resume point: ask MLflow whether it finished, not the folder
         if not run_finished(uri, "seeds", out.name):
             resume = "true" if (out / "checkpoints").is_dir() else "false"

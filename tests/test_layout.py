@@ -109,3 +109,21 @@ def test_mlflow_enters_through_the_tracking_room_only():
             if any(name.split(".")[0] == "mlflow" for name in names):
                 importers.append(str(path.relative_to(SCRIPTS)))
     assert importers and all(p.startswith("learning/tracking/") for p in importers), importers
+
+
+def test_one_config_names_the_tracker():
+    """MLflow enters the workflows through MONAI's tracking settings, ``--tracking bundle/configs/mlflow.json``
+    (issue #29): no other config names an MLflow handler or the tracking room."""
+    import json
+
+    configs = SCRIPTS.parents[0] / "configs"
+    naming = []
+    for path in sorted(configs.glob("*.json")):
+        entries = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("_comment", "changelog")}
+        text = json.dumps(entries)
+        if "MLFlowHandler" in text or "scripts.learning.tracking" in text:
+            naming.append(path.name)
+    assert naming == ["mlflow.json"], naming
+    settings = json.loads((configs / "mlflow.json").read_text())
+    assert set(settings["handlers_id"]) == {"trainer", "validator", "evaluator"}  # MONAI's settings format
+    assert set(settings["handlers_id"]) <= set(settings["configs"])

@@ -36,8 +36,14 @@ def bundle(run_id: str, config: str, *overrides: str, check: bool = True, wait: 
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=check, timeout=SUBPROCESS_TIMEOUT)
 
 
+TRACKING = "bundle/configs/mlflow.json"
+"""The bundle's MLflow tracking settings (``--tracking``)."""
+
+
 def tiny_overrides(datalist: Path, out: Path, uri: str, *extra: str) -> list[str]:
     return [
+        "--tracking",
+        TRACKING,
         "--datalist",
         str(datalist),
         "--output_dir",
@@ -219,7 +225,9 @@ def kill_after_epoch(args: list[str], out: Path, epoch: int, sig: int = signal.S
         if process.poll() is None:
             process.kill()
         process.wait()
-    assert list((out / "checkpoints").glob(f"last*epoch={epoch}.pt")), f"no epoch-{epoch} resume point before the kill"
+    assert list((out / "checkpoints").glob(f"last*epoch={epoch}.pt")), (
+        f"no epoch-{epoch} resume point before the kill: {stderr[-3000:]}"
+    )
     if sig == signal.SIGTERM:
         assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     return stderr
@@ -416,12 +424,13 @@ def test_multi_gpu_config_keeps_the_writers_on_rank_zero_only():
     only its MLflow handler and the validator keeps only its StatsHandler, wherever they stand in the lists."""
     from pydoc import locate
 
-    from monai.bundle import ConfigParser
+    from monai.bundle import ConfigParser, ConfigWorkflow
 
     from scripts.learning.engine.distributed import WRITERS
 
     parser = ConfigParser()
     parser.read_config([str(ROOT / "bundle/configs/train.json"), str(ROOT / "bundle/configs/multi_gpu_train.json")])
+    ConfigWorkflow.patch_bundle_tracking(parser, ConfigParser.load_config_files(str(ROOT / TRACKING)))  # --tracking
     assert "rank_handlers(" in parser["train#trainer#train_handlers"]
     assert "rank_handlers(" in parser["validate#evaluator#val_handlers"]
 

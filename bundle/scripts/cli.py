@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from monai.bundle import ConfigWorkflow
+import ignite.distributed as idist
+from fire.parser import DefaultParseValue
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from .io import CTPDataError, OutputWriteError, save_json
 
@@ -22,6 +25,9 @@ logger = logging.getLogger(__name__)
 USER_ERRORS = (CTPDataError, FileExistsError, FileNotFoundError, ValueError, OutputWriteError)
 WRAPPED_ERRORS = (CTPDataError, OutputWriteError, FileExistsError)
 """The bundle's own errors, found under MONAI's wrappers (a generic ``ValueError`` deep inside stays a traceback)."""
+TRACKING_SETTINGS = "mlflow.json"
+"""The bundle's MLflow tracking settings in its config folder, MONAI's ``--tracking`` file (``tracking=`` of
+:func:`bundle_workflow`)."""
 RESOLVED_CONFIG = "resolved_config"
 """Config id of the path where a workflow records the config it executes (train.json defines it)."""
 
@@ -62,8 +68,9 @@ def exception_chain(err: BaseException | None, context: bool = False) -> Iterato
 def bundle_workflow(
     run_id: str, config_file: str | os.PathLike | Sequence[str | os.PathLike], workflow_type: str = "train", **overrides
 ) -> Any:
-    """MONAI's ``ConfigWorkflow`` for ``run_id`` with ``overrides`` (config ids to values), initialised, its
-    executed config written to the path under the ``resolved_config`` id when the config defines one.
+    """MONAI's ``ConfigWorkflow`` for ``run_id`` with ``overrides`` (config ids to values; ``tracking``, the
+    tracking settings, as on the command line), initialised, its executed config written to the path under the
+    ``resolved_config`` id when the config defines one.
 
     The caller may attach handlers before ``run()`` (the loss search adds its pruning handler). Logging is
     left as the calling process configured it.
@@ -73,8 +80,11 @@ def bundle_workflow(
         config_file=files, logging_file=False, run_id=run_id, workflow_type=workflow_type, **overrides
     )
     workflow.initialize()
-    if RESOLVED_CONFIG in workflow.parser:
-        save_json(workflow.parser.get_parsed_content(RESOLVED_CONFIG), workflow.parser.get())
+    if RESOLVED_CONFIG in workflow.parser:  # the config and overrides, as the command line records them
+        record = ConfigParser()
+        record.read_config(files)
+        record.update({k: v for k, v in overrides.items() if k != "tracking"})
+        save_json(workflow.parser.get_parsed_content(RESOLVED_CONFIG), record.get())
     return workflow
 
 
@@ -88,3 +98,38 @@ def run_workflow(
         return workflow.run()
     finally:
         workflow.finalize()
+
+
+_RUN_ARGS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
+"""Arguments of ``monai.bundle run`` that are not config overrides."""
+
+
+def save_resolved_config(path: str | os.PathLike, run_id: str, argv: Sequence[str] | None = None) -> str | None:
+    """Write the configuration this ``python -m monai.bundle run <run_id>`` executes (its config files merged,
+    then the command line's overrides applied, as MONAI's ``ConfigWorkflow`` does) to ``path``, atomically.
+
+    The file goes into the run's artifacts (with ``--tracking``, MLflow's), so a run can be repeated from its
+    record. Returns None
+    (nothing written) on processes other than rank 0, or when this process was not started as
+    ``monai.bundle run <run_id>``: a workflow launched from Python (:func:`scripts.cli.bundle_workflow`) is
+    recorded by :func:`bundle_workflow`.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if idist.get_rank() != 0 or len(argv) < 3 or "monai" not in argv[0] or argv[1] != "run":
+        return None
+    pairs: dict[str, Any] = {} if argv[2].startswith("--") else {"run_id": argv[2]}
+    items = iter(argv[2:] if argv[2].startswith("--") else argv[3:])
+    for item in items:
+        if not item.startswith("--"):
+            continue
+        key, sep, value = item[2:].partition("=")
+        value = value if sep else next(items, "true")
+        key = key.replace("-", "_") if key.replace("-", "_") in _RUN_ARGS else key
+        pairs[key] = DefaultParseValue(value)
+    if "config_file" not in pairs or pairs.get("run_id") != run_id:
+        return None
+    parser = ConfigParser()
+    parser.read_config(f=pairs["config_file"])
+    parser.update(pairs={k: v for k, v in pairs.items() if k not in _RUN_ARGS})
+    save_json(path, parser.get())
+    return str(path)

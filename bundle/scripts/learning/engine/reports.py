@@ -127,8 +127,9 @@ def evaluate_predictions(
 
 
 class MetricReports:
-    """After each evaluation, write the per-patient CSV and the per-group summaries of a LesionMetrics; with
-    ``record`` (the evaluation's context: split, checkpoint, ...) also its :data:`EVALUATION_RECORD`."""
+    """After each evaluation (its one epoch, so before any ``COMPLETED`` handler such as the MLflow logger reads
+    them), write the per-patient CSV and the per-group summaries of a LesionMetrics; with ``record`` (the
+    evaluation's context: split, checkpoint, ...) also its :data:`EVALUATION_RECORD`."""
 
     def __init__(
         self,
@@ -140,7 +141,7 @@ class MetricReports:
         self.metric, self.output_dir, self.title, self.record = metric, output_dir, title, record
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         if self.metric.rows:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ...cli import run_workflow
+from ...cli import TRACKING_SETTINGS, run_workflow
 from ...io import save_csv, save_text
 from ...perfusion.thresholds import ThresholdSegmentation
 from ..engine.checkpoints import drop_resume_point
@@ -77,10 +77,10 @@ def run_grid(
             **(overrides or {}),
         }
         logger.info("%s/%s: training", grid, name)
-        run_workflow("training", f"{config_dir}/train.json", **settings)
-        run_workflow(
-            "evaluating", [f"{config_dir}/train.json", f"{config_dir}/evaluate.json"], split="validation", **settings
-        )
+        tracking = f"{config_dir}/{TRACKING_SETTINGS}"
+        run_workflow("training", f"{config_dir}/train.json", tracking=tracking, **settings)
+        configs = [f"{config_dir}/train.json", f"{config_dir}/evaluate.json"]
+        run_workflow("evaluating", configs, split="validation", tracking=tracking, **settings)
         drop_resume_point(out)
     for baseline in BASELINES:
         names.append(baseline)

@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from ignite.engine import Engine, Events
 
-from ...cli import bundle_workflow
+from ...cli import TRACKING_SETTINGS, bundle_workflow
 from ..engine.checkpoints import drop_resume_point
 from ..engine.metrics import lesion_mean
 from ..engine.reports import load_evaluation
@@ -285,14 +285,15 @@ class SearchTrial:
 
     def train_and_evaluate(self, trial: optuna.Trial, settings: Mapping[str, Any]) -> tuple[float, ...]:
         """The trial's training (pruned by :class:`TrialPruning`) and its objective on the validation split."""
-        training = bundle_workflow("training", f"{self.config_dir}/train.json", **settings)
+        tracking = f"{self.config_dir}/{TRACKING_SETTINGS}"
+        training = bundle_workflow("training", f"{self.config_dir}/train.json", tracking=tracking, **settings)
         parser = training.parser
         TrialPruning(trial, parser.get_parsed_content("validate#evaluator"), self.objective, prune=self.prune).attach(
             parser.get_parsed_content("train#trainer")
         )
         training.run()
         configs = [f"{self.config_dir}/train.json", f"{self.config_dir}/evaluate.json"]
-        evaluation = bundle_workflow("evaluating", configs, split="validation", **settings)
+        evaluation = bundle_workflow("evaluating", configs, split="validation", tracking=tracking, **settings)
         evaluation.run()
         metrics = evaluation.parser.get_parsed_content("validate#evaluator").state.metrics
         values = objective_values(metrics, self.objective)

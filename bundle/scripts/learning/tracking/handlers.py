@@ -1,10 +1,14 @@
-"""The Ignite handlers that write to MLflow: MONAI's ``MLFlowHandler`` with the bundle's precedence and records,
-and the fine-tuning stage logger (the ``on_stage`` callable of
-:class:`scripts.learning.model.finetuning.GradualFineTuning`)."""
+"""The Ignite handlers that write to MLflow: MONAI's ``MLFlowHandler`` with the bundle's precedence and records
+(and the trained model at the end of a training), the evaluation's logger, and the fine-tuning stage logger (the
+``on_stage`` callable of :class:`scripts.learning.model.finetuning.GradualFineTuning`).
+
+``bundle/configs/mlflow.json`` attaches them, as MONAI's tracking settings (``--tracking``); no other config names
+them."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import ignite.distributed as idist
@@ -12,7 +16,8 @@ from ignite.engine import Events
 from monai.handlers import MLFlowHandler as _MonaiMLFlowHandler
 
 from .outage import PENDING, TolerantClient
-from .runs import latest_run, log_datalist, mark_model_training, tag_source, tracking_client
+from .registry import log_model
+from .runs import latest_run, log_datalist, log_to_training_run, mark_model_training, tag_source, tracking_client
 
 
 class MLFlowHandler(_MonaiMLFlowHandler):
@@ -32,6 +37,10 @@ class MLFlowHandler(_MonaiMLFlowHandler):
       kept and sent when it is back, and the run's end waits for them (:mod:`scripts.learning.tracking.outage`).
     - A run stopped by SIGTERM / SIGINT (:mod:`scripts.learning.engine.stopping`) ends ``KILLED``; a resumed training
       reopens it (MONAI reopens every run not ``FINISHED``) and marks it ``RUNNING`` again.
+    - With ``model`` (``network``, ``checkpoint``: a callable giving the best checkpoint's path,
+      ``registered_model_name``, ``roi_size``), a training that ends, not stopped by a signal, logs the network with
+      that checkpoint's weights as the run's MLflow model and registers it when named
+      (:func:`.registry.log_model`).
     """
 
     def __init__(
@@ -39,9 +48,11 @@ class MLFlowHandler(_MonaiMLFlowHandler):
         tracking_uri: str | None = None,
         datalist: str | os.PathLike | None = None,
         dataset_context: str = "training",
+        model: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.datalist, self.dataset_context = datalist, dataset_context
+        self.datalist, self.dataset_context, self.model = datalist, dataset_context, model
+        self.tracking_uri = tracking_uri
         if datalist is not None:
             kwargs.setdefault("dataset_logger", self._log_datalist)
         hidden = os.environ.pop("MLFLOW_TRACKING_URI", None) if tracking_uri else None
@@ -57,6 +68,8 @@ class MLFlowHandler(_MonaiMLFlowHandler):
         mark_model_training(self.client, self.experiment)
 
     def attach(self, engine: Any) -> None:
+        if self.model is not None:  # before the run closes
+            engine.add_event_handler(Events.COMPLETED, self._log_model)
         super().attach(engine)
         engine.add_event_handler(Events.TERMINATE, self._terminated)
 
@@ -76,6 +89,50 @@ class MLFlowHandler(_MonaiMLFlowHandler):
 
     def _log_datalist(self, dataset_dict: Any = None) -> None:
         log_datalist(self.client, self.cur_run.info.run_id, self.datalist, self.dataset_context)
+
+    def _log_model(self, engine: Any) -> None:
+        if getattr(engine.state, "stop_signal", None):  # stopped to be resumed: the model comes at its end
+            return
+        model = dict(self.model)
+        checkpoint = model.pop("checkpoint")
+        log_model(
+            checkpoint=checkpoint(),
+            tracking_uri=self.tracking_uri,
+            experiment_name=self.experiment_name,
+            run_name=self.run_name,
+            **model,
+        )
+
+
+class EvaluationLogger:
+    """After an evaluation, log its metrics (the evaluator's ``val_`` names with the split's ``prefix``), its report
+    folders and its datalist into the training run (:func:`.runs.log_to_training_run`)."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        run_name: str,
+        artifact_dirs: Sequence[str] = (),
+        prefix: str = "val",
+        datalist: str | os.PathLike | None = None,
+        split: str | None = None,
+    ) -> None:
+        self.target = {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "run_name": run_name}
+        self.artifact_dirs, self.prefix, self.datalist, self.split = artifact_dirs, prefix, datalist, split
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        log_to_training_run(
+            **self.target,
+            metrics=dict(engine.state.metrics),
+            artifact_dirs=self.artifact_dirs,
+            prefix=self.prefix,
+            datalist=self.datalist,
+            split=self.split,
+        )
 
 
 class StageLogger:

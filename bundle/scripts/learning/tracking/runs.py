@@ -16,10 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import ignite.distributed as idist
 import mlflow
 import sqlalchemy
-from fire.parser import DefaultParseValue
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, Metric
@@ -27,9 +25,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.tracking.context.registry import resolve_tags
-from monai.bundle import ConfigParser
-
-from ...io import save_json
 
 logger = logging.getLogger(__name__)
 
@@ -143,16 +138,13 @@ def data_version(datalist: str | os.PathLike) -> str:
     )
 
 
-_RUN_ARGS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
-
-
 NOT_PARAMS = ("bundle_root", "resume")
 """Settings that are not a run's parameters: where the bundle lives and whether this start resumes (a resumed
 run keeps its params, and MLflow refuses a param whose value changes)."""
 
 
 def config_params(resolved_config: str | os.PathLike, derived: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A run's MLflow params, derived from its executed config (:func:`save_resolved_config`) rather than
+    """A run's MLflow params, derived from its executed config (:func:`scripts.cli.save_resolved_config`) rather than
     listed by hand: every top-level setting that is a plain value (a number, a string, a boolean, or a list
     of those, as text), leaving out ``$`` expressions and ``@`` references, then ``derived`` (values computed
     from the config, e.g. the data version) on top. Without the file (not rank 0) only ``derived``."""
@@ -172,36 +164,6 @@ def config_params(resolved_config: str | os.PathLike, derived: dict[str, Any] | 
     for key in NOT_PARAMS:
         params.pop(key, None)
     return {**params, **(derived or {})}
-
-
-def save_resolved_config(path: str | os.PathLike, run_id: str, argv: Sequence[str] | None = None) -> str | None:
-    """Write the configuration this ``python -m monai.bundle run <run_id>`` executes (its config files merged,
-    then the command line's overrides applied, as MONAI's ``ConfigWorkflow`` does) to ``path``, atomically.
-
-    The file goes into the run's MLflow artifacts, so a run can be repeated from its record. Returns None
-    (nothing written) on processes other than rank 0, or when this process was not started as
-    ``monai.bundle run <run_id>``: a workflow launched from Python (:func:`scripts.cli.bundle_workflow`) is
-    recorded by its launcher, which holds the executed config itself.
-    """
-    argv = list(sys.argv if argv is None else argv)
-    if idist.get_rank() != 0 or len(argv) < 3 or "monai" not in argv[0] or argv[1] != "run":
-        return None
-    pairs: dict[str, Any] = {} if argv[2].startswith("--") else {"run_id": argv[2]}
-    items = iter(argv[2:] if argv[2].startswith("--") else argv[3:])
-    for item in items:
-        if not item.startswith("--"):
-            continue
-        key, sep, value = item[2:].partition("=")
-        value = value if sep else next(items, "true")
-        key = key.replace("-", "_") if key.replace("-", "_") in _RUN_ARGS else key
-        pairs[key] = DefaultParseValue(value)
-    if "config_file" not in pairs or pairs.get("run_id") != run_id:
-        return None
-    parser = ConfigParser()
-    parser.read_config(f=pairs["config_file"])
-    parser.update(pairs={k: v for k, v in pairs.items() if k not in _RUN_ARGS})
-    save_json(path, parser.get())
-    return str(path)
 
 
 def experiment_id(client: Any, name: str) -> str:
