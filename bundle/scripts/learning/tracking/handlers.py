@@ -8,7 +8,6 @@ them."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import ignite.distributed as idist
@@ -106,33 +105,17 @@ class MLFlowHandler(_MonaiMLFlowHandler):
 
 class EvaluationLogger:
     """After an evaluation, log its metrics (the evaluator's ``val_`` names with the split's ``prefix``), its report
-    folders and its datalist into the training run (:func:`.runs.log_to_training_run`)."""
+    folders and its datalist into the training run: ``settings`` are :func:`.runs.log_to_training_run`'s arguments
+    but the metrics (``tracking_uri``, ``experiment_name``, ``run_name``, ``artifact_dirs``, ``prefix``, ...)."""
 
-    def __init__(
-        self,
-        tracking_uri: str,
-        experiment_name: str,
-        run_name: str,
-        artifact_dirs: Sequence[str] = (),
-        prefix: str = "val",
-        datalist: str | os.PathLike | None = None,
-        split: str | None = None,
-    ) -> None:
-        self.target = {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "run_name": run_name}
-        self.artifact_dirs, self.prefix, self.datalist, self.split = artifact_dirs, prefix, datalist, split
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
 
     def attach(self, engine: Any) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Any) -> None:
-        log_to_training_run(
-            **self.target,
-            metrics=dict(engine.state.metrics),
-            artifact_dirs=self.artifact_dirs,
-            prefix=self.prefix,
-            datalist=self.datalist,
-            split=self.split,
-        )
+        log_to_training_run(metrics=dict(engine.state.metrics), **self.settings)
 
 
 class StageLogger:
