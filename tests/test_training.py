@@ -122,6 +122,7 @@ def test_training_writes_checkpoints_and_reports(trained):
     assert all(profile["seconds"][k] > 0 for k in ("iterations", "data", "ValidationHandler", "Checkpoint"))
     assert profile["total"] == pytest.approx(sum(profile["seconds"].values()))
     assert "training time" in trained["train"].stdout + trained["train"].stderr
+    assert "interpreted in multiple ways" not in trained["train"].stderr  # MLflow's dataset-source warning
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(trained):

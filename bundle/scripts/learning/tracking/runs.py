@@ -18,7 +18,7 @@ from typing import Any
 
 import mlflow
 import sqlalchemy
-from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
@@ -85,7 +85,10 @@ def log_datalist(client: Any, run_id: str, datalist: str | os.PathLike, context:
     source: its path), tagged with the ``context`` it is first used for (``training``, or the evaluated split
     of a run that did not train on it). MLflow links a dataset to a run once, so a run holds it once."""
     path = Path(datalist).resolve()
-    dataset = MetaDataset(resolve_dataset_source(str(path)), name=path.stem, digest=data_version(path))
+    # a local file's source by its type: resolving the path warns on every run that MLflow registers two
+    # "local" source types (a warning the user cannot act on)
+    source = get_dataset_source_from_json(json.dumps({"uri": str(path)}), source_type="local")
+    dataset = MetaDataset(source, name=path.stem, digest=data_version(path))
     if any(d.dataset.digest == dataset.digest for d in client.get_run(run_id).inputs.dataset_inputs):
         return
     tag = InputTag(key="mlflow.data.context", value=context)
