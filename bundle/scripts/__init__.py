@@ -16,5 +16,10 @@ from . import cli, clinical, io, learning, node, perfusion, simulation
 # MONAI's note that its GPU DICOM decoder (nvImageCodec) is absent: pydicom's decoders are used, and nothing a
 # user can act on (a CPU machine has no such decoder); logging.conf silences its logger's copy of the same note
 warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin", category=UserWarning)
+# MONAI 1.6's compute_hausdorff_distance passes get_mask_edges the argument MONAI itself deprecates: a FutureWarning
+# at every evaluation that only MONAI can act on
+warnings.filterwarnings(
+    "ignore", message="monai.metrics.utils get_mask_edges:always_return_as_numpy", category=FutureWarning
+)
 
 __all__ = ["cli", "clinical", "io", "learning", "node", "perfusion", "simulation"]
