@@ -52,6 +52,10 @@ def baseline_frame_count(mean_curve: np.ndarray, fraction: float = 0.1, minimum:
     return int(max(minimum, above[0] - 1)) if above.size else minimum
 
 
+EARLIEST_PERCENTILE = 1.0
+"""Percentile of the arterial candidates' times to peak that "earliest" counts from (:func:`select_arterial_input`)."""
+
+
 def select_arterial_input(
     ctp: np.ndarray,
     baseline: np.ndarray,
@@ -70,10 +74,11 @@ def select_arterial_input(
     :data:`BOLUS_VARIATION` times twice its peak), and an arterial one also washes out (its last quarter
     below :data:`WASHOUT_FRACTION` of its peak) and lies where ``arterial_allowed`` (e.g. away from bone):
     a voxel that a moved bone edge enters jumps up and down or keeps its step. Each rule applies only when
-    at least ``n_voxels`` voxels pass it. "Earliest" is within 2 s of the arterial candidates' 10th-percentile
-    time to peak. The VOF is the mean of the largest-area bolus curves peaking after the AIF whose shape is a
-    delayed AIF's (:func:`delayed_match` at least :data:`VENOUS_MATCH`; none: no VOF). ``mip`` (the series'
-    maximum over time) is computed when not given.
+    at least ``n_voxels`` voxels pass it. "Earliest" is within 2 s of the candidates' :data:`EARLIEST_PERCENTILE`
+    time to peak: at a scanner's 512² the venous sinuses give most of the candidates, and their 10th percentile
+    (the former rule) chose the sinus as the AIF. The VOF is the mean of the
+    largest-area bolus curves peaking after the AIF whose shape is a delayed AIF's (:func:`delayed_match` at
+    least :data:`VENOUS_MATCH`; none: no VOF). ``mip`` (the series' maximum over time) is computed when not given.
 
     Returns the AIF curve (HU above baseline), a boolean mask of the voxels used and a summary dict.
     """
@@ -92,7 +97,8 @@ def select_arterial_input(
     washes = curves[:, -max(1, curves.shape[1] // 4) :].mean(axis=1) < WASHOUT_FRACTION * peak
     allowed = np.ones_like(bolus) if arterial_allowed is None else arterial_allowed[where]
     arterial = np.nonzero(enough(bolus & washes & allowed))[0]
-    early = arterial[ttp[arterial] <= np.percentile(ttp[arterial], 10) + max(1, round(2.0 / dt))]
+    strong = arterial[peak[arterial] >= 0.5 * np.percentile(peak[arterial], 99.0)]
+    early = arterial[ttp[arterial] <= np.percentile(ttp[strong], EARLIEST_PERCENTILE) + max(1, round(2.0 / dt))]
     chosen = early[np.argsort(peak[early])[::-1][:n_voxels]]
     aif = curves[chosen].mean(axis=0)
     info = {"aif_voxels": int(chosen.size), "aif_ttp_s": float(aif.argmax() * dt), "vof_scale": 1.0, "vof_hu": None}
