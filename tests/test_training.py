@@ -16,6 +16,7 @@ import pytest
 import torch
 from workflows import overrides_from, refusal, run_in_process
 
+from scripts.cli import TRACKING_SETTINGS
 from scripts.io import CTPDataError
 from scripts.learning.engine.precision import resolve_precision
 from scripts.learning.engine.reports import load_evaluation
@@ -36,7 +37,7 @@ def bundle(run_id: str, config: str, *overrides: str, check: bool = True, wait: 
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=check, timeout=SUBPROCESS_TIMEOUT)
 
 
-TRACKING = "bundle/configs/mlflow.json"
+TRACKING = f"bundle/configs/{TRACKING_SETTINGS}"
 """The bundle's MLflow tracking settings (``--tracking``)."""
 
 

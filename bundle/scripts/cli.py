@@ -28,6 +28,8 @@ WRAPPED_ERRORS = (CTPDataError, OutputWriteError, FileExistsError)
 TRACKING_SETTINGS = "mlflow.json"
 """The bundle's MLflow tracking settings in its config folder, MONAI's ``--tracking`` file (``tracking=`` of
 :func:`bundle_workflow`)."""
+_RUN_ARGS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
+"""Arguments of ``monai.bundle run`` that are not config overrides."""
 RESOLVED_CONFIG = "resolved_config"
 """Config id of the path where a workflow records the config it executes (train.json defines it)."""
 
@@ -83,7 +85,7 @@ def bundle_workflow(
     if RESOLVED_CONFIG in workflow.parser:  # the config and overrides, as the command line records them
         record = ConfigParser()
         record.read_config(files)
-        record.update({k: v for k, v in overrides.items() if k != "tracking"})
+        record.update({k: v for k, v in overrides.items() if k not in _RUN_ARGS})
         save_json(workflow.parser.get_parsed_content(RESOLVED_CONFIG), record.get())
     return workflow
 
@@ -100,19 +102,13 @@ def run_workflow(
         workflow.finalize()
 
 
-_RUN_ARGS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
-"""Arguments of ``monai.bundle run`` that are not config overrides."""
-
-
 def save_resolved_config(path: str | os.PathLike, run_id: str, argv: Sequence[str] | None = None) -> str | None:
     """Write the configuration this ``python -m monai.bundle run <run_id>`` executes (its config files merged,
     then the command line's overrides applied, as MONAI's ``ConfigWorkflow`` does) to ``path``, atomically.
 
     The file goes into the run's artifacts (with ``--tracking``, MLflow's), so a run can be repeated from its
-    record. Returns None
-    (nothing written) on processes other than rank 0, or when this process was not started as
-    ``monai.bundle run <run_id>``: a workflow launched from Python (:func:`scripts.cli.bundle_workflow`) is
-    recorded by :func:`bundle_workflow`.
+    record. Returns None (nothing written) on processes other than rank 0, or when this process was not started
+    as ``monai.bundle run <run_id>``: a workflow launched from Python is recorded by :func:`bundle_workflow`.
     """
     argv = list(sys.argv if argv is None else argv)
     if idist.get_rank() != 0 or len(argv) < 3 or "monai" not in argv[0] or argv[1] != "run":

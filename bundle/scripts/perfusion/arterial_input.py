@@ -53,7 +53,8 @@ def baseline_frame_count(mean_curve: np.ndarray, fraction: float = 0.1, minimum:
 
 
 EARLIEST_PERCENTILE = 1.0
-"""Percentile of the arterial candidates' times to peak that "earliest" counts from (:func:`select_arterial_input`)."""
+"""Percentile of the strong arterial candidates' times to peak that "earliest" counts from
+(:func:`select_arterial_input`)."""
 
 
 def select_arterial_input(
@@ -74,11 +75,12 @@ def select_arterial_input(
     :data:`BOLUS_VARIATION` times twice its peak), and an arterial one also washes out (its last quarter
     below :data:`WASHOUT_FRACTION` of its peak) and lies where ``arterial_allowed`` (e.g. away from bone):
     a voxel that a moved bone edge enters jumps up and down or keeps its step. Each rule applies only when
-    at least ``n_voxels`` voxels pass it. "Earliest" is within 2 s of the candidates' :data:`EARLIEST_PERCENTILE`
-    time to peak: at a scanner's 512² the venous sinuses give most of the candidates, and their 10th percentile
-    (the former rule) chose the sinus as the AIF. The VOF is the mean of the
-    largest-area bolus curves peaking after the AIF whose shape is a delayed AIF's (:func:`delayed_match` at
-    least :data:`VENOUS_MATCH`; none: no VOF). ``mip`` (the series' maximum over time) is computed when not given.
+    at least ``n_voxels`` voxels pass it. "Earliest" is within 2 s of the :data:`EARLIEST_PERCENTILE` time to
+    peak of the strong arterial candidates (peak at least half their 99th percentile, so that noise spikes do not
+    set it): at a scanner's 512² the venous sinus gives most of the candidates, and the former rule, the 10th
+    percentile of all of them, chose the sinus as the AIF. The VOF is the mean of the largest-area bolus curves
+    peaking after the AIF whose shape is a delayed AIF's (:func:`delayed_match` at least :data:`VENOUS_MATCH`;
+    none: no VOF). ``mip`` (the series' maximum over time) is computed when not given.
 
     Returns the AIF curve (HU above baseline), a boolean mask of the voxels used and a summary dict.
     """

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 
 from ...io import save_csv, save_json, save_text
-from ..engine.metrics import LESION_CLASSES
+from ..engine.metrics import LESION_CLASSES, LESION_GROUPS
 from ..tracking.runs import MlflowException, experiment_id, latest_run, log_metrics
 from .study_storage import ReconnectingRDBStorage
 
@@ -177,6 +177,8 @@ def summarise_study(study: Any, root: Path, client: Any, experiment_name: str, p
     return summary
 
 
+EXP1_GROUPS = (*LESION_GROUPS, "all")
+"""The groups of the Exp-1 table's Dice columns."""
 TRIAL_DICE = "validation_dice"
 """Optuna user attribute of a completed trial: its validation Dice per class and group, ``{"<class>_<group>": [mean,
 sd]}`` (:func:`trial_dice`). The study's storage, which every worker shares, holds it: the Exp-1 table is built
@@ -188,7 +190,7 @@ def trial_dice(summary: Sequence[Mapping]) -> dict[str, list[float | None]]:
     return {
         f"{s['class']}_{s['group']}": [None if v != v else float(v) for v in (s["mean"], s["sd"])]
         for s in summary
-        if s["metric"] == "dice" and s["class"] in LESION_CLASSES and s["group"] in ("LVO", "Non-LVO", "all")
+        if s["metric"] == "dice" and s["class"] in LESION_CLASSES and s["group"] in EXP1_GROUPS
     }
 
 
@@ -209,7 +211,7 @@ def write_exp1_tables(study: Any, output_dir: Path) -> dict[str, str]:
         for cls in LESION_CLASSES:
             values = {
                 g: tuple(math.nan if v is None else v for v in dice.get(f"{cls}_{g}", (None, None)))
-                for g in ("LVO", "Non-LVO", "all")
+                for g in EXP1_GROUPS
             }
             row = {
                 "trial": trial.number,
