@@ -295,6 +295,17 @@ def test_bad_training_inputs_stop_before_training(tiny_cohort, tmp_path):
     for unreachable in ("http://127.0.0.1:9", "postgresql://nobody@127.0.0.1:9/mlflow"):
         with pytest.raises(ValueError, match=f"^{unreachable}: the MLflow tracking store does not answer"):
             check_training_inputs(tiny_cohort, "SF", "PMs", "frozen", "cpu", tracking_uri=unreachable)
+    refused = refusal(  # through --tracking, as the command line runs it: one line, before any data is cached
+        "training",
+        "bundle/configs/train.json",
+        tracking=TRACKING,
+        datalist=str(tiny_cohort),
+        output_dir=str(tmp_path / "untracked"),
+        tracking_uri="http://127.0.0.1:9",
+        pretrained=False,
+    )
+    assert refused.startswith("error: http://127.0.0.1:9: the MLflow tracking store does not answer")
+    assert "\n" not in refused and not (tmp_path / "untracked" / "checkpoints").exists()
 
 
 def test_exp3_grid_runs_resumes_and_tabulates(tiny_cohort, tmp_path):
