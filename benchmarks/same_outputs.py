@@ -5,13 +5,16 @@ For refactors that must not change a number (issue #29): the same commands run i
 outputs are compared: every cohort file (NIfTI voxel by voxel, the datalist with its folder names taken out),
 the best checkpoint's weights, and the inference's labels and probabilities on the test split.
 Prints one line per comparison and exits 1 when anything differs.
-Run: python benchmarks/same_outputs.py --before c168425 [--keep DIR]
+A new setting that must reproduce the former outputs when off: ``--training_args`` adds training overrides for
+this tree only (e.g. ``--training_args "--map_dropout_prob 0"``).
+Run: python benchmarks/same_outputs.py --before c168425 [--keep DIR] [--training_args "..."]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,8 +36,8 @@ def bundle(tree: Path, out: Path, run_id: str, configs: str, *args: str) -> None
         subprocess.run(command, cwd=tree, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
-def outputs(tree: Path, out: Path) -> None:
-    """The cohort, the training and the inference of ``tree`` under ``out``."""
+def outputs(tree: Path, out: Path, training_args: tuple[str, ...] = ()) -> None:
+    """The cohort, the training (``training_args`` added) and the inference of ``tree`` under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     data, run = out / "data", out / "run"
     bundle(tree, out, "generating", "bundle/configs/synthetic.json", "--output_dir", str(data), *COHORT)
@@ -42,7 +45,7 @@ def outputs(tree: Path, out: Path) -> None:
     tracking = f"sqlite:///{out / 'mlflow.db'}"
     bundle(
         tree, out, "training", "bundle/configs/train.json", "--datalist", datalist, "--output_dir", str(run),
-        "--tracking_uri", tracking, *TRAINING,
+        "--tracking_uri", tracking, *TRAINING, *training_args,
     )  # fmt: skip
     checkpoint = str(next((run / "model").glob("best_*.pt")))
     bundle(
@@ -85,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git revision to compare this tree with")
     parser.add_argument("--keep", help="keep both output folders here (default: a temporary folder)")
+    parser.add_argument("--training_args", default="", help="training overrides for this tree only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
@@ -92,7 +96,7 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=ROOT, check=True)
         try:
             outputs(worktree, work / "before")
-            outputs(ROOT, work / "after")
+            outputs(ROOT, work / "after", tuple(shlex.split(args.training_args)))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=True)
         print(f"{args.before} against this tree:")
