@@ -1,6 +1,7 @@
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from workflows import ROOT
 
 from scripts.learning.model.map_dropout import RandMapDropoutd
 from scripts.learning.model.networks import input_set
@@ -52,7 +53,7 @@ def test_training_drops_cbv_in_training_slices_only():
     """train.json's default: CBV flattened in half the training slices (the network must read core in CBF too,
     ``benchmarks/input_ablation.py``); validation and inference see every map."""
     parser = ConfigParser()
-    parser.read_config("bundle/configs/train.json")
+    parser.read_config(str(ROOT / "bundle/configs/train.json"))
     augmentation = [t for t in parser.get_parsed_content("train#augmentation") if isinstance(t, RandMapDropoutd)]
     assert len(augmentation) == 1 and augmentation[0].prob == 0.5
     assert augmentation[0].indices == [list(input_set(parser["inputs"])[0]).index("cbv")]

@@ -2,9 +2,10 @@
 
 A network given CBF and CBV learns core from whichever separates it more easily on the training maps (CBV on the
 synthetic cohort) and may then ignore the other: flattening CBF at test time took 10 % off its core. Flattening a
-flow map in some training slices, the map replaced inside the brain by its median as the input ablation does
-(``benchmarks/input_ablation.py``), pushes the network to find the core in the other one too (on the synthetic
-test cohort 2 of 3 seeds then lost half their core with CBF flattened; the model card's *Input ablation*).
+flow map in some training slices, the map replaced inside the brain by its median (the input ablation,
+``benchmarks/input_ablation.py``, flattens to the normal-tissue median at test time), pushes the network to find
+the core in the other one too (on the synthetic test cohort 2 of 3 seeds then lost half their core with CBF
+flattened; the model card's *Input ablation*).
 """
 
 from __future__ import annotations
