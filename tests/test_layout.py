@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "bundle" / "scripts"
@@ -114,8 +115,6 @@ def test_mlflow_enters_through_the_tracking_room_only():
 def test_one_config_names_the_tracker():
     """MLflow enters the workflows through MONAI's tracking settings, ``--tracking bundle/configs/mlflow.json``
     (issue #29): no other config names an MLflow handler or the tracking room."""
-    import json
-
     configs = SCRIPTS.parents[0] / "configs"
     naming = []
     for path in sorted(configs.glob("*.json")):
@@ -127,3 +126,42 @@ def test_one_config_names_the_tracker():
     settings = json.loads((configs / "mlflow.json").read_text())
     assert set(settings["handlers_id"]) == {"trainer", "validator", "evaluator"}  # MONAI's settings format
     assert set(settings["handlers_id"]) <= set(settings["configs"])
+
+
+SHARED_BY_TRAINING_AND_INFERENCE = (
+    "variant", "inputs", "encoder_width", "precision", "device", "image_keys", "use_nihss",
+    "roi_size", "brain_crop", "crop_margin", "prepare_batch",
+)  # fmt: skip
+"""Ids that ``train.json`` and ``inference.json`` both define and that must agree, or the trained model would not be
+the one inference builds (``load_model`` refuses a checkpoint that does not fit, at run time)."""
+
+
+def test_training_and_inference_configs_agree_on_what_they_share():
+    """The network, its inputs and their loading are one fact written in two configs, the network also in
+    ``network.json`` (issue #29 item 3).
+
+    They stay in both because ``inference.json`` must stand alone: MONAI Label's bundle infer task and MONAI's
+    ``ckpt_export`` (the TorchScript's embedded config) read it without a config list, as the model zoo's bundles
+    do; so this test is the one place that keeps them equal."""
+    configs = SCRIPTS.parents[0] / "configs"
+    train, inference = (json.loads((configs / name).read_text()) for name in ("train.json", "inference.json"))
+    for key in SHARED_BY_TRAINING_AND_INFERENCE:
+        assert train[key] == inference[key], key
+    network = json.loads((configs / "network.json").read_text())  # verify_net_in_out's network alone
+    for key in ("variant", "inputs", "encoder_width"):
+        assert network[key] == train[key], key
+    for config in (train, inference, network):
+        definition = {k: v for k, v in config["network_def"].items() if k not in ("pretrained", "lut")}
+        assert definition == {
+            "_target_": "scripts.learning.model.networks.create_network",
+            "variant": "@variant",
+            "inputs": "@inputs",
+            "encoder_width": "@encoder_width",
+        }
+    assert inference["network_def"]["pretrained"] is False  # weights come from the checkpoint, never downloaded
+    # the loading head: maps read, channel first, brain mask from the MIP, the network's maps concatenated
+    head = [t["_target_"].rsplit(".", 1)[-1] for t in train["preprocessing"][:4]]
+    assert head == ["LoadImaged", "EnsureChannelFirstd", "BrainMaskFromMIPd", "ConcatItemsd"]
+    assert train["preprocessing"][:4] == inference["load_transforms"][:4]
+    crop = "scripts.perfusion.brain_mask.brain_crop(['image', 'brain'], @brain_crop, @crop_margin)"
+    assert crop in train["validate"]["brain_crop"] and crop in inference["preprocessing"]["transforms"]
