@@ -32,6 +32,7 @@ from scipy import ndimage, stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
 from scripts.perfusion.deconvolution import compute_perfusion_maps  # noqa: E402
+from scripts.perfusion.denoising import signal_basis  # noqa: E402
 from scripts.perfusion.digital_phantom import (  # noqa: E402
     RESIDUE_SHAPES,
     PhantomDesign,
@@ -39,7 +40,6 @@ from scripts.perfusion.digital_phantom import (  # noqa: E402
     residue,
     tile_errors,
 )
-from scripts.perfusion.denoising import signal_basis  # noqa: E402
 from scripts.perfusion.lesion_phantom import HEALTHY, lesion_errors, make_lesion_phantom  # noqa: E402
 
 RHO, K_H = 1.04, 0.73  # the phantom's convention

@@ -22,7 +22,7 @@ from scripts.io import CTPDataError, save_nifti
 from scripts.learning.engine.metrics import lesion_metrics
 from scripts.learning.model.networks import create_network
 from scripts.perfusion.brain_mask import brain_mask_from_mip
-from scripts.perfusion.lesions import MIN_LESION_ML, drop_small_lesions
+from scripts.perfusion.lesions import MIN_CORE_ML, MIN_LESION_ML, drop_small_lesions
 from scripts.perfusion.thresholds import ThresholdSegmentation, threshold_labels
 from scripts.simulation.cohort import generate_cohort
 
@@ -165,40 +165,49 @@ def test_threshold_baseline_recovers_a_known_lesion_from_raw_ctp(tmp_path):
 def test_lesion_islands_below_the_minimum_volume_are_dropped_alike_in_inference_and_evaluation():
     """The label post-processing of ``inference.json`` and of ``evaluate.json`` (over ``train.json``): a lesion
     island (penumbra and core together, face-connected in 3D) under ``min_lesion_ml`` is removed, a larger one
-    keeps every voxel and its class, and both workflows take the same volume, as does the array function the
-    voxel baseline and the benchmarks use."""
+    keeps its voxels; then a core island under ``min_core_ml`` becomes penumbra and a larger one stays core. Both
+    workflows take the same volumes and steps, as does the array function the voxel baseline and the benchmarks
+    use."""
 
     def islands(configs: list[str], path: str):
         parser = ConfigParser()
         parser.read_config([str(ROOT / c) for c in configs])
         transforms = parser.get_parsed_content(path, instantiate=True).transforms
-        return next(t for t in transforms if type(t).__name__ == "RemoveSmallObjectsd"), parser.get_parsed_content(
-            "min_lesion_ml"
-        )
+        steps = [t for t in transforms if type(t).__name__ in ("RemoveSmallObjectsd", "SmallCoresToPenumbrad")]
+        assert [type(t).__name__ for t in steps] == ["RemoveSmallObjectsd", "SmallCoresToPenumbrad"]
+        return steps, (parser.get_parsed_content("min_lesion_ml"), parser.get_parsed_content("min_core_ml"))
 
     inference, inference_ml = islands([INFERENCE], "postprocessing")
     evaluation, evaluation_ml = islands(
         ["bundle/configs/train.json", "bundle/configs/evaluate.json"], "validate#postprocessing"
     )
-    assert inference_ml == evaluation_ml == MIN_LESION_ML > 0
+    assert inference_ml == evaluation_ml == (MIN_LESION_ML, MIN_CORE_ML) and MIN_CORE_ML > MIN_LESION_ML > 0
     spacing = (1.0, 1.0, 5.0)  # 5 ul voxels
-    voxels = int(round(inference_ml * 1000 / 5))
+    voxels, core_voxels = (int(round(ml * 1000 / 5)) for ml in inference_ml)  # 400 and 600
     label = np.zeros((1, 60, 60, 4), np.float32)
-    label[0, :10, : voxels // 10 + 2, 0] = 1  # an island a little over the minimum (420 voxels)
-    label[0, 2:4, 2:4, 0] = 2  # with core inside
+    label[0, :10, : voxels // 10 + 2, 0] = 1  # an island a little over the minimum (420 voxels) ...
+    label[0, 2:4, 2:4, 0] = 2  # ... with a core of 4 voxels inside
     label[0, 20:22, 20:22, 1:3] = 2  # a small core island alone (8 voxels)
     label[0, 30:33, 30:33, 1] = 1  # a small penumbra island (9 voxels)
     label[0, 45:55, : voxels // 10 - 1, 3] = 1  # one voxel under the minimum: 390 voxels ...
     label[0, 45, voxels // 10 - 1 : voxels // 10 + 8, 3] = 1  # ... and 9 more along its edge
-    assert (label[0, :, :, 3] > 0).sum() == voxels - 1 and (label[0, :, :, 0] > 0).sum() == voxels + 20
+    label[0, 19:45, 36:60, 0] = 2  # a large lesion: a core of 624 voxels, a little over the core minimum ...
+    label[0, 20:45, 36:60, 1:3] = 1  # ... under two sections of penumbra ...
+    label[0, 22:26, 40:44, 2] = 2  # ... with a core island of 16 voxels in the upper one, touching penumbra only
+    assert (label[0, :, :, 3] > 0).sum() == voxels - 1 and (label[0, :10, :, 0] > 0).sum() == voxels + 20
+    assert (label == 2).sum() == 4 + 8 + core_voxels + 24 + 16
     affine = np.diag([*spacing, 1.0])
-    for transform in (inference, evaluation):
-        pred = MetaTensor(torch.as_tensor(label), affine=torch.as_tensor(affine))
-        out = np.asarray(transform({"pred": pred})["pred"])
-        expected = label.copy()
-        expected[0, 20:, 20:] = 0
-        expected[0, :, :, 3] = 0
-        np.testing.assert_array_equal(out, expected)
+    expected = label.copy()
+    expected[0, 20:, :36] = 0  # the islands under the lesion minimum
+    expected[0, :, :, 3] = 0
+    expected[0, 2:4, 2:4, 0] = 1  # the 4-voxel core: penumbra
+    expected[0, 22:26, 40:44, 2] = 1  # the 16-voxel core island: penumbra, as its own island is large
+    for steps in (inference, evaluation):
+        data = {"pred": MetaTensor(torch.as_tensor(label), affine=torch.as_tensor(affine))}
+        for step in steps:
+            data = step(data)
+        np.testing.assert_array_equal(np.asarray(data["pred"]), expected)
+        assert data["pred"].affine.diag().tolist() == [*spacing, 1.0]
     np.testing.assert_array_equal(drop_small_lesions(label[0].astype(np.uint8), spacing), expected[0])
 
 

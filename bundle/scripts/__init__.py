@@ -22,4 +22,8 @@ warnings.filterwarnings(
     "ignore", message="monai.metrics.utils get_mask_edges:always_return_as_numpy", category=FutureWarning
 )
 
+# MONAI 1.6's RemoveSmallObjects passes scikit-image the `min_size` argument scikit-image 0.26 deprecates: only MONAI
+# can act on it
+warnings.filterwarnings("ignore", message="Parameter `min_size` is deprecated", category=FutureWarning)
+
 __all__ = ["cli", "clinical", "io", "learning", "node", "perfusion", "simulation"]
