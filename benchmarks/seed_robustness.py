@@ -195,8 +195,9 @@ def paired_difference(rows: list[dict], baseline: list[dict], metric: str, cls: 
 
 
 def targets(cells: dict[str, dict], network: str, seed: int, results: dict[str, list[dict]]) -> list[str]:
-    """Issue #26's targets for one seed: pass/fail lines, then the paired LVO core and penumbra differences to the
-    rule (islands dropped) and the LVO penumbra difference to the voxel baseline of the same seed."""
+    """Issue #26's targets for one seed: pass/fail lines, then the paired LVO core differences to the rule (with the
+    bundle's core minimum and with its own), its LVO penumbra difference to the rule and to the voxel baseline of the
+    same seed."""
     net, rule, voxel = cells[network], cells["threshold"], cells[f"voxel baseline seed {seed}"]
     checks = []
     for c in CELLS[:3]:
@@ -208,7 +209,8 @@ def targets(cells: dict[str, dict], network: str, seed: int, results: dict[str, 
     checks.append(("LVO penumbra Dice >= 0.85", net[("dice", "penumbra", "LVO")][0] >= 0.85))
     checks.append(("Non-LVO penumbra Dice >= 0.65", net[("dice", "penumbra", "Non-LVO")][0] >= 0.65))
     lines = [f"{network}: {'PASS' if ok else 'fail'}  {name}" for name, ok in checks]
-    for cls, other in (("core", "threshold"), ("penumbra", "threshold"), ("penumbra", f"voxel baseline seed {seed}")):
+    pairs = [("core", "threshold"), ("core", "threshold, its own core minimum"), ("penumbra", "threshold")]
+    for cls, other in [*pairs, ("penumbra", f"voxel baseline seed {seed}")]:
         mean, low, high = paired_difference(results[network], results[other], "dice", cls, "LVO")
         lines.append(f"{network}: LVO {cls} Dice minus the {other}'s, paired: {mean:+.2f} [{low:+.2f}, {high:+.2f}]")
     return lines
