@@ -27,7 +27,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from ...io import CTPDataError, load_datalist, load_map, save_bytes, save_nifti
 from ...perfusion.brain_mask import brain_mask_from_mip
-from ...perfusion.lesions import MIN_LESION_ML, drop_small_lesions
+from ...perfusion.lesions import MIN_CORE_ML, MIN_LESION_ML, drop_small_lesions
 from ..engine.reports import evaluate_predictions
 
 logger = logging.getLogger(__name__)
@@ -134,15 +134,18 @@ def predict_split(
     split: str,
     output_dir: str | os.PathLike,
     min_lesion_ml: float = MIN_LESION_ML,
+    min_core_ml: float = MIN_CORE_ML,
 ) -> Path:
     """Write ``<output_dir>/<id>.nii.gz`` label predictions for every patient of ``split``, lesion islands under
-    ``min_lesion_ml`` dropped as the networks' are (:mod:`scripts.perfusion.lesions`); return the folder."""
+    ``min_lesion_ml`` dropped and core islands under ``min_core_ml`` labelled penumbra as the networks' are
+    (:mod:`scripts.perfusion.lesions`); return the folder."""
     model = VoxelOutcomeModel.load(model_path)
     out = Path(output_dir)
     for item in load_datalist(datalist, splits=(split,))[split]:
         maps, brain, affine = load_patient(item)
         label = model.predict(maps, brain, item["nihss"])
-        save_nifti(out / f"{item['id']}.nii.gz", drop_small_lesions(label, voxel_sizes(affine), min_lesion_ml), affine)
+        label = drop_small_lesions(label, voxel_sizes(affine), min_lesion_ml, min_core_ml)
+        save_nifti(out / f"{item['id']}.nii.gz", label, affine)
     return out
 
 
@@ -152,10 +155,13 @@ def evaluate_voxel_baseline(
     split: str,
     output_dir: str | os.PathLike,
     min_lesion_ml: float = MIN_LESION_ML,
+    min_core_ml: float = MIN_CORE_ML,
 ) -> list[dict]:
     """Predict ``split`` into ``<output_dir>/predictions`` and score it like the networks (reports in
     ``<output_dir>/<split>``); return the per-group summary."""
-    predictions = predict_split(datalist, model_path, split, Path(output_dir) / "predictions", min_lesion_ml)
+    predictions = predict_split(
+        datalist, model_path, split, Path(output_dir) / "predictions", min_lesion_ml, min_core_ml
+    )
     _, summary = evaluate_predictions(
         datalist, predictions, split=split, output_dir=Path(output_dir) / split, title="voxel"
     )
