@@ -154,14 +154,12 @@ def evaluate_voxel_baseline(
     model_path: str | os.PathLike,
     split: str,
     output_dir: str | os.PathLike,
-    min_lesion_ml: float = MIN_LESION_ML,
-    min_core_ml: float = MIN_CORE_ML,
+    **islands: float,
 ) -> list[dict]:
-    """Predict ``split`` into ``<output_dir>/predictions`` and score it like the networks (reports in
-    ``<output_dir>/<split>``); return the per-group summary."""
-    predictions = predict_split(
-        datalist, model_path, split, Path(output_dir) / "predictions", min_lesion_ml, min_core_ml
-    )
+    """Predict ``split`` into ``<output_dir>/predictions`` (``islands``: :func:`predict_split`'s ``min_lesion_ml``
+    and ``min_core_ml``) and score it like the networks (reports in ``<output_dir>/<split>``); return the per-group
+    summary."""
+    predictions = predict_split(datalist, model_path, split, Path(output_dir) / "predictions", **islands)
     _, summary = evaluate_predictions(
         datalist, predictions, split=split, output_dir=Path(output_dir) / split, title="voxel"
     )
