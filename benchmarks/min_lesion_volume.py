@@ -65,7 +65,7 @@ def scores(
             pred = drop_small_lesions(labels[item["id"]].astype(np.uint8), spacing, *minima)
             for cls in ("penumbra", "core"):
                 values[(cls, item["group"])].append(dice(pred, truth, cls))
-            if item["group"] == "LVO":
+            if core and item["group"] == "LVO":
                 volume_errors.append(abs(float((pred == 2).sum()) - float((truth == 2).sum())) * np.prod(spacing) / 1e3)
         table[size] = [float(np.mean(values[cell])) for cell in CELLS] + (
             [float(np.mean(volume_errors))] if core else []

@@ -33,21 +33,24 @@ PENUMBRA, CORE = 1, 2
 """Label values of the two lesion classes."""
 
 
-def small_cores_to_penumbra(label: np.ndarray, spacing: Sequence[float], min_ml: float = MIN_CORE_ML) -> np.ndarray:
+def small_cores_to_penumbra(
+    label: np.ndarray, spacing: Sequence[float] | None, min_ml: float = MIN_CORE_ML
+) -> np.ndarray:
     """``label`` (X, Y, Z) with its core islands (face-connected in 3D) under ``min_ml`` labelled penumbra; voxel
-    ``spacing`` in mm."""
+    ``spacing`` in mm (``None``: unknown, MONAI's ``RemoveSmallObjects`` rule: it warns and takes 1 mm)."""
     label = np.asarray(label)
     if min_ml <= 0:
         return label
     core = label == CORE
-    remove = RemoveSmallObjects(min_size=min_ml * 1000.0, connectivity=1, by_measure=True, pixdim=spacing[:3])
+    pixdim = None if spacing is None else spacing[:3]
+    remove = RemoveSmallObjects(min_size=min_ml * 1000.0, connectivity=1, by_measure=True, pixdim=pixdim)
     kept = np.asarray(remove(core[None]))[0].astype(bool)
     return np.where(core & ~kept, PENUMBRA, label).astype(label.dtype)
 
 
 class SmallCoresToPenumbrad(MapTransform):
-    """:func:`small_cores_to_penumbra` on channel-first label maps (one channel), the voxel size from the image's
-    affine."""
+    """:func:`small_cores_to_penumbra` on channel-first label maps (one channel), the voxel size from the
+    MetaTensor's affine (a plain tensor: MONAI's warning, 1 mm)."""
 
     def __init__(self, keys: KeysCollection, min_ml: float = MIN_CORE_ML, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -57,9 +60,9 @@ class SmallCoresToPenumbrad(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             label = d[key]
-            spacing = label.pixdim if isinstance(label, MetaTensor) else (1.0, 1.0, 1.0)
+            spacing = [float(s) for s in label.pixdim] if isinstance(label, MetaTensor) else None
             values = np.asarray(label.detach().cpu() if isinstance(label, torch.Tensor) else label)
-            out = small_cores_to_penumbra(values[0], [float(s) for s in spacing], self.min_ml)[None]
+            out = small_cores_to_penumbra(values[0], spacing, self.min_ml)[None]
             d[key] = convert_to_dst_type(out, label)[0]
         return d
 
