@@ -24,7 +24,12 @@ finished runs are reused, interrupted ones resumed. On the same test patients:
 
 Prints, per method and seed, mean Dice per class and group and LVO core |dV| with 95 % bootstrap intervals over
 patients (:func:`scripts.learning.engine.metrics.bootstrap_ci`), then the issue-#26 targets per seed.
+``--test_datalist`` scores the test split of another cohort instead (an independent one, larger than the default's):
+the networks still train on ``--datalist`` and are evaluated into ``<run>/test_<cohort folder>/`` (not logged to
+MLflow, whose run keeps its own test cohort's figures), the voxel baseline is still fitted on ``--datalist``'s
+training split.
 Run: python benchmarks/seed_robustness.py [--datalist data/synthetic/datalist.json] [--seeds 0 1 2] [--precision fp32]
+An independent test cohort: ... --test_datalist data/big11/datalist.json (``generating --seed 11 --n_test 400``)
 The rule and the fate-rule bounds alone, no training (e.g. on a development cohort): ... --seeds
 The paper's question (issue #26 item 4): ... --variants SF EF EFI --inputs PMs PMs+N
 """
@@ -71,22 +76,35 @@ def bundle(*args: str) -> None:
 
 
 def network_rows(
-    datalist: str, variant: str, inputs: str, seed: int, root: Path, uri: str, precision: str = "auto"
+    datalist: str,
+    variant: str,
+    inputs: str,
+    seed: int,
+    root: Path,
+    uri: str,
+    precision: str = "auto",
+    test_datalist: str | None = None,
 ) -> list[dict]:
-    """Train (or resume) and evaluate one variant, input set and seed in ``precision``; its per-patient test
-    rows."""
+    """Train (or resume) on ``datalist`` and evaluate one variant, input set and seed in ``precision`` on the test
+    split of ``test_datalist`` (default: ``datalist``'s); its per-patient test rows."""
     out = root / f"{cell_name(variant, inputs, 'gradual')}-seed{seed}"
-    report = out / "test" / "metrics_per_patient.csv"
+    report_dir = out / ("test" if test_datalist is None else f"test_{Path(test_datalist).parent.name}")
+    report = report_dir / "metrics_per_patient.csv"
     if not report.is_file():
-        args = ["--datalist", datalist, "--output_dir", str(out), "--seed", str(seed), "--inputs", inputs]
-        args += ["--variant", variant, "--precision", precision]
-        args += ["--tracking", "bundle/configs/mlflow.json", "--tracking_uri", uri, "--experiment_name", "seeds"]
+        args = ["--output_dir", str(out), "--seed", str(seed), "--inputs", inputs, "--variant", variant]
+        args += ["--precision", precision]
+        tracking = ["--tracking", "bundle/configs/mlflow.json", "--tracking_uri", uri, "--experiment_name", "seeds"]
         # a finished run keeps its resume point: ask MLflow whether it finished, not the folder
         if not run_finished(uri, "seeds", out.name):
             resume = "true" if (out / "checkpoints").is_dir() else "false"
-            bundle("training", "--config_file", "bundle/configs/train.json", *args, "--resume", resume)
+            train = ["--datalist", datalist, *args, *tracking, "--resume", resume]
+            bundle("training", "--config_file", "bundle/configs/train.json", *train)
         configs = "['bundle/configs/train.json','bundle/configs/evaluate.json']"
-        bundle("evaluating", "--config_file", configs, *args, "--split", "test")
+        if test_datalist is None:
+            bundle("evaluating", "--config_file", configs, "--datalist", datalist, *args, *tracking, "--split", "test")
+        else:  # not logged: the training's MLflow run keeps its own test cohort's figures
+            other = ["--datalist", test_datalist, "--report_dir", str(report_dir)]
+            bundle("evaluating", "--config_file", configs, *other, *args, "--split", "test")
     with open(report) as handle:
         return list(csv.DictReader(handle))  # values as written ("nan" where undefined); read with float()
 
@@ -222,6 +240,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: the baselines and bounds only")
     parser.add_argument("--variants", nargs="+", default=["SF"], choices=["SF", "EF", "EFI"])
     parser.add_argument("--inputs", nargs="+", default=["PMs+N"])
+    parser.add_argument("--test_datalist", help="score this cohort's test split instead of --datalist's")
     parser.add_argument("--output_root", default="runs/seeds")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.json's precision")
     parser.add_argument(
@@ -229,13 +248,24 @@ def main() -> None:
     )
     args = parser.parse_args()
     datalist = str(Path(args.datalist).resolve())
-    splits, root = load_datalist(datalist), Path(datalist).parent
+    test_datalist = str(Path(args.test_datalist).resolve()) if args.test_datalist else None
+    splits = load_datalist(datalist)
+    if test_datalist is not None:  # baselines fitted on datalist's training split, all scored on the other test split
+        splits = {"training": splits["training"], "test": load_datalist(test_datalist)["test"]}
+    root = Path(test_datalist or datalist).parent
     results: dict[str, list[dict]] = {}
     networks = []
     # seed-major, so an interrupted run has one seed of every network first; printed network by network
     trained = {
         (variant, inputs, seed): network_rows(
-            datalist, variant, inputs, seed, Path(args.output_root).resolve(), args.tracking_uri, args.precision
+            datalist,
+            variant,
+            inputs,
+            seed,
+            Path(args.output_root).resolve(),
+            args.tracking_uri,
+            args.precision,
+            test_datalist,
         )
         for seed in args.seeds
         for variant in args.variants
@@ -259,7 +289,8 @@ def main() -> None:
         results["oracle without onset time"] = baseline_rows(splits, "oracle without onset", root)
     groups = [item["group"] for item in splits["test"]]
     counts = ", ".join(f"{g} {groups.count(g)}" for g in ("LVO", "Non-LVO", "WIS"))
-    print(f"cohort: {args.datalist}; seeds {args.seeds}")
+    tested = f"; test cohort: {args.test_datalist}" if test_datalist else ""
+    print(f"cohort: {args.datalist}{tested}; seeds {args.seeds}")
     cells = print_table(results, counts)
     print()
     for name, seed in networks:
