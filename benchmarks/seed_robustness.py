@@ -100,11 +100,10 @@ def network_rows(
             train = ["--datalist", datalist, *args, *tracking, "--resume", resume]
             bundle("training", "--config_file", "bundle/configs/train.json", *train)
         configs = "['bundle/configs/train.json','bundle/configs/evaluate.json']"
-        if test_datalist is None:
-            bundle("evaluating", "--config_file", configs, "--datalist", datalist, *args, *tracking, "--split", "test")
-        else:  # not logged: the training's MLflow run keeps its own test cohort's figures
-            other = ["--datalist", test_datalist, "--report_dir", str(report_dir)]
-            bundle("evaluating", "--config_file", configs, *other, *args, "--split", "test")
+        evaluate = ["--datalist", test_datalist or datalist, *args]
+        # another cohort is not logged: the training's MLflow run keeps its own test cohort's figures
+        evaluate += tracking if test_datalist is None else ["--report_dir", str(report_dir)]
+        bundle("evaluating", "--config_file", configs, *evaluate, "--split", "test")
     with open(report) as handle:
         return list(csv.DictReader(handle))  # values as written ("nan" where undefined); read with float()
 
