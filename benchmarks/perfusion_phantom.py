@@ -288,7 +288,9 @@ def residue_shape_table(seed: int, noise_hu: float = 3.0) -> None:
     )
     print(
         "| shape | AIF | VOF scale (ideal 1.43) | CBV error, MTT <= 12 s | CBV error, all | CBF error, CBF >= 30 | "
-        "Pearson r CBF | Tmax bias s | measured delay for 1 / 2 / 3 s | Tmax s by delay 0 / 1 / 2 / 3 / 4 / 5 s |"
+        "Pearson r CBF | Tmax bias s | measured delay for 1 / 2 / 3 s | Tmax s by delay "
+        + " / ".join(f"{d:g}" for d in PhantomDesign().delays_s)
+        + " s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for shape in ("exponential", "box", "linear"):
@@ -300,7 +302,7 @@ def residue_shape_table(seed: int, noise_hu: float = 3.0) -> None:
             err = tile_errors(ph, maps.as_dict())
             tmax = delay + err["tmax"]
             measured = " / ".join(f"{tmax[delay == d].mean() - tmax[delay == 0].mean():.2f}" for d in (1, 2, 3))
-            by_delay = " / ".join(f"{tmax[delay == d].mean():.2f}" for d in np.unique(delay))
+            by_delay = " / ".join(f"{tmax[delay == d].mean():.2f}" for d in design.delays_s)
             scale = maps.info.get("vof_scale")
             print(
                 f"| {shape} | {label} | {'-' if aif is not None else f'{scale:.2f}'} | "
