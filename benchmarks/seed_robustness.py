@@ -11,7 +11,8 @@ finished runs are reused, interrupted ones resumed. On the same test patients:
   the latter again written in this file from its definition (own brain mask, no bundle code), so a fault in the
   bundle's rule cannot make the network look better than it is;
 * the voxel baseline (gradient boosting on rCBF, rCBV, Tmax, rTTP, NIHSS), fitted on the training split per seed,
-  small islands dropped;
+  small islands dropped; and again without NIHSS (the four map features: with 30 training patients the score can
+  single out a patient, so the baseline with it may be the weaker one);
 * the **oracle**: the tissue-fate rule on the *true* relative flow with the patient's latent ischaemia time;
 * the **oracle without the onset time**: the same rule on the same true flow (now and during ischaemia), with
   the patient's ischaemia time replaced by the middle of the generator's onset range for the group (4.5 h LVO,
@@ -55,7 +56,12 @@ from tissue_fate_calibration import truth  # noqa: E402
 from scripts.io import load_datalist, load_map  # noqa: E402
 from scripts.learning.engine.metrics import bootstrap_ci, patient_row  # noqa: E402
 from scripts.learning.experiments.grids import cell_name  # noqa: E402
-from scripts.learning.experiments.voxel_baseline import VoxelOutcomeModel, load_patient  # noqa: E402
+from scripts.learning.experiments.voxel_baseline import (  # noqa: E402
+    FEATURES,
+    IMAGE_FEATURES,
+    VoxelOutcomeModel,
+    load_patient,
+)
 from scripts.learning.tracking.runs import run_finished  # noqa: E402
 from scripts.perfusion.lesions import drop_small_lesions  # noqa: E402
 from scripts.perfusion.thresholds import threshold_labels  # noqa: E402
@@ -152,10 +158,12 @@ def scored(item: dict, pred: np.ndarray) -> dict:
 
 def baseline_rows(splits: dict, method: str, root: Path, seed: int = 0) -> list[dict]:
     """Per-patient test rows of ``threshold``, ``threshold, its own core minimum``, ``threshold, islands kept``,
-    ``rule written here``, ``voxel`` (fitted with ``seed``), ``oracle``, ``oracle without onset`` or ``ceiling``. The
-    methods' labels lose their small lesion and core islands as the network's do in evaluation; the rule as the issue
-    defines it (islands kept, and its independent copy) and the fate-rule bounds keep theirs."""
-    model = VoxelOutcomeModel(seed=seed).fit(splits["training"]) if method == "voxel" else None
+    ``rule written here``, ``voxel`` or ``voxel without NIHSS`` (fitted with ``seed``), ``oracle``, ``oracle without
+    onset`` or ``ceiling``. The methods' labels lose their small lesion and core islands as the network's do in
+    evaluation; the rule as the issue defines it (islands kept, and its independent copy) and the fate-rule bounds
+    keep theirs."""
+    features = {"voxel": FEATURES, "voxel without NIHSS": IMAGE_FEATURES}.get(method)
+    model = None if features is None else VoxelOutcomeModel(seed=seed, features=features).fit(splits["training"])
     rows = []
     for item in splits["test"]:
         if method in ("oracle", "oracle without onset", "ceiling"):
@@ -212,13 +220,15 @@ def paired_difference(rows: list[dict], baseline: list[dict], metric: str, cls: 
 
 
 def targets(cells: dict[str, dict], network: str, seed: int, results: dict[str, list[dict]]) -> list[str]:
-    """Issue #26's targets for one seed: pass/fail lines, then the paired LVO core differences to the rule (with the
-    bundle's core minimum and with its own), its LVO penumbra difference to the rule and to the voxel baseline of the
-    same seed."""
-    net, rule, voxel = cells[network], cells["threshold"], cells[f"voxel baseline seed {seed}"]
+    """Issue #26's targets for one seed: pass/fail lines (against the rule and both voxel baselines of the same seed),
+    then the paired LVO core differences to the rule (with the bundle's core minimum and with its own) and to the
+    voxel baselines, and the LVO penumbra differences to the rule and the voxel baselines."""
+    voxels = [f"voxel baseline seed {seed}", f"voxel baseline without NIHSS seed {seed}"]
+    net, rule = cells[network], cells["threshold"]
     checks = []
     for c in CELLS[:3]:
-        checks.append((f"beats threshold and voxel on {c[1]} {c[2]}", net[c][0] > max(rule[c][0], voxel[c][0])))
+        best = max(rule[c][0], *(cells[v][c][0] for v in voxels))
+        checks.append((f"beats threshold and both voxel baselines on {c[1]} {c[2]}", net[c][0] > best))
     core = ("dice", "core", "LVO")
     checks.append(("LVO core interval above the threshold's", net[core][1] > rule[core][2]))
     checks.append(("LVO core Dice >= 0.50", net[core][0] >= 0.50))
@@ -226,8 +236,8 @@ def targets(cells: dict[str, dict], network: str, seed: int, results: dict[str, 
     checks.append(("LVO penumbra Dice >= 0.85", net[("dice", "penumbra", "LVO")][0] >= 0.85))
     checks.append(("Non-LVO penumbra Dice >= 0.65", net[("dice", "penumbra", "Non-LVO")][0] >= 0.65))
     lines = [f"{network}: {'PASS' if ok else 'fail'}  {name}" for name, ok in checks]
-    pairs = [("core", "threshold"), ("core", "threshold, its own core minimum"), ("penumbra", "threshold")]
-    for cls, other in [*pairs, ("penumbra", f"voxel baseline seed {seed}")]:
+    others = ["threshold", "threshold, its own core minimum", *voxels]
+    for cls, other in [*(("core", o) for o in others), ("penumbra", "threshold"), *(("penumbra", v) for v in voxels)]:
         mean, low, high = paired_difference(results[network], results[other], "dice", cls, "LVO")
         lines.append(f"{network}: LVO {cls} Dice minus the {other}'s, paired: {mean:+.2f} [{low:+.2f}, {high:+.2f}]")
     return lines
@@ -282,6 +292,8 @@ def main() -> None:
     results["rule written here"] = baseline_rows(splits, "rule written here", root)
     for seed in args.seeds:
         results[f"voxel baseline seed {seed}"] = baseline_rows(splits, "voxel", root, seed)
+    for seed in args.seeds:
+        results[f"voxel baseline without NIHSS seed {seed}"] = baseline_rows(splits, "voxel without NIHSS", root, seed)
     if any("rcbf_true" in item for item in splits["test"]):
         results["ceiling (computed CBF + latent)"] = baseline_rows(splits, "ceiling", root)
         results["oracle (true flow + latent)"] = baseline_rows(splits, "oracle", root)

@@ -132,6 +132,19 @@ def test_voxel_baseline_fits_predicts_and_round_trips(tiny_cohort, tmp_path):
         VoxelOutcomeModel.load(tmp_path / "bad.pkl")
 
 
+def test_voxel_baseline_without_nihss_ignores_it(tiny_cohort):
+    from scripts.io import load_datalist
+    from scripts.learning.experiments.voxel_baseline import IMAGE_FEATURES, load_patient
+
+    splits = load_datalist(tiny_cohort)
+    model = VoxelOutcomeModel(max_voxels=20000, seed=0, features=IMAGE_FEATURES).fit(splits["training"])
+    assert model.classifier.n_features_in_ == 4
+    maps, brain, _ = load_patient(splits["test"][0])
+    np.testing.assert_array_equal(model.predict(maps, brain, 0.0), model.predict(maps, brain, 42.0))
+    with pytest.raises(ValueError, match="non-empty subset"):
+        VoxelOutcomeModel(features=("rcbf", "age"))
+
+
 def test_voxel_baseline_workflows_fit_then_score(tiny_cohort, tmp_path):
     import csv
     import subprocess
@@ -152,7 +165,10 @@ def test_voxel_baseline_workflows_fit_then_score(tiny_cohort, tmp_path):
         "20000",
     ]
     command = [sys.executable, "-m", "monai.bundle", "run", "fitting", *common]
-    subprocess.run(command, cwd=root, check=True, capture_output=True, timeout=900)
+    features = ["--features", "['rcbf', 'rcbv', 'tmax', 'rttp']"]
+    subprocess.run([*command, *features], cwd=root, check=True, capture_output=True, timeout=900)
+    fitted = VoxelOutcomeModel.load(tmp_path / "voxel" / "model.pkl")
+    assert fitted.features == ("rcbf", "rcbv", "tmax", "rttp") and fitted.classifier.n_features_in_ == 4
     run_in_process("evaluating", common[1], **overrides_from(common[2:]))
     summary = list(csv.DictReader(open(tmp_path / "voxel" / "test" / "metrics_summary.csv")))
     assert {row["class"] for row in summary} >= {"penumbra", "core"}

@@ -9,9 +9,10 @@ per-voxel features relative to the patient's normal tissue, as tissue-outcome mo
 * ``tmax`` (s) and ``rttp`` (TTP minus its normal median, s);
 * ``nihss`` (the patient's, on every voxel).
 
-It is fitted on the training split (a random sample of brain voxels, ``max_voxels``), inside the same MIP
-brain mask as the networks and the thresholds, and scored by the same evaluation. Its gap to the networks
-measures what spatial context adds.
+``features`` picks a subset (:data:`IMAGE_FEATURES`: the four map features, no NIHSS; on a small training split
+a per-voxel NIHSS can single out patients, so the baseline without it may be the stronger). It is fitted on the
+training split (a random sample of brain voxels, ``max_voxels``), inside the same MIP brain mask as the networks
+and the thresholds, and scored by the same evaluation. Its gap to the networks measures what spatial context adds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ from ..engine.reports import evaluate_predictions
 logger = logging.getLogger(__name__)
 
 FEATURES = ("rcbf", "rcbv", "tmax", "rttp", "nihss")
+IMAGE_FEATURES = FEATURES[:-1]
 
 
 def voxel_features(
@@ -63,9 +66,19 @@ def load_patient(item: dict) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndar
 class VoxelOutcomeModel:
     """Gradient-boosted per-voxel classifier of healthy / penumbra / core (see the module docstring)."""
 
-    def __init__(self, max_voxels: int = 300_000, seed: int = 0, normal_tmax: float = 4.0) -> None:
+    def __init__(
+        self, max_voxels: int = 300_000, seed: int = 0, normal_tmax: float = 4.0, features: Sequence[str] = FEATURES
+    ) -> None:
+        unknown = sorted(set(features) - set(FEATURES))
+        if unknown or not features:
+            raise ValueError(f"voxel baseline features must be a non-empty subset of {FEATURES}, got {features}.")
         self.max_voxels, self.seed, self.normal_tmax = int(max_voxels), int(seed), float(normal_tmax)
+        self.features = tuple(features)
         self.classifier = None
+
+    def _features(self, maps: dict[str, np.ndarray], brain: np.ndarray, nihss: float) -> np.ndarray:
+        columns = [FEATURES.index(name) for name in getattr(self, "features", FEATURES)]  # models saved before 0.11
+        return voxel_features(maps, brain, nihss, self.normal_tmax)[:, columns]
 
     def fit(self, items: list[dict]) -> VoxelOutcomeModel:
         """Fit on the brain voxels of ``items`` (validated datalist items with labels)."""
@@ -77,7 +90,7 @@ class VoxelOutcomeModel:
         for item in items:
             maps, brain, _ = load_patient(item)
             label, _ = load_map(item["label"])
-            x = voxel_features(maps, brain, item["nihss"], self.normal_tmax)
+            x = self._features(maps, brain, item["nihss"])
             y = label[brain].astype(np.int64)
             keep = rng.choice(len(y), size=min(per_patient, len(y)), replace=False)
             features.append(x[keep])
@@ -92,9 +105,7 @@ class VoxelOutcomeModel:
             raise RuntimeError("the voxel baseline is not fitted.")
         label = np.zeros(brain.shape, dtype=np.uint8)
         if brain.any():
-            label[brain] = self.classifier.predict(voxel_features(maps, brain, nihss, self.normal_tmax)).astype(
-                np.uint8
-            )
+            label[brain] = self.classifier.predict(self._features(maps, brain, nihss)).astype(np.uint8)
         return label
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -118,11 +129,15 @@ class VoxelOutcomeModel:
 
 
 def fit_voxel_baseline(
-    datalist: str | os.PathLike, output_dir: str | os.PathLike, seed: int = 0, max_voxels: int = 300_000
+    datalist: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    seed: int = 0,
+    max_voxels: int = 300_000,
+    features: Sequence[str] = FEATURES,
 ) -> Path:
-    """Fit on the datalist's training split and save ``<output_dir>/model.pkl``; return its path."""
+    """Fit on the datalist's training split (on ``features``) and save ``<output_dir>/model.pkl``; return its path."""
     items = load_datalist(datalist, splits=("training",))["training"]
-    model = VoxelOutcomeModel(max_voxels=max_voxels, seed=seed).fit(items)
+    model = VoxelOutcomeModel(max_voxels=max_voxels, seed=seed, features=features).fit(items)
     path = model.save(Path(output_dir) / "model.pkl")
     logger.info("voxel baseline fitted on %d patients: %s", len(items), path)
     return path
