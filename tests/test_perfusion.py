@@ -96,6 +96,22 @@ def test_deconvolution_is_delay_insensitive():
     np.testing.assert_allclose(maps.tmax[:, 0, 0], params[:, 2], atol=1.0)
 
 
+def test_tmax_reads_tissue_that_fills_before_the_chosen_artery():
+    """The circulant residue of tissue that fills with or before the artery given as AIF begins in its wrapped end:
+    Tmax reads those negative lags (searched from lag 0, delays of -2, -1 and 0 s behind that artery read alike),
+    so one second of delay reads as one second however early the artery was chosen."""
+    delays = {f"d{d}": (40.0, 5.0, float(d)) for d in (0, 1, 2, 3)}
+    series, aif, params = curves_series(tissues=delays)
+    late = np.concatenate([np.full(2, aif[0]), aif[:-2]])  # an artery 2 s downstream of the one that feeds them
+    for shift, artery in ((0, aif), (2, late)):
+        maps = compute_perfusion_maps(series, 1.0, aif=artery, smoothing_mm=0.0)
+        np.testing.assert_allclose(maps.tmax[:, 0, 0], params[:, 2] - shift, atol=0.15)
+    k = np.zeros((1, 20))
+    k[0, 0], k[0, 19] = 1.0, 0.6  # a rise begun just before lag 0
+    assert residue_peak_time(k, 1.0, 10)[0] == pytest.approx(-2 + 0.5 / 0.6)  # half the peak between -2 and -1 s
+    assert residue_peak_time(k, 1.0, 10, lead_s=0)[0] == 0.0
+
+
 def test_argmax_tmax_reads_later_than_rise_tmax():
     series, aif, _ = curves_series()
     rise = compute_perfusion_maps(series, 1.0, aif=aif, smoothing_mm=0.0, tmax_method="rise")

@@ -90,7 +90,9 @@ def test_default_on_the_noise_free_phantom(clean):
     assert np.max(err["cbf"]) < 1.0  # regularisation never runs away (textbook bSVD 0.005 reaches +2000 %)
     assert np.median(np.abs(err["cbf"][(shape == "box") & (mtt >= 4.8)])) <= 0.15
     assert np.median(np.abs(err["cbv"])) <= 0.10
-    assert np.median(np.abs(err["tmax"])) <= 1.0 and np.mean(np.abs(err["tmax"]) <= 1.0) >= 0.75
+    # Tmax reads a little early (the rise to a blurred residue's lowered peak); 70 % of tiles within 1 s, not 81 %
+    # as when Tmax was searched from lag 0 only, which read tissue without delay at 0 whatever its bias
+    assert np.median(np.abs(err["tmax"])) <= 1.0 and np.mean(np.abs(err["tmax"]) <= 1.0) >= 0.65
     # delay insensitivity: within each (section, MTT) row of tiles, CBF over the 0-5 s delays
     rows: dict = {}
     for i, t in enumerate(ph.tiles):
@@ -135,6 +137,20 @@ def test_cbv_is_exact_with_a_partial_volumed_artery_and_the_automatic_aif(shape)
     # their residue's area beyond the 60 s window, which no reading of the window can recover
     assert abs(err[mtt <= 12].mean()) <= 0.03
     assert abs(err.mean()) <= 0.05
+
+
+@pytest.mark.parametrize("shape", ["exponential", "box", "linear"])
+def test_a_delay_behind_the_artery_reads_as_it_is(shape):
+    """Issue #28: the measured delay within 0.1 s per second (every CBV of the design, 3 HU, automatic AIF). Tmax's
+    rise may begin before lag 0, so tissue without delay is not read at lag 0 while delayed tissue keeps the
+    deconvolution's early bias (searched from lag 0, a 1 s delay read 0.3-0.5 s)."""
+    design = PhantomDesign(shapes=(shape,), delays_s=(0.0, 1.0, 3.0), artery_partial_volume=0.7)
+    ph = make_phantom(design, noise_hu=3.0, seed=1)
+    maps = compute_perfusion_maps(ph.ctp, 1.0, ph.spacing[:2])
+    delay = np.array([t["delay"] for t in ph.tiles])
+    tmax = delay + tile_errors(ph, maps.as_dict())["tmax"]  # each tile's median
+    for d in (1.0, 3.0):
+        assert tmax[delay == d].mean() - tmax[delay == 0].mean() == pytest.approx(d, abs=0.1 * d)
 
 
 def _lesion_cbf(phantom, **settings) -> dict:

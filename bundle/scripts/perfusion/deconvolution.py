@@ -32,7 +32,9 @@ Pipeline, vectorised over voxels (no per-voxel Python loops):
 5. From the flow-scaled residue ``k(t) = (rho/k_H) CBF R(t - delay)``: CBF = ``(k_H/rho) max k`` (x6000),
    CBV = ``(k_H/rho) sum k dt`` (x100) divided by the fraction of the curve's area the window holds
    (:func:`.svd.window_fraction`: without it CBV reads low wherever the bolus has not washed out by the last
-   frame), MTT = ``60 CBV / CBF``. Tmax is the time of the residue's peak.
+   frame), MTT = ``60 CBV / CBF``. Tmax is the time of the residue's peak behind the artery chosen as AIF,
+   negative where tissue fills before it (its circulant residue begins in the wrapped end, read up to
+   :data:`.svd.RISE_LEAD_S` before lag 0); the other maps are clipped at 0.
    ``tmax_method="rise"`` (default) reads it at the half-maximum rise that leads to the peak's plateau, which
    equals the time of the maximum for any non-increasing residue and is not shifted by the deconvolution's
    low-pass blur; ``"argmax"`` is the vendor convention (parabolic peak of ``k``), known to read about +2 s
@@ -196,7 +198,7 @@ def compute_perfusion_maps(
     maps = {}
     for name, voxels in values.items():
         out = np.zeros(tissue.shape, dtype=np.float32)
-        out[tissue] = np.clip(voxels, 0.0, None)
+        out[tissue] = voxels if name == "tmax" else np.clip(voxels, 0.0, None)  # Tmax < 0: fills before the AIF
         maps[name] = out
     return PerfusionMaps(mip=mip, tissue=tissue, aif=np.asarray(aif, dtype=np.float32), info=info, **maps)
 

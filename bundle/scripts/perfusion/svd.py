@@ -148,22 +148,38 @@ def parabolic_peak(curves: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.where((index > 0) & (index < curves.shape[1] - 1), i + np.clip(offset, -0.5, 0.5), index)
 
 
-def residue_peak_time(residue: np.ndarray, dt: float, n_frames: int, method: str = "rise") -> np.ndarray:
-    """Tmax (s) of flow-scaled residues ``(V, L)``, searched over the acquisition window (``n_frames``)."""
+RISE_LEAD_S = 5.0
+"""How far before lag 0 (s) Tmax's rise may be read: the circulant residue of tissue that fills with or before the
+artery chosen as AIF begins in its wrapped end (negative lags), which a search from lag 0 would read as 0."""
+
+
+def residue_peak_time(
+    residue: np.ndarray, dt: float, n_frames: int, method: str = "rise", lead_s: float = RISE_LEAD_S
+) -> np.ndarray:
+    """Tmax (s) of flow-scaled circulant residues ``(V, L)``, the peak searched over the acquisition window
+    (``n_frames``); with ``method="rise"`` the rise to it may begin up to ``lead_s`` before lag 0, in the residue's
+    wrapped end, so that Tmax can be negative (tissue that fills before the artery chosen as AIF)."""
     k = residue[:, :n_frames]
     peak = k.argmax(axis=1)
     if method == "argmax":
         return (parabolic_peak(k, peak) * dt).astype(np.float32)
     if method != "rise":
         raise ValueError(f"tmax_method must be 'rise' or 'argmax', got {method!r}.")
-    rows = np.arange(k.shape[0])
-    half = 0.5 * k[rows, peak]
-    # the rise that leads to the plateau: the first sample within 80 % of the peak, not the ringing maximum
-    # of a long, flat residue (whose dips below half would otherwise move the crossing late)
-    onset = (k >= 0.8 * k[rows, peak][:, None]).argmax(axis=1)
-    before = (k < half[:, None]) & (np.arange(n_frames)[None, :] < onset[:, None])
-    last_below = np.where(before.any(axis=1), n_frames - 1 - before[:, ::-1].argmax(axis=1), -1)
-    j = np.clip(last_below, 0, n_frames - 2)
-    k0, k1 = k[rows, j], k[rows, j + 1]
+    lead = int(min(np.ceil(lead_s / dt), residue.shape[1] - n_frames)) if lead_s > 0 else 0
+    ext = np.concatenate([residue[:, residue.shape[1] - lead :], k], axis=1) if lead else k
+    n, rows = ext.shape[1], np.arange(k.shape[0])
+    top = k[rows, peak]
+    half, near = 0.5 * top, ext >= 0.8 * top[:, None]
+    # the rise that leads to the plateau: the first sample of the window within 80 % of the peak (not the ringing
+    # maximum of a long, flat residue, whose dips below half would otherwise move the crossing late), and the run of
+    # such samples it continues from the negative lags
+    onset = near[:, lead:].argmax(axis=1) + lead
+    if lead:
+        below = ~near[:, lead - 1 :: -1]  # lags -1, -2, ...: the first not within 80 % ends the run
+        onset -= np.where(onset == lead, np.where(below.any(axis=1), below.argmax(axis=1), lead), 0)
+    before = (ext < half[:, None]) & (np.arange(n)[None, :] < onset[:, None])
+    last_below = np.where(before.any(axis=1), n - 1 - before[:, ::-1].argmax(axis=1), -1)
+    j = np.clip(last_below, 0, n - 2)
+    k0, k1 = ext[rows, j], ext[rows, j + 1]
     frac = np.clip((half - k0) / np.maximum(k1 - k0, 1e-12), 0.0, 1.0)
-    return (np.where(last_below >= 0, j + frac, 0.0) * dt).astype(np.float32)
+    return ((np.where(last_below >= 0, j + frac, 0.0) - lead) * dt).astype(np.float32)
