@@ -112,6 +112,17 @@ def test_tmax_reads_tissue_that_fills_before_the_chosen_artery():
     assert residue_peak_time(k, 1.0, 10, lead_s=0)[0] == 0.0
 
 
+@pytest.mark.parametrize("dt", [1.0, 1.5, 2.0])
+def test_tmax_never_reads_earlier_than_the_plausibility_check_allows(dt):
+    from scripts.io.images import check_map_values
+    from scripts.perfusion.svd import RISE_LEAD_S
+
+    residues = np.random.default_rng(0).normal(size=(20000, 80)).astype(np.float32)  # noise: rises anywhere
+    tmax = residue_peak_time(residues, dt, 40)
+    assert tmax.min() >= -RISE_LEAD_S - 1e-6 and (tmax < 0).mean() > 0.01
+    check_map_values("tmax", tmax.reshape(200, 100, 1), "tmax.nii.gz")  # no refusal, even for pure noise
+
+
 def test_argmax_tmax_reads_later_than_rise_tmax():
     series, aif, _ = curves_series()
     rise = compute_perfusion_maps(series, 1.0, aif=aif, smoothing_mm=0.0, tmax_method="rise")

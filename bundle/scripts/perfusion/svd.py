@@ -148,9 +148,11 @@ def parabolic_peak(curves: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.where((index > 0) & (index < curves.shape[1] - 1), i + np.clip(offset, -0.5, 0.5), index)
 
 
-RISE_LEAD_S = 5.0
+RISE_LEAD_S = 3.0
 """How far before lag 0 (s) Tmax's rise may be read: the circulant residue of tissue that fills with or before the
-artery chosen as AIF begins in its wrapped end (negative lags), which a search from lag 0 would read as 0."""
+artery chosen as AIF begins in its wrapped end (negative lags), which a search from lag 0 would read as 0. Tmax never
+reads earlier, so the maps pass :func:`scripts.io.images.check_map_values`, which takes more than 1 % of a brain
+below -3 s for a negated map; 5 s let noisy long-transit voxels wander there (2 % of one development patient)."""
 
 
 def residue_peak_time(
@@ -165,7 +167,7 @@ def residue_peak_time(
         return (parabolic_peak(k, peak) * dt).astype(np.float32)
     if method != "rise":
         raise ValueError(f"tmax_method must be 'rise' or 'argmax', got {method!r}.")
-    lead = int(min(np.ceil(lead_s / dt), residue.shape[1] - n_frames)) if lead_s > 0 else 0
+    lead = int(min(np.floor(lead_s / dt + 1e-9), residue.shape[1] - n_frames)) if lead_s > 0 else 0
     ext = np.concatenate([residue[:, residue.shape[1] - lead :], k], axis=1) if lead else k
     n, rows = ext.shape[1], np.arange(k.shape[0])
     top = k[rows, peak]
