@@ -35,7 +35,7 @@ from ..engine.reports import evaluate_predictions
 logger = logging.getLogger(__name__)
 
 FEATURES = ("rcbf", "rcbv", "tmax", "rttp", "nihss")
-IMAGE_FEATURES = FEATURES[:-1]
+IMAGE_FEATURES = tuple(name for name in FEATURES if name != "nihss")
 
 
 def voxel_features(
