@@ -315,6 +315,7 @@ def test_unreadable_and_implausible_maps_are_refused_with_the_file_named(tiny_co
         "cbf_negated": ("cbf", lambda a: -a, r"cbf\.nii\.gz: cbf is negative in 100% of the brain"),
         "cbv_x10": ("cbv", lambda a: a * 10, r"cbv\.nii\.gz: cbv has a median of"),
         "tmax_ms": ("tmax", lambda a: a * 1000, r"tmax\.nii\.gz: tmax has a median of [\d.]+ s"),
+        "tmax_negated": ("tmax", lambda a: -a, r"tmax\.nii\.gz: tmax is negative in \d+% of the brain"),
         "ttp_ms": ("ttp", lambda a: a * 1000, r"ttp\.nii\.gz: ttp has a median"),
         "mip_unsigned": ("mip", lambda a: a + 1024, r"mip\.nii\.gz: mip does not look like HU"),
     }

@@ -155,17 +155,23 @@ def check_map_values(key: str, data: np.ndarray, path: str | os.PathLike, tissue
             return
         raise CTPDataError(f"{path}: {key} is zero everywhere; {OVERRIDE}.")
     negative = float((brain < low - 1.0).mean()) if low < 0 else float((brain < 0).mean())
-    if negative > NEGATIVE_FRACTION:
-        raise CTPDataError(
-            f"{path}: {key} is negative in {negative:.0%} of the brain (a negated map?); {key} cannot be "
-            f"negative; {OVERRIDE}."
-        )
     median = float(np.median(brain))
-    if not low <= median <= high:
-        raise CTPDataError(
-            f"{path}: {key} has a median of {median:.4g} {unit} in the brain, expected {low:g} to {high:g} {unit} "
-            f"(scaled by a power of ten, or in other units?); {OVERRIDE}."
-        )
+    refusals = [
+        (
+            negative > NEGATIVE_FRACTION,
+            f"{key} is negative in {negative:.0%} of the brain (a negated map?); {key} cannot be negative",
+        ),
+        (
+            not low <= median <= high,
+            f"{key} has a median of {median:.4g} {unit} in the brain, expected {low:g} to {high:g} {unit} (scaled "
+            "by a power of ten, or in other units?)",
+        ),
+    ]
+    if low < 0:  # a map that may be a little negative (Tmax): its scale first, a Tmax in ms is negative in places
+        refusals.reverse()
+    for refused, problem in refusals:
+        if refused:
+            raise CTPDataError(f"{path}: {problem}; {OVERRIDE}.")
 
 
 def voxel_volume_ml(spacing: Sequence[float]) -> float:
