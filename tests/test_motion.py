@@ -54,22 +54,22 @@ def test_maps_after_correction_come_back_to_the_still_maps(study, moved):
     still = compute_perfusion_maps(study.ctp, dt, spacing)
     before = compute_perfusion_maps(series, dt, spacing)
     after = compute_perfusion_maps(corrected, dt, spacing)
-    # median |error| against the still maps: CBF (ml/100 g/min) and Tmax (s)
-    assert _median_error(after, still, "cbf") < 0.25 * _median_error(before, still, "cbf")
-    assert _median_error(after, still, "cbf") < 0.12 * float(np.median(still.cbf[still.tissue]))
-    # Tmax with the study's own arterial input, the registration's part: with the automatic one this corrected series
-    # takes a late vessel (the next test), which Tmax read from lag 0 hid until 0.11.0 (tissue on time read 0)
+    # median |error| against the still maps: CBF (ml/100 g/min) and Tmax (s); CBF 13 % of its median here with the
+    # arteries as AIF (8 % until 0.11.0 with the sinus taken for one, whose Tmax read 3 s early: the next test)
+    assert _median_error(after, still, "cbf") < 0.3 * _median_error(before, still, "cbf")
+    assert _median_error(after, still, "cbf") < 0.15 * float(np.median(still.cbf[still.tissue]))
+    assert _median_error(after, still, "tmax") < 0.6 * _median_error(before, still, "tmax")
+    # and with the study's own arterial input: the registration's part alone
     given = study.aif(np.arange(study.ctp.shape[-1]) * dt)
     still, before, after = (compute_perfusion_maps(s, dt, spacing, aif=given) for s in (study.ctp, series, corrected))
     assert _median_error(after, still, "tmax") < 0.6 * _median_error(before, still, "tmax")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect (issue #28): in this corrected series the automatic AIF is a vessel peaking at 21.7 s, the "
-    "still series' at 14.9 s (1517 vessel candidates after correction, 128 before), so Tmax reads about 3 s early",
-)
 def test_the_automatic_aif_after_correction_is_the_still_series_one(study, moved):
+    """Residual motion moves skull edges into soft tissue, where they peak at bone's HU: judged over all soft tissue
+    they set the vessel threshold (571 HU against 201 still) above this study's arteries (168 HU), and until 0.11.0
+    its AIF was the sinus, peaking at 21.7 s against 14.9 s (Tmax about 3 s early; read from lag 0, tissue on time
+    showed 0). The threshold is now judged away from bone."""
     spacing, dt = study.grid.spacing[:2], study.frame_interval
     still = compute_perfusion_maps(study.ctp, dt, spacing)
     after = compute_perfusion_maps(moved[2], dt, spacing)

@@ -70,8 +70,10 @@ def select_arterial_input(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Automatic AIF: among vessel-like voxels, the highest of those that peak earliest; VOF-rescaled.
 
-    Vessel-like voxels enhance by at least ``vessel_level`` times the ``candidate_percentile`` of all
-    soft-tissue peaks. Of those, a bolus curve rises and falls once (total variation at most
+    Vessel-like voxels enhance by at least ``vessel_level`` times the ``candidate_percentile`` of the soft-tissue
+    peaks where ``arterial_allowed`` (all soft tissue when not given): a skull edge that residual motion moves into
+    soft tissue peaks at bone's HU, and counted it set the threshold above a motion-corrected series' arteries.
+    Of those, a bolus curve rises and falls once (total variation at most
     :data:`BOLUS_VARIATION` times twice its peak), and an arterial one also washes out (its last quarter
     below :data:`WASHOUT_FRACTION` of its peak) and lies where ``arterial_allowed`` (e.g. away from bone):
     a voxel that a moved bone edge enters jumps up and down or keeps its step. Each rule applies only when
@@ -85,8 +87,10 @@ def select_arterial_input(
     Returns the AIF curve (HU above baseline), a boolean mask of the voxels used and a summary dict.
     """
     peak_map = (ctp.max(axis=-1) if mip is None else mip) - baseline
-    # vessels: enhancing at least `vessel_level` of the strongest voxels (robust high percentile)
-    candidates = soft & (peak_map >= vessel_level * np.percentile(peak_map[soft], candidate_percentile))
+    # vessels: enhancing at least `vessel_level` of the strongest voxels (robust high percentile), judged where an
+    # artery may lie: a skull edge that residual motion moves into soft tissue peaks at bone's HU
+    judged = soft if arterial_allowed is None or not (soft & arterial_allowed).any() else soft & arterial_allowed
+    candidates = soft & (peak_map >= vessel_level * np.percentile(peak_map[judged], candidate_percentile))
     where = np.nonzero(candidates)
     curves = ctp[candidates] - baseline[candidates][:, None]
     peak = curves.max(axis=1)
