@@ -16,6 +16,7 @@ from scripts.io.map_registry import (
     display_windows,
     network_maps,
     required_maps,
+    signed_maps,
 )
 from scripts.learning.model.encoding import PerfusionColourEncoding
 from scripts.learning.model.networks import create_network, input_set
@@ -32,6 +33,7 @@ DUMMY = PerfusionMap(
 def test_the_tables_of_maps_are_the_registry():
     assert network_maps() == ("cbf", "cbv", "ttp", "tmax") == required_maps()
     assert datalist_maps() == ("cbf", "cbv", "ttp", "tmax", "mip")
+    assert signed_maps() == ("tmax",)  # the only computed map not clipped at 0
     assert set(computed_maps()) == {"cbf", "cbv", "mtt", "ttp", "tmax", "mip"} == set(display_windows())
     assert all(hasattr(PerfusionMaps, "__dataclass_fields__") and name in PerfusionMaps.__dataclass_fields__
                for name in computed_maps())  # fmt: skip

@@ -85,6 +85,12 @@ def required_maps() -> tuple[str, ...]:
     return map_names(required=True)
 
 
+def signed_maps() -> tuple[str, ...]:
+    """The maps that may read below 0: those whose plausible median range starts below 0 (Tmax, behind the artery
+    chosen as AIF)."""
+    return tuple(s.name for s in MAPS.values() if s.plausible_median is not None and s.plausible_median[0] < 0)
+
+
 def display_windows() -> dict[str, tuple[float, float]]:
     """Display window (low, high) per map, in its unit."""
     return {name: spec.window for name, spec in MAPS.items()}

@@ -89,7 +89,8 @@ def select_arterial_input(
     peak_map = (ctp.max(axis=-1) if mip is None else mip) - baseline
     # vessels: enhancing at least `vessel_level` of the strongest voxels (robust high percentile), judged where an
     # artery may lie: a skull edge that residual motion moves into soft tissue peaks at bone's HU
-    judged = soft if arterial_allowed is None or not (soft & arterial_allowed).any() else soft & arterial_allowed
+    judged = soft if arterial_allowed is None else soft & arterial_allowed
+    judged = judged if judged.any() else soft
     candidates = soft & (peak_map >= vessel_level * np.percentile(peak_map[judged], candidate_percentile))
     where = np.nonzero(candidates)
     curves = ctp[candidates] - baseline[candidates][:, None]

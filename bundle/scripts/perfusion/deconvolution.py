@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..io.images import MIN_FRAMES, validate_frame_times
-from ..io.map_registry import computed_maps
+from ..io.map_registry import computed_maps, signed_maps
 from ..physics import K_H, RHO
 from .arterial_input import find_arterial_input
 from .denoising import DENOISING, denoise_curves, noise_level
@@ -195,10 +195,10 @@ def compute_perfusion_maps(
     info["noise_hu"] = noise_hu if n_base >= 2 else None
     vof = info.get("vof_hu")
     info["quality"] = quality_flags(None if vof is None else np.asarray(vof), info["tissue_peak_hu"], info["noise_hu"])
-    maps = {}
+    maps, signed = {}, signed_maps()  # Tmax < 0: tissue that fills before the AIF
     for name, voxels in values.items():
         out = np.zeros(tissue.shape, dtype=np.float32)
-        out[tissue] = voxels if name == "tmax" else np.clip(voxels, 0.0, None)  # Tmax < 0: fills before the AIF
+        out[tissue] = voxels if name in signed else np.clip(voxels, 0.0, None)
         maps[name] = out
     return PerfusionMaps(mip=mip, tissue=tissue, aif=np.asarray(aif, dtype=np.float32), info=info, **maps)
 
