@@ -40,6 +40,11 @@ BONE_MARGIN_MM = 3.0
 """The AIF is not taken within this distance (in-plane) of bone: a slightly moved skull edge there mimics one."""
 
 
+RESAMPLED_AIF_WINDOW = 3
+"""In-plane window (voxels) the automatic AIF is summed over in a series whose frames were resampled (motion
+correction): linear interpolation spreads a vessel by at most one voxel each way (:func:`window_sum`)."""
+
+
 def baseline_frame_count(mean_curve: np.ndarray, fraction: float = 0.1, minimum: int = 2) -> int:
     """Frames before bolus arrival: the last frame before the mean enhancement passes ``fraction`` of its peak."""
     curve = np.asarray(mean_curve, dtype=np.float64)
@@ -67,6 +72,7 @@ def select_arterial_input(
     vessel_level: float = 0.3,
     mip: np.ndarray | None = None,
     arterial_allowed: np.ndarray | None = None,
+    window: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Automatic AIF: among vessel-like voxels, the highest of those that peak earliest; VOF-rescaled.
 
@@ -82,7 +88,8 @@ def select_arterial_input(
     set it): at a scanner's 512² the venous sinus gives most of the candidates, and the former rule, the 10th
     percentile of all of them, chose the sinus as the AIF. The VOF is the mean of the largest-area bolus curves
     peaking after the AIF whose shape is a delayed AIF's (:func:`delayed_match` at least :data:`VENOUS_MATCH`;
-    none: no VOF). ``mip`` (the series' maximum over time) is computed when not given.
+    none: no VOF). ``mip`` (the series' maximum over time) is computed when not given. ``window`` > 1 reads the
+    AIF as each chosen voxel's in-plane ``window x window`` sum (:func:`window_sum`), for resampled series.
 
     Returns the AIF curve (HU above baseline), a boolean mask of the voxels used and a summary dict.
     """
@@ -107,7 +114,7 @@ def select_arterial_input(
     strong = arterial[peak[arterial] >= 0.5 * np.percentile(peak[arterial], 99.0)]
     early = arterial[ttp[arterial] <= np.percentile(ttp[strong], EARLIEST_PERCENTILE) + max(1, round(2.0 / dt))]
     chosen = early[np.argsort(peak[early])[::-1][:n_voxels]]
-    aif = curves[chosen].mean(axis=0)
+    aif = curves[chosen].mean(axis=0) if window <= 1 else window_sum(ctp, baseline, [i[chosen] for i in where], window)
     info = {"aif_voxels": int(chosen.size), "aif_ttp_s": float(aif.argmax() * dt), "vof_scale": 1.0, "vof_hu": None}
     venous_like = delayed_match(curves, aif, max(1, round(VENOUS_LAG_S / dt))) >= VENOUS_MATCH
     late = np.nonzero(bolus & (ttp > aif.argmax()) & venous_like)[0]
@@ -116,12 +123,31 @@ def select_arterial_input(
         vof = curves[late[np.argsort(auc)[::-1][:n_voxels]]].mean(axis=0)
         scale = venous_scale(aif, vof, dt)
         info["vof_scale"], info["vof_hu"] = float(scale), [round(float(v), 2) for v in vof]
-        if scale > 1.0:
+        if scale > 1.0 or window > 1:  # a window's sum holds more than one voxel of blood: scaled down too
             aif = aif * scale
     info["aif_peak_hu"] = float(aif.max())
     voxel_mask = np.zeros(soft.shape, dtype=bool)
     voxel_mask[tuple(idx[chosen] for idx in where)] = True
     return aif, voxel_mask, info
+
+
+def window_sum(ctp: np.ndarray, baseline: np.ndarray, index: list[np.ndarray], window: int) -> np.ndarray:
+    """Mean over voxels ``index`` of the enhancement summed over each one's in-plane ``window x window``.
+
+    A frame resampled by motion correction spreads a vessel one or two voxels wide over its neighbours by an amount
+    that changes with the frame's sub-voxel shift (linear interpolation at half a voxel halves its peak), which
+    distorts an AIF read voxel by voxel; the interpolation's weights sum to one, so the window's sum keeps the
+    vessel's signal in every frame (plus its neighbours' small tissue enhancement; the venous scale sets the area).
+    """
+    half = window // 2
+    x, y, z = (np.asarray(i) for i in index)
+    offsets = np.arange(-half, half + 1)
+    xs = np.clip(x[:, None, None] + offsets[None, :, None], 0, ctp.shape[0] - 1)
+    ys = np.clip(y[:, None, None] + offsets[None, None, :], 0, ctp.shape[1] - 1)
+    zs = np.broadcast_to(z[:, None, None], xs.shape[:1] + (offsets.size, offsets.size))
+    xs, ys = np.broadcast_to(xs, zs.shape), np.broadcast_to(ys, zs.shape)
+    enhancement = ctp[xs, ys, zs] - baseline[xs, ys, zs][..., None]
+    return enhancement.sum(axis=(1, 2)).mean(axis=0)
 
 
 def delayed_match(curves: np.ndarray, aif: np.ndarray, max_lag: int) -> np.ndarray:
@@ -157,10 +183,12 @@ def find_arterial_input(
     dt: float,
     aif: np.ndarray | None = None,
     baseline_frames: int | None = None,
+    window: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, int, dict]:
     """The arterial input (given, or found by :func:`select_arterial_input` away from bone), the baseline of
     every voxel, its number of frames (those before the AIF reaches 10 % of its peak, unless
-    ``baseline_frames``) and what was found. ``first``: the mean of the first two frames; ``soft``: soft tissue.
+    ``baseline_frames``) and what was found. ``first``: the mean of the first two frames; ``soft``: soft tissue;
+    ``window``: of :func:`select_arterial_input`.
 
     A first baseline from the strongest (vessel) curves finds the AIF; the AIF's own rise then sets it. With a
     given AIF the venous curve is still looked for (for the quality flags). An AIF peaking below
@@ -180,12 +208,11 @@ def find_arterial_input(
         n_base = baseline_frame_count((ctp[strongest] - first[strongest][:, None]).mean(axis=0))
         reach = [int(np.ceil(BONE_MARGIN_MM / float(s))) for s in spacing[:2]]
         allowed = ~ndimage.maximum_filter(first > BONE_HU, size=(2 * reach[0] + 1, 2 * reach[1] + 1, 1))
-        aif, _, aif_info = select_arterial_input(ctp, baseline_of(n_base), soft, dt, mip=mip, arterial_allowed=allowed)
+        select = dict(mip=mip, arterial_allowed=allowed, window=window)
+        aif, _, aif_info = select_arterial_input(ctp, baseline_of(n_base), soft, dt, **select)
         if baseline_frames is None and baseline_frame_count(aif) != n_base:
             n_base = baseline_frame_count(aif)
-            aif, _, aif_info = select_arterial_input(
-                ctp, baseline_of(n_base), soft, dt, mip=mip, arterial_allowed=allowed
-            )
+            aif, _, aif_info = select_arterial_input(ctp, baseline_of(n_base), soft, dt, **select)
         info.update(aif_info)
     else:
         n_base = baseline_frame_count(aif)

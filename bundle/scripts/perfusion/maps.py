@@ -11,6 +11,7 @@ import numpy as np
 from ..io import save_json, save_nifti
 from ..io.dicom import load_ctp_series
 from ..io.map_registry import computed_maps
+from .arterial_input import RESAMPLED_AIF_WINDOW
 from .deconvolution import compute_perfusion_maps
 from .motion import correct_motion
 from .quality import motion_flags
@@ -65,6 +66,8 @@ def compute_maps(
             times = np.arange(series.shape[-1]) * interval if frame_times is None else frame_times
             series, frame_times = series[..., keep], times[keep]
             given_aif = None if given_aif is None else given_aif[keep]
+        if motion.resampled.any():  # resampled vessels: the AIF read over a window (unless the caller chose)
+            settings = {"aif_window": RESAMPLED_AIF_WINDOW, **settings}
     try:
         maps = compute_perfusion_maps(
             series, interval, voxel_mm[:2], aif=given_aif, frame_times=frame_times, **settings
