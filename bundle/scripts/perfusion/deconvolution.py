@@ -167,8 +167,7 @@ def compute_perfusion_maps(
             series (and a given ``aif``) are resampled linearly to an even grid at the shortest interval.
             Times with steps equal within :data:`EVEN_TOLERANCE_S` are taken as even, without resampling.
         baseline: ``"aif"`` or ``"arrival"`` (:data:`BASELINES`; see the module docstring).
-        aif_window: read the automatic AIF as in-plane sums over this many voxels square
-            (:func:`.arterial_input.window_sum`): 3 for a motion-corrected (resampled) series, 1 otherwise.
+        aif_window: the automatic AIF's in-plane window (:func:`.arterial_input.window_sum`; 3 once resampled).
     """
     check_settings(denoising, tips_range, method, baseline)
     ctp, aif, dt, info = even_series(ctp, frame_interval, aif, frame_times)
@@ -177,9 +176,8 @@ def compute_perfusion_maps(
     soft = (first > soft_tissue_hu[0]) & (first < soft_tissue_hu[1])
     if soft.sum() < 16:
         raise ValueError(f"ctp: only {int(soft.sum())} voxels have a baseline in {soft_tissue_hu} HU; is it in HU?")
-    aif, base, n_base, aif_info = find_arterial_input(
-        ctp, first, soft, mip, spacing, dt, aif, baseline_frames, window=aif_window
-    )
+    found = find_arterial_input(ctp, first, soft, mip, spacing, dt, aif, baseline_frames, window=aif_window)
+    aif, base, n_base, aif_info = found
     info.update(aif_info)
     vessel = mip - base > vessel_fraction * float(np.max(aif))
     tissue = soft & (base >= parenchyma_hu[0]) & (base <= parenchyma_hu[1]) & ~vessel
