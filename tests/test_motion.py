@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scripts.io import save_nifti
-from scripts.perfusion.arterial_input import RESAMPLED_AIF_WINDOW, window_sum
+from scripts.perfusion.arterial_input import RESAMPLED_AIF_WINDOW, select_arterial_input, window_sum
 from scripts.perfusion.deconvolution import compute_perfusion_maps
 from scripts.perfusion.digital_phantom import PhantomDesign, make_phantom, tile_errors
 from scripts.perfusion.maps import compute_maps
@@ -95,6 +95,21 @@ def test_a_window_keeps_a_thin_artery_that_resampling_spreads():
     np.testing.assert_allclose(window_sum(volume, baseline, index, 1), volume[4, 4, 0])
 
 
+def test_a_window_that_holds_no_single_bolus_falls_back_to_the_voxels():
+    """A neighbour that a moved bone edge left 250 HU low from frame 12 on would wreck the window's sum: the AIF is
+    then read voxel by voxel (``aif_window`` 1 in the summary)."""
+    t = np.arange(30.0)
+    bolus = 200.0 * (t / 12.0) ** 3 * np.exp(3.0 * (1.0 - t / 12.0))
+    ctp = np.full((12, 12, 1, 30), 40.0, dtype=np.float32)
+    ctp[6, 6, 0] += bolus
+    soft, baseline = np.ones((12, 12, 1), dtype=bool), np.full((12, 12, 1), 40.0)
+    aif, _, info = select_arterial_input(ctp, baseline, soft, 1.0, n_voxels=1, window=3)
+    assert info["aif_window"] == 3 and np.allclose(aif, bolus, atol=1e-3)
+    ctp[5, 6, 0, 12:] -= 250.0
+    aif, _, info = select_arterial_input(ctp, baseline, soft, 1.0, n_voxels=1, window=3)
+    assert info["aif_window"] == 1 and np.allclose(aif, bolus, atol=1e-3)
+
+
 def test_a_resampled_series_reads_its_aif_over_a_window(study, moved, automatic):
     """The corrected series' arteries, one or two voxels wide here, are spread by the resampling by a different
     amount in every frame: read voxel by voxel, the AIF peaks a frame early, narrower (CBF 13 % of the median off
@@ -153,4 +168,4 @@ def test_the_workflow_records_motion_flags_it_and_leaves_out_frames_beyond_the_l
     assert nib.load(tmp_path / "maps" / "cbf.nii.gz").shape == series.shape[:3]
     off = compute_maps(path, tmp_path / "off", motion_correction=False)
     report_off = json.loads((tmp_path / "off" / "perfusion.json").read_text())
-    assert "motion" not in report_off and "aif_window" not in report_off and off
+    assert "motion" not in report_off and report_off["aif_window"] == 1 and off

@@ -89,7 +89,8 @@ def select_arterial_input(
     percentile of all of them, chose the sinus as the AIF. The VOF is the mean of the largest-area bolus curves
     peaking after the AIF whose shape is a delayed AIF's (:func:`delayed_match` at least :data:`VENOUS_MATCH`;
     none: no VOF). ``mip`` (the series' maximum over time) is computed when not given. ``window`` > 1 reads the
-    AIF as each chosen voxel's in-plane ``window x window`` sum (:func:`window_sum`), for resampled series.
+    AIF as each chosen voxel's in-plane ``window x window`` sum (:func:`window_sum`), for resampled series, unless
+    that sum is no single bolus (the window used: ``aif_window`` in the summary).
 
     Returns the AIF curve (HU above baseline), a boolean mask of the voxels used and a summary dict.
     """
@@ -114,8 +115,13 @@ def select_arterial_input(
     strong = arterial[peak[arterial] >= 0.5 * np.percentile(peak[arterial], 99.0)]
     early = arterial[ttp[arterial] <= np.percentile(ttp[strong], EARLIEST_PERCENTILE) + max(1, round(2.0 / dt))]
     chosen = early[np.argsort(peak[early])[::-1][:n_voxels]]
-    aif = curves[chosen].mean(axis=0) if window <= 1 else window_sum(ctp, baseline, [i[chosen] for i in where], window)
+    aif = curves[chosen].mean(axis=0)
+    if window > 1:  # the window's sum, if it is itself one bolus (a neighbour a moved bone edge entered is not)
+        summed = window_sum(ctp, baseline, [i[chosen] for i in where], window)
+        window = window if np.abs(np.diff(summed)).sum() <= BOLUS_VARIATION * 2.0 * max(summed.max(), 1e-6) else 1
+        aif = summed if window > 1 else aif
     info = {"aif_voxels": int(chosen.size), "aif_ttp_s": float(aif.argmax() * dt), "vof_scale": 1.0, "vof_hu": None}
+    info["aif_window"] = int(window)
     venous_like = delayed_match(curves, aif, max(1, round(VENOUS_LAG_S / dt))) >= VENOUS_MATCH
     late = np.nonzero(bolus & (ttp > aif.argmax()) & venous_like)[0]
     if late.size:

@@ -67,7 +67,7 @@ def compute_maps(
             series, frame_times = series[..., keep], times[keep]
             given_aif = None if given_aif is None else given_aif[keep]
         if motion.resampled.any():  # resampled vessels: the AIF read over a window (unless the caller chose)
-            settings = {"aif_window": RESAMPLED_AIF_WINDOW, **settings}
+            settings.setdefault("aif_window", RESAMPLED_AIF_WINDOW)
     try:
         maps = compute_perfusion_maps(
             series, interval, voxel_mm[:2], aif=given_aif, frame_times=frame_times, **settings
@@ -85,7 +85,7 @@ def compute_maps(
         "frame_times_s": None if frame_times is None else frame_times.tolist(),
         "aif_hu": maps.aif.round(3).tolist(),
         **maps.info,
-        **settings,
+        **{key: value for key, value in settings.items() if key != "aif_window"},  # the window used is in info
         "motion_correction": motion_correction,
     }
     if dicom is not None:
