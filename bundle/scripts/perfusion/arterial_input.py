@@ -7,6 +7,8 @@ like a delayed AIF) rescales it, since whole blood passes both (:func:`venous_sc
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy import ndimage
 
@@ -108,7 +110,7 @@ def select_arterial_input(
     def enough(rule: np.ndarray) -> np.ndarray:
         return rule if rule.sum() >= n_voxels else np.ones_like(rule)
 
-    bolus = enough(np.abs(np.diff(curves, axis=1)).sum(axis=1) <= BOLUS_VARIATION * 2.0 * peak)
+    bolus = enough(single_bolus(curves))
     washes = curves[:, -max(1, curves.shape[1] // 4) :].mean(axis=1) < WASHOUT_FRACTION * peak
     allowed = np.ones_like(bolus) if arterial_allowed is None else arterial_allowed[where]
     arterial = np.nonzero(enough(bolus & washes & allowed))[0]
@@ -118,10 +120,10 @@ def select_arterial_input(
     aif = curves[chosen].mean(axis=0)
     if window > 1:  # the window's sum, if it is itself one bolus (a neighbour a moved bone edge entered is not)
         summed = window_sum(ctp, baseline, [i[chosen] for i in where], window)
-        window = window if np.abs(np.diff(summed)).sum() <= BOLUS_VARIATION * 2.0 * max(summed.max(), 1e-6) else 1
+        window = window if single_bolus(summed[None])[0] else 1
         aif = summed if window > 1 else aif
-    info = {"aif_voxels": int(chosen.size), "aif_ttp_s": float(aif.argmax() * dt), "vof_scale": 1.0, "vof_hu": None}
-    info["aif_window"] = int(window)
+    info = {"aif_voxels": int(chosen.size), "aif_ttp_s": float(aif.argmax() * dt), "aif_window": int(window)}
+    info.update(vof_scale=1.0, vof_hu=None)
     venous_like = delayed_match(curves, aif, max(1, round(VENOUS_LAG_S / dt))) >= VENOUS_MATCH
     late = np.nonzero(bolus & (ttp > aif.argmax()) & venous_like)[0]
     if late.size:
@@ -137,6 +139,12 @@ def select_arterial_input(
     return aif, voxel_mask, info
 
 
+def single_bolus(curves: np.ndarray) -> np.ndarray:
+    """Whether each curve ``(V, T)`` rises and falls once: its total variation at most :data:`BOLUS_VARIATION` times
+    the ``2 x peak`` of one clean rise and fall."""
+    return np.abs(np.diff(curves, axis=1)).sum(axis=1) <= BOLUS_VARIATION * 2.0 * curves.max(axis=1)
+
+
 def window_sum(ctp: np.ndarray, baseline: np.ndarray, index: list[np.ndarray], window: int) -> np.ndarray:
     """Mean over voxels ``index`` of the enhancement summed over each one's in-plane ``window x window``.
 
@@ -145,15 +153,12 @@ def window_sum(ctp: np.ndarray, baseline: np.ndarray, index: list[np.ndarray], w
     distorts an AIF read voxel by voxel; the interpolation's weights sum to one, so the window's sum keeps the
     vessel's signal in every frame (plus its neighbours' small tissue enhancement; the venous scale sets the area).
     """
-    half = window // 2
     x, y, z = (np.asarray(i) for i in index)
-    offsets = np.arange(-half, half + 1)
-    xs = np.clip(x[:, None, None] + offsets[None, :, None], 0, ctp.shape[0] - 1)
-    ys = np.clip(y[:, None, None] + offsets[None, None, :], 0, ctp.shape[1] - 1)
-    zs = np.broadcast_to(z[:, None, None], xs.shape[:1] + (offsets.size, offsets.size))
-    xs, ys = np.broadcast_to(xs, zs.shape), np.broadcast_to(ys, zs.shape)
-    enhancement = ctp[xs, ys, zs] - baseline[xs, ys, zs][..., None]
-    return enhancement.sum(axis=(1, 2)).mean(axis=0)
+    total = np.zeros((x.size, ctp.shape[-1]))
+    for dx, dy in itertools.product(range(-(window // 2), window // 2 + 1), repeat=2):
+        xs, ys = np.clip(x + dx, 0, ctp.shape[0] - 1), np.clip(y + dy, 0, ctp.shape[1] - 1)
+        total += ctp[xs, ys, z] - baseline[xs, ys, z][:, None]
+    return total.mean(axis=0)
 
 
 def delayed_match(curves: np.ndarray, aif: np.ndarray, max_lag: int) -> np.ndarray:
