@@ -120,8 +120,10 @@ def select_arterial_input(
     aif = curves[chosen].mean(axis=0)
     if window > 1:  # the window's sum, if it is itself one bolus (a neighbour a moved bone edge entered is not)
         summed = window_sum(ctp, baseline, [i[chosen] for i in where], window)
-        window = window if single_bolus(summed[None])[0] else 1
-        aif = summed if window > 1 else aif
+        if single_bolus(summed[None])[0]:
+            aif = summed
+        else:
+            window = 1
     info = {"aif_voxels": int(chosen.size), "aif_ttp_s": float(aif.argmax() * dt), "aif_window": int(window)}
     info.update(vof_scale=1.0, vof_hu=None)
     venous_like = delayed_match(curves, aif, max(1, round(VENOUS_LAG_S / dt))) >= VENOUS_MATCH
