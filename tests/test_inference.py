@@ -770,3 +770,20 @@ def test_a_full_disk_stops_inference_with_one_line_and_keeps_the_finished_patien
             assert json.loads((out / pid / "report.json").read_text()) == json.loads(
                 (reference / pid / "report.json").read_text()
             )
+
+
+def test_the_inference_config_runs_a_model_with_the_colour_windows_it_was_trained_with(tmp_path):
+    torch.manual_seed(0)
+    trained = create_network("SF", "PMs+N", pretrained=False, encoder_width=WIDTH, windows={"cbf": (0, 40)}).eval()
+    path = tmp_path / "model.pt"
+    torch.save({"network": trained.state_dict()}, path)
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / INFERENCE))  # its network_def passes no windows: the registry's CBF 0-80
+    parser["bundle_root"] = str(ROOT / "bundle")
+    configured = parser.get_parsed_content("network_def", instantiate=True)
+    assert configured.encoding.windows()["cbf"] == (0.0, 80.0)
+    network = load_model(configured, path)
+    assert network.encoding.windows()["cbf"] == (0.0, 40.0)
+    image, nihss = torch.rand(1, 4, 64, 64) * torch.tensor([60.0, 5.0, 30.0, 10.0]).view(1, 4, 1, 1), torch.ones(1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(network(image, nihss=nihss), trained(image, nihss=nihss))

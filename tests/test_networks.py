@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from scripts.io.map_registry import display_windows
 from scripts.learning.model import vgg
 from scripts.learning.model.encoding import IMAGENET_MEAN, IMAGENET_STD, PerfusionColourEncoding
 from scripts.learning.model.networks import INPUT_SETS, VARIANTS, create_network, input_set, trainable_parameters
@@ -230,7 +231,7 @@ def test_monai_verify_net_in_out_passes_on_the_bundle_network():
 
 def test_colour_encoding_windows_and_luts():
     maps = torch.tensor([[0.0, 80.0, 40.0]]).view(1, 3, 1, 1).expand(1, 3, 1, 1)
-    jet = PerfusionColourEncoding(["cbf", "cbf", "cbf"])(maps.view(1, 3, 1, 1))
+    jet = PerfusionColourEncoding(["cbf", "cbf", "cbf"], windows={"cbf": (0, 80)})(maps.view(1, 3, 1, 1))
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
     rgb = jet[0, :, :, 0, 0] * std + mean
     torch.testing.assert_close(rgb[0], torch.tensor([0.0, 0.0, 0.5]))  # low end: dark blue
@@ -242,6 +243,28 @@ def test_colour_encoding_windows_and_luts():
         PerfusionColourEncoding(["adc"])
     with pytest.raises(ValueError, match="high > low"):
         PerfusionColourEncoding(["cbf"], windows={"cbf": (10, 5)})
+
+
+def test_a_checkpoint_brings_its_colour_windows(caplog):
+    x = torch.tensor([20.0, 6.0]).view(1, 2, 1, 1)
+    trained = PerfusionColourEncoding(["cbf", "tmax"], windows={"cbf": (0, 40)})
+    configured = PerfusionColourEncoding(["cbf", "tmax"], windows={"cbf": (0, 80)})
+    assert not torch.equal(trained(x), configured(x))
+    with caplog.at_level("WARNING"):
+        configured.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(configured(x), trained(x))
+    assert configured.windows()["cbf"] == (0.0, 40.0) and "replace the configured" in caplog.text
+    # a whole network's checkpoint from before 0.13.0 holds no windows: it is read with that version's CBF 0-80
+    net = create_network("SF", "PMs")
+    old = {k: v for k, v in create_network("SF", "PMs").state_dict().items() if not k.startswith("encoding.")}
+    assert len(old) == len(net.state_dict()) - 2
+    net.load_state_dict(old)  # strict: the windows are filled in, not missing
+    assert net.encoding.windows()["cbf"] == (0.0, 80.0)
+    assert net.encoding.windows()["tmax"] == tuple(map(float, display_windows()["tmax"]))
+    # one trained then with a window override is read with the override passed again
+    net = create_network("SF", "PMs", windows={"cbf": (0, 40)})
+    net.load_state_dict(old)
+    assert net.encoding.windows()["cbf"] == (0.0, 40.0)
 
 
 def test_a_tiny_batch_is_overfit():
