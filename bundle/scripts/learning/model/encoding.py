@@ -81,8 +81,11 @@ class PerfusionColourEncoding(nn.Module):
 
     def windows(self) -> dict[str, tuple[float, float]]:
         """The windows in use, per map."""
-        low, high = self.low.flatten().tolist(), (self.low + self.span).flatten().tolist()
-        return {m: (lo, hi) for m, lo, hi in zip(self.maps, low, high)}
+        return self._named(self.low, self.span)
+
+    def _named(self, low: torch.Tensor, span: torch.Tensor) -> dict[str, tuple[float, float]]:
+        """``low`` and ``span`` buffers as ``{map: (low, high)}``."""
+        return {m: (lo, lo + sp) for m, lo, sp in zip(self.maps, low.flatten().tolist(), span.flatten().tolist())}
 
     def _checkpoint_windows(self, module: nn.Module, state: dict, prefix: str, *args) -> None:
         """Give a checkpoint without saved windows those of the versions that wrote it (or the ones passed here);
@@ -96,8 +99,7 @@ class PerfusionColourEncoding(nn.Module):
         loaded = (state[prefix + "low"], state[prefix + "span"])
         if loaded[0].shape == self.low.shape and loaded[1].shape == self.span.shape:
             if not (torch.equal(loaded[0].to(self.low), self.low) and torch.equal(loaded[1].to(self.span), self.span)):
-                hi = (loaded[0] + loaded[1]).flatten().tolist()
-                theirs = {m: (lo, h) for m, lo, h in zip(self.maps, loaded[0].flatten().tolist(), hi)}
+                theirs = self._named(*loaded)
                 logger.warning("the checkpoint's colour windows %s replace the configured %s.", theirs, self.windows())
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
