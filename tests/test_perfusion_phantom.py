@@ -1,10 +1,12 @@
 """The perfusion module on the independent Kudo-style digital phantom (``scripts.perfusion.digital_phantom``)."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
 from scipy import integrate, ndimage, stats
+from workflows import ROOT
 
 from scripts.io import CTPDataError, load_ctp, save_nifti, validate_frame_times
 from scripts.perfusion.deconvolution import compute_perfusion_maps, resample_frames, uniform_grid
@@ -18,6 +20,9 @@ from scripts.perfusion.digital_phantom import (
 from scripts.perfusion.lesion_phantom import lesion_errors, make_lesion_phantom
 from scripts.perfusion.maps import compute_maps
 from scripts.perfusion.svd import oscillation_index, window_fraction
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import perfusion_phantom  # noqa: E402  (the benchmark's own fit, tested below)
 
 SMALL = PhantomDesign(shapes=("box", "exponential"), cbv=(2.0, 4.0))
 
@@ -260,3 +265,24 @@ def test_frame_time_sidecar_reaches_the_perfusion_workflow(tmp_path):
     (tmp_path / "ctp.json").write_text(json.dumps({"FrameTimes": [1, 2]}))
     with pytest.raises(CTPDataError, match="ctp.json: a frame-time sidecar needs 'FrameTimesStart'"):
         load_ctp(ctp)
+
+
+def test_the_benchmark_gamma_fit_reads_back_a_residue_of_its_own_family():
+    """``benchmarks/perfusion_phantom.gamma_fit_maps``, whose figures the model card quotes as what a residue-shape
+    prior buys: a noise-free curve made from one of its residues (exponential, a grid MTT near 6 s, delay 2 s)
+    reads back that residue's CBF, CBV and delay, and a box residue of the same flow reads high (the prior's cost)."""
+    dt, flow, delay = 1.0, 0.01, 2.0
+    aif = parker_aif(np.arange(60.0) * dt)
+    mtt = float(np.geomspace(1.0, 40.0, 50)[23])  # 5.7 s, on the fit's grid
+    curves = flow * np.stack(
+        [
+            perfusion_phantom.model_curves(aif, dt, [("gamma", mtt, 1.0)], np.array([delay]))[0, 0],
+            perfusion_phantom.model_curves(aif, dt, [("box", mtt, 1.0)], np.array([delay]))[0, 0],
+        ]
+    )
+    got = perfusion_phantom.gamma_fit_maps(curves, aif, dt)
+    scale = perfusion_phantom.K_H / perfusion_phantom.RHO
+    assert got["cbf"][0] == pytest.approx(scale * flow * 6000.0, rel=1e-3)
+    assert got["cbv"][0] == pytest.approx(scale * flow * mtt * 100.0, rel=1e-3)
+    assert got["tmax"][0] == delay
+    assert got["cbf"][1] > 1.2 * scale * flow * 6000.0
