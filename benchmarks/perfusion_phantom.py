@@ -282,12 +282,23 @@ def identifiability_table(seed: int) -> None:
             )
 
 
+def measured_delays(tmax: np.ndarray, delay: np.ndarray) -> str:
+    """Per-tile Tmax ``tmax`` (s) read as delays: the mean at each true delay of 1, 2 and 3 s minus the mean at none."""
+    return " / ".join(f"{tmax[delay == d].mean() - tmax[delay == 0].mean():.2f}" for d in (1, 2, 3))
+
+
+GAMMA_SHAPES = (1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+GAMMA_MTTS_S = np.geomspace(1.0, 40.0, 50)
+GAMMA_DELAYS_S = np.arange(-3.0, 10.0 + 1e-9, 0.25)
+"""The grid :func:`gamma_fit_maps` searches: gamma shapes (1 is the exponential), MTTs and delays."""
+
+
 def gamma_fit_maps(curves: np.ndarray, aif: np.ndarray, dt: float) -> dict[str, np.ndarray]:
-    """CBF, CBV and Tmax of each curve ``(V, T)`` from its best least-squares fit among gamma transit-time residues
-    (shape 1, the exponential, to 30; MTT 1-40 s; delays -3 to 10 s by 0.25 s; flow free and positive): a
-    parametric model in the manner of Mouridsen et al. (NeuroImage 2006;33:570), fitted by exhaustive search."""
-    mtts, delays = np.geomspace(1.0, 40.0, 50), np.arange(-3.0, 10.0 + 1e-9, 0.25)
-    family = [("gamma", m, a) for a in (1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0) for m in mtts]
+    """CBF, CBV and Tmax of each curve ``(V, T)`` from its best least-squares fit among the gamma transit-time
+    residues of the grid (:data:`GAMMA_SHAPES`, :data:`GAMMA_MTTS_S`, :data:`GAMMA_DELAYS_S`; flow free and
+    positive): a parametric model in the manner of Mouridsen et al. (NeuroImage 2006;33:570), by exhaustive search."""
+    mtts, delays = GAMMA_MTTS_S, GAMMA_DELAYS_S
+    family = [("gamma", m, a) for a in GAMMA_SHAPES for m in mtts]
     basis = model_curves(aif, dt, family, delays).reshape(-1, aif.size).astype(np.float32)
     norms = np.einsum("jt,jt->j", basis, basis)
     proj = np.asarray(curves, dtype=np.float32) @ basis.T
@@ -299,8 +310,8 @@ def gamma_fit_maps(curves: np.ndarray, aif: np.ndarray, dt: float) -> dict[str, 
 
 
 def default_and_gamma_fit(ph, aif: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The default maps of phantom ``ph`` and the same with CBF, CBV, MTT and Tmax from :func:`gamma_fit_maps` on
-    the curves and AIF the default deconvolved (its last call: after the arrival baseline)."""
+    """The default maps of phantom ``ph`` and the same with CBF, CBV and Tmax from :func:`gamma_fit_maps` on the
+    curves and AIF the default deconvolved (its last call: after the arrival baseline)."""
     with mock.patch.object(deconvolution, "residue_maps", wraps=residue_maps) as spy:
         maps = compute_perfusion_maps(ph.ctp, ph.frame_interval, ph.spacing[:2], aif=aif)
     curves, used_aif, dt = spy.call_args.args[:3]
@@ -308,7 +319,6 @@ def default_and_gamma_fit(ph, aif: np.ndarray | None) -> tuple[dict[str, np.ndar
     for name, values in gamma_fit_maps(curves, used_aif, dt).items():
         fitted[name] = np.zeros(maps.tissue.shape, dtype=np.float32)
         fitted[name][maps.tissue] = values
-    fitted["mtt"] = np.where(fitted["cbf"] > 1e-3, 60.0 * fitted["cbv"] / np.maximum(fitted["cbf"], 1e-3), 0.0)
     return default, fitted
 
 
@@ -333,8 +343,7 @@ def parametric_fit_table(seed: int, noise_levels: tuple[float, ...] = (3.0, 10.0
                 default, fitted = default_and_gamma_fit(ph, aif)
                 for method, values in (("oSVD (default)", default), ("gamma fit", fitted)):
                     err = tile_errors(ph, values)
-                    tmax = delay + err["tmax"]
-                    measured = " / ".join(f"{tmax[delay == d].mean() - tmax[delay == 0].mean():.2f}" for d in (1, 2, 3))
+                    measured = measured_delays(delay + err["tmax"], delay)
                     r = stats.pearsonr(cbf, cbf * (1 + err["cbf"])).statistic
                     print(
                         f"| {noise:g} | {shape} | {label} | {method} | {pct(err['cbf'][cbf >= 30].mean())} | {r:.3f} | "
@@ -365,7 +374,7 @@ def residue_shape_table(seed: int, noise_hu: float = 3.0) -> None:
             maps = compute_perfusion_maps(ph.ctp, ph.frame_interval, ph.spacing[:2], aif=aif)
             err = tile_errors(ph, maps.as_dict())
             tmax = delay + err["tmax"]
-            measured = " / ".join(f"{tmax[delay == d].mean() - tmax[delay == 0].mean():.2f}" for d in (1, 2, 3))
+            measured = measured_delays(tmax, delay)
             by_delay = " / ".join(f"{tmax[delay == d].mean():.2f}" for d in design.delays_s)
             scale = maps.info.get("vof_scale")
             print(

@@ -273,7 +273,7 @@ def test_the_benchmark_gamma_fit_reads_back_a_residue_of_its_own_family():
     reads back that residue's CBF, CBV and delay, and a box residue of the same flow reads high (the prior's cost)."""
     dt, flow, delay = 1.0, 0.01, 2.0
     aif = parker_aif(np.arange(60.0) * dt)
-    mtt = float(np.geomspace(1.0, 40.0, 50)[23])  # 5.7 s, on the fit's grid
+    mtt = float(perfusion_phantom.GAMMA_MTTS_S[23])  # 5.7 s, on the fit's grid
     curves = flow * np.stack(
         [
             perfusion_phantom.model_curves(aif, dt, [("gamma", mtt, 1.0)], np.array([delay]))[0, 0],
